@@ -1,0 +1,299 @@
+"""Scaled dot-product attention: the naive reference, SDPA, and a dispatcher.
+
+All functions take queries, keys and values in the ``(B, H, T, D)`` layout of
+:func:`torch.nn.functional.scaled_dot_product_attention` and return a tensor
+of shape ``(B, H, T, Dv)`` in the input dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import check_mask, check_positive_float, check_qkv, resolve_scale
+from .._registry import Registry
+from .masks import causal_mask
+
+__all__ = ["ATTENTION", "attention", "naive_attention", "sdpa_attention"]
+
+ATTENTION = Registry("attention backend")
+"""Registry of attention implementations, name -> :class:`~llmref.RegistryEntry`.
+
+Every entry accepts ``(q, k, v, *, mask=None, is_causal=False, scale=None)``
+and gives the same result; :func:`attention` dispatches to them by name.
+"""
+
+
+def _combined_mask(
+    mask: torch.Tensor | None, is_causal: bool, T: int, S: int, device: torch.device
+) -> torch.Tensor | None:
+    """AND a user mask with the (top-left aligned) causal mask."""
+    if not is_causal:
+        return mask
+    causal = causal_mask(T, S, device=device)
+    return causal if mask is None else mask & causal
+
+
+@ATTENTION.register(
+    "naive",
+    paper="vaswani2017attention",
+    reference="naive_attention",
+    third_party="torch.nn.functional.scaled_dot_product_attention",
+)
+def naive_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    softcap: float | None = None,
+    return_weights: bool = False,
+) -> Any:
+    """Attention computed exactly as written: ``softmax(q k^T * scale) v``.
+
+    This is the reference every other attention implementation in llmref is
+    tested against. It materialises the full ``(B, H, T, S)`` weight matrix.
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        Queries of shape ``(B, H, T, D)``.
+    k : torch.Tensor
+        Keys of shape ``(B, H_kv, S, D)``; ``H % H_kv == 0``. With
+        ``H_kv < H`` each key/value head serves ``H // H_kv`` consecutive query
+        heads (GQA; ``H_kv == 1`` is MQA), as with ``enable_gqa=True`` in
+        :func:`torch.nn.functional.scaled_dot_product_attention`.
+    v : torch.Tensor
+        Values of shape ``(B, H_kv, S, Dv)``.
+    mask : torch.Tensor, optional
+        Boolean mask broadcasting to ``(B, H, T, S)``; ``True`` = may attend.
+    is_causal : bool, default False
+        Apply the causal mask ``causal_mask(T, S)`` (top-left aligned, like
+        SDPA). Combined with ``mask`` by logical AND.
+    scale : float, optional
+        Score scale; defaults to ``1 / sqrt(D)``. Must be > 0.
+    softcap : float, optional
+        If given, scores are capped smoothly as ``softcap * tanh(s / softcap)``
+        before masking (Gemma 2 logit softcapping). Must be > 0.
+    return_weights : bool, default False
+        Also return the attention weights.
+
+    Returns
+    -------
+    out : torch.Tensor
+        Shape ``(B, H, T, Dv)``, dtype of ``q``.
+    weights : torch.Tensor
+        Only if ``return_weights``: shape ``(B, H, T, S)``, dtype of ``q``;
+        each row sums to 1, or is all zeros if the row is fully masked.
+
+    Raises
+    ------
+    TypeError
+        If an input is not a tensor, has a non-floating or mismatched dtype,
+        or ``mask`` is not boolean.
+    ValueError
+        If an input is not 4-D, batch or head dims disagree, ``H % H_kv != 0``,
+        ``mask`` does not broadcast to ``(B, H, T, S)``, or ``scale`` or
+        ``softcap`` is not a finite number > 0.
+
+    Notes
+    -----
+    .. math::
+
+        \\operatorname{Attention}(Q, K, V) =
+        \\operatorname{softmax}\\!\\left(s\\, Q K^\\top + M\\right) V,
+        \\qquad s = 1/\\sqrt{D},
+
+    with :math:`M_{ij} = 0` where the mask allows and :math:`-\\infty`
+    elsewhere. The softmax subtracts the row maximum before exponentiating.
+    A fully masked row has no defined softmax; llmref returns zeros for it
+    (as PyTorch's CPU SDPA does) instead of NaN. Inputs in float16 or bfloat16
+    are computed in float32 and the result is cast back.
+
+    References
+    ----------
+    :cite:t:`vaswani2017attention`, :cite:t:`ainslie2023gqa`
+
+    Examples
+    --------
+    >>> import torch
+    >>> from llmref.attention import naive_attention
+    >>> q = torch.randn(2, 8, 5, 16)
+    >>> k, v = torch.randn(2, 2, 5, 16), torch.randn(2, 2, 5, 16)  # GQA: 8 / 2
+    >>> out, w = naive_attention(q, k, v, is_causal=True, return_weights=True)
+    >>> out.shape, w.shape
+    (torch.Size([2, 8, 5, 16]), torch.Size([2, 8, 5, 5]))
+    >>> bool(torch.allclose(w.sum(-1), torch.ones(2, 8, 5)))
+    True
+    """
+    shapes = check_qkv(q, k, v)
+    B, H, H_kv, T, S, _, Dv = shapes
+    s = resolve_scale(scale, shapes.head_dim)
+    if mask is not None:
+        check_mask(mask, shapes, q.device)
+    mask = _combined_mask(mask, is_causal, T, S, q.device)
+
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    G = H // H_kv
+    # Group query heads onto their shared key/value head instead of copying K/V.
+    qg = q.to(compute).reshape(B, H_kv, G, T, -1)
+    kg = k.to(compute).unsqueeze(2)
+    vg = v.to(compute).unsqueeze(2)
+    scores = torch.matmul(qg, kg.transpose(-1, -2)).mul_(s).reshape(B, H, T, S)
+    if softcap is not None:
+        cap = check_positive_float("softcap", softcap)
+        scores = torch.tanh(scores / cap) * cap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    # Stable softmax that leaves fully masked rows at exactly zero.
+    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    exp = torch.exp(scores - row_max)
+    denom = exp.sum(dim=-1, keepdim=True)
+    weights = exp / torch.where(denom > 0, denom, torch.ones_like(denom))
+    out = torch.matmul(weights.reshape(B, H_kv, G, T, S), vg).reshape(B, H, T, Dv)
+    out = out.to(q.dtype)
+    if return_weights:
+        return out, weights.to(q.dtype)
+    return out
+
+
+@ATTENTION.register(
+    "sdpa",
+    paper="dao2022flashattention",
+    reference="naive_attention",
+    third_party="torch.nn.functional.scaled_dot_product_attention",
+)
+def sdpa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention through :func:`torch.nn.functional.scaled_dot_product_attention`.
+
+    Validates its input like every llmref function, then calls PyTorch's fused
+    kernels (FlashAttention-style on CPU and GPU) with ``enable_gqa`` when
+    ``H_kv < H``.
+
+    Parameters
+    ----------
+    q, k, v : torch.Tensor
+        Queries ``(B, H, T, D)``, keys ``(B, H_kv, S, D)``, values
+        ``(B, H_kv, S, Dv)``; see :func:`naive_attention`.
+    mask : torch.Tensor, optional
+        Boolean mask broadcasting to ``(B, H, T, S)``; ``True`` = may attend.
+    is_causal : bool, default False
+        Top-left aligned causal mask, combined with ``mask`` by logical AND
+        (SDPA itself refuses both at once; llmref merges them).
+    scale : float, optional
+        Score scale; defaults to ``1 / sqrt(D)``.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(B, H, T, Dv)``, dtype of ``q``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`naive_attention`.
+
+    Notes
+    -----
+    Fully masked rows come back as zeros. PyTorch's CPU kernels already do
+    this; on other devices llmref zeroes those rows explicitly, because some
+    GPU kernels return NaN there.
+
+    References
+    ----------
+    :cite:t:`dao2022flashattention`
+
+    Examples
+    --------
+    >>> import torch
+    >>> q, k, v = (torch.randn(1, 4, 6, 8) for _ in range(3))
+    >>> torch.allclose(sdpa_attention(q, k, v), naive_attention(q, k, v), atol=1e-6)
+    True
+    """
+    shapes = check_qkv(q, k, v)
+    s = resolve_scale(scale, shapes.head_dim)
+    if mask is not None:
+        check_mask(mask, shapes, q.device)
+        mask = _combined_mask(mask, is_causal, shapes.query_len, shapes.key_len, q.device)
+        is_causal = False
+    out = F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        is_causal=is_causal,
+        scale=s,
+        enable_gqa=shapes.kv_heads != shapes.heads,
+    )
+    if mask is not None and q.device.type != "cpu":
+        out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+    return out
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Scaled dot-product attention through a chosen backend.
+
+    Every backend gives the same result (to floating-point rounding); they
+    differ in speed and memory.
+
+    Parameters
+    ----------
+    q, k, v : torch.Tensor
+        Queries ``(B, H, T, D)``, keys ``(B, H_kv, S, D)``, values
+        ``(B, H_kv, S, Dv)``; see :func:`naive_attention`.
+    mask : torch.Tensor, optional
+        Boolean mask broadcasting to ``(B, H, T, S)``; ``True`` = may attend.
+    is_causal : bool, default False
+        Top-left aligned causal mask (see :func:`~llmref.attention.causal_mask`).
+    scale : float, optional
+        Score scale; defaults to ``1 / sqrt(D)``.
+    backend : str, default "auto"
+        A name registered in :data:`ATTENTION` (``"naive"``, ``"sdpa"``), or
+        ``"auto"``, which picks ``"sdpa"``.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(B, H, T, Dv)``, dtype of ``q``.
+
+    Raises
+    ------
+    ValueError
+        If ``backend`` is unknown; otherwise as :func:`naive_attention`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> q, k, v = (torch.randn(1, 2, 4, 8) for _ in range(3))
+    >>> a = attention(q, k, v, is_causal=True)
+    >>> b = attention(q, k, v, is_causal=True, backend="naive")
+    >>> torch.allclose(a, b, atol=1e-6)
+    True
+    """
+    name = "sdpa" if backend == "auto" else backend
+    if not isinstance(name, str) or name not in ATTENTION:
+        known = ", ".join(repr(n) for n in ("auto", *ATTENTION))
+        raise ValueError(f"backend must be one of {known}, got {backend!r}")
+    return ATTENTION[name].fn(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
