@@ -46,9 +46,10 @@ def check_positive_float(name: str, value: object) -> float:
     """Check that ``value`` is a real number, finite and > 0."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    value = float(value)
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
+    return value
 
 
 class AttentionShapes(NamedTuple):
@@ -121,8 +122,7 @@ def check_mask(mask: object, shapes: AttentionShapes, device: torch.device) -> t
     )
     if not ok:
         raise ValueError(
-            f"mask of shape {tuple(mask.shape)} does not broadcast to "
-            f"(B, H, T, S) = {full}"
+            f"mask of shape {tuple(mask.shape)} does not broadcast to (B, H, T, S) = {full}"
         )
     if mask.device != device:
         raise ValueError(f"mask must be on the same device as q ({device}), got {mask.device}")

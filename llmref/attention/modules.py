@@ -88,7 +88,9 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         d_model = check_int("d_model", d_model, minimum=1)
         n_heads = check_int("n_heads", n_heads, minimum=1)
-        n_kv_heads = n_heads if n_kv_heads is None else check_int("n_kv_heads", n_kv_heads, minimum=1)
+        n_kv_heads = (
+            n_heads if n_kv_heads is None else check_int("n_kv_heads", n_kv_heads, minimum=1)
+        )
         if n_heads % n_kv_heads != 0:
             raise ValueError(
                 f"n_heads must be a multiple of n_kv_heads, got n_heads={n_heads} "
@@ -148,9 +150,7 @@ class MultiHeadAttention(nn.Module):
         else:
             self._check_input("context", context)
             if context.shape[0] != B:
-                raise ValueError(
-                    f"context batch size must equal x's ({B}), got {context.shape[0]}"
-                )
+                raise ValueError(f"context batch size must equal x's ({B}), got {context.shape[0]}")
             S = context.shape[1]
             w, b = self.qkv_proj.weight, self.qkv_proj.bias
             q = nn.functional.linear(x, w[:q_rows], None if b is None else b[:q_rows])

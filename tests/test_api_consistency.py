@@ -1,0 +1,60 @@
+"""API-wide consistency checks, in the spirit of scikit-learn's common tests.
+
+Every public object has a numpydoc docstring with the sections users rely on;
+every registry entry cites a paper present in ``docs/references.bib``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+import llmref
+import llmref.attention
+
+PUBLIC_MODULES = [llmref, llmref.attention]
+REGISTRIES = {"ATTENTION": llmref.attention.ATTENTION, "MASKS": llmref.attention.MASKS}
+BIB = Path(__file__).resolve().parents[1] / "docs" / "references.bib"
+
+
+def public_objects():
+    for module in PUBLIC_MODULES:
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isfunction(obj) or inspect.isclass(obj):
+                yield f"{module.__name__}.{name}", obj
+
+
+def sections(doc):
+    return set(re.findall(r"^\s*([A-Z][a-z]+)\n\s*-{3,}\s*$", doc, flags=re.M))
+
+
+@pytest.mark.parametrize(
+    "name,obj", list(public_objects()), ids=lambda x: x if isinstance(x, str) else ""
+)
+def test_public_object_has_numpydoc_docstring(name, obj):
+    doc = inspect.getdoc(obj)
+    assert doc, f"{name} has no docstring"
+    found = sections(doc)
+    assert "Examples" in found, f"{name}: docstring needs an Examples section"
+    params = [p for p in inspect.signature(obj).parameters if p not in ("self", "args", "kwargs")]
+    if params:
+        assert "Parameters" in found, f"{name}: docstring needs a Parameters section"
+        documented = re.findall(r"^(\w+(?:, \w+)*) :", doc, flags=re.M)
+        names = {n for group in documented for n in group.split(", ")}
+        missing = [p for p in params if p not in names]
+        assert not missing, f"{name}: parameters not documented: {missing}"
+    if inspect.isfunction(obj):
+        assert "Returns" in found, f"{name}: docstring needs a Returns section"
+
+
+@pytest.mark.parametrize("registry", REGISTRIES.values(), ids=REGISTRIES.keys())
+def test_registry_entries_cite_papers_in_the_bibliography(registry):
+    bib = BIB.read_text(encoding="utf-8")
+    keys = set(re.findall(r"@\w+\{([^,\s]+),", bib))
+    for name, entry in registry.items():
+        assert entry.paper in keys, f"{name}: paper {entry.paper!r} not in {BIB.name}"
+        assert entry.fn.__doc__, f"{name}: registered function has no docstring"
