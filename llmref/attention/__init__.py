@@ -4,15 +4,34 @@ Tensors use the ``(B, H, T, D)`` layout; boolean masks mean ``True`` = may atten
 """
 
 from .functional import ATTENTION, attention, naive_attention, sdpa_attention
-from .masks import MASKS, causal_mask
+from .masks import (
+    MASKS,
+    as_mask_mod,
+    block_sparse_mask,
+    block_topk_layout,
+    causal_mask,
+    dilated_mask,
+    document_mask,
+    prefix_lm_mask,
+    sink_mask,
+    sliding_window_mask,
+)
 from .modules import MultiHeadAttention
 
 __all__ = [
     "ATTENTION",
     "MASKS",
     "MultiHeadAttention",
+    "as_mask_mod",
     "attention",
+    "block_sparse_mask",
+    "block_topk_layout",
     "causal_mask",
+    "dilated_mask",
+    "document_mask",
     "naive_attention",
+    "prefix_lm_mask",
     "sdpa_attention",
+    "sink_mask",
+    "sliding_window_mask",
 ]

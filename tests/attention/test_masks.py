@@ -1,56 +1,240 @@
-"""Mask builders: every registered mask against an independently written dense reference."""
+"""Mask builders: every registered mask against an independently written dense reference,
+and through ``as_mask_mod`` with FlexAttention against the same."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+from torch.nn.attention.flex_attention import create_block_mask, create_mask, flex_attention
 
-from llmref.attention import MASKS, causal_mask
+from llmref.attention import (
+    MASKS,
+    as_mask_mod,
+    block_sparse_mask,
+    block_topk_layout,
+    causal_mask,
+    dilated_mask,
+    document_mask,
+    naive_attention,
+    prefix_lm_mask,
+    sink_mask,
+    sliding_window_mask,
+)
+
+# -- independent references: explicit loops over (i, j), written from each definition ------
 
 
-def dense_causal(T, S, offset):
-    out = torch.zeros(T, S, dtype=torch.bool)
-    for i in range(T):
-        for j in range(S):
-            out[i, j] = j <= i + offset
-    return out
+def loop_mask(T, S, allowed):
+    return torch.tensor([[allowed(i, j) for j in range(S)] for i in range(T)], dtype=torch.bool)
 
 
-@pytest.mark.parametrize("T,S", [(1, 1), (4, 4), (3, 7), (7, 3), (0, 5), (5, 0)])
-@pytest.mark.parametrize("offset", [None, -2, 0, 1, 4])
-def test_causal_mask_equals_dense_reference(T, S, offset):
-    kwargs = {} if offset is None else {"offset": offset}
-    mask = causal_mask(T, S, **kwargs)
+def ref_causal(T, S, offset=0):
+    return loop_mask(T, S, lambda i, j: j <= i + offset)
+
+
+def ref_sliding(T, S, window, offset=0):
+    # "a query sees `window` keys including itself": keys p-window+1 .. p for query position p
+    return loop_mask(T, S, lambda i, j: i + offset - window + 1 <= j <= i + offset)
+
+
+def ref_dilated(T, S, window, dilation, offset=0):
+    def allowed(i, j):
+        p = i + offset
+        return j in {p - n * dilation for n in range(window)}
+
+    return loop_mask(T, S, allowed)
+
+
+def ref_prefix(T, S, prefix_len, offset=0):
+    return loop_mask(T, S, lambda i, j: j < prefix_len or j <= i + offset)
+
+
+def ref_sink(T, S, n_sink, window, offset=0):
+    def allowed(i, j):
+        p = i + offset
+        return j <= p and (j < n_sink or p - j < window)
+
+    return loop_mask(T, S, allowed)
+
+
+def ref_document(q_ids, kv_ids, causal):
+    T, S = len(q_ids), len(kv_ids)
+    return loop_mask(T, S, lambda i, j: q_ids[i] == kv_ids[j] and (not causal or j <= i + S - T))
+
+
+def ref_block(layout, block_size, T, S):
+    return loop_mask(T, S, lambda i, j: bool(layout[i // block_size, j // block_size]))
+
+
+DOCS = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3])
+LAYOUT = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 1]], dtype=torch.bool)
+
+# name -> list of (T, S, params, reference)
+CASES = {
+    "causal": [
+        (T, S, {"offset": o}, ref_causal(T, S, o))
+        for T, S, o in [(5, 5, 0), (3, 8, 5), (3, 8, 0), (6, 4, -1), (1, 9, 8)]
+    ],
+    "sliding_window": [
+        (T, S, {"window": w, "offset": o}, ref_sliding(T, S, w, o))
+        for T, S, w, o in [(8, 8, 1, 0), (8, 8, 3, 0), (8, 8, 8, 0), (8, 8, 20, 0), (3, 10, 4, 7)]
+    ],
+    "dilated": [
+        (T, S, {"window": w, "dilation": d, "offset": o}, ref_dilated(T, S, w, d, o))
+        for T, S, w, d, o in [(9, 9, 3, 2, 0), (9, 9, 2, 1, 0), (4, 12, 3, 3, 8)]
+    ],
+    "prefix_lm": [
+        (T, S, {"prefix_len": p, "offset": o}, ref_prefix(T, S, p, o))
+        for T, S, p, o in [(6, 6, 0, 0), (6, 6, 3, 0), (6, 6, 6, 0), (2, 7, 3, 5)]
+    ],
+    "sink": [
+        (T, S, {"n_sink": n, "window": w, "offset": o}, ref_sink(T, S, n, w, o))
+        for T, S, n, w, o in [(10, 10, 2, 3, 0), (10, 10, 0, 3, 0), (4, 12, 1, 2, 8)]
+    ],
+}
+
+
+def all_cases():
+    for name, cases in CASES.items():
+        for T, S, params, ref in cases:
+            yield pytest.param(name, T, S, params, ref, id=f"{name}-{T}x{S}-{params}")
+
+
+@pytest.mark.parametrize("name,T,S,params,ref", list(all_cases()))
+def test_dense_builder_equals_loop_reference(name, T, S, params, ref):
+    mask = MASKS[name](T, S, **params)
     assert mask.dtype == torch.bool and mask.shape == (T, S)
-    assert torch.equal(mask, dense_causal(T, S, offset or 0))
+    assert torch.equal(mask, ref)
 
 
-def test_causal_mask_defaults_and_torch_equivalents():
+@pytest.mark.parametrize("name,T,S,params,ref", list(all_cases()))
+def test_mask_mod_with_flex_create_mask_equals_reference(name, T, S, params, ref):
+    dense = create_mask(as_mask_mod(name, **params), None, None, T, S, device="cpu")
+    assert torch.equal(dense[0, 0], ref)
+
+
+def test_registry_covers_every_mask():
+    assert set(MASKS) == {*CASES, "document", "block_sparse"}
+    for entry in MASKS.values():
+        assert callable(entry.meta["mask_mod"])
+
+
+def test_document_mask_against_reference():
+    for causal in (False, True):
+        assert torch.equal(document_mask(DOCS, causal=causal), ref_document(DOCS, DOCS, causal))
+    kv = torch.tensor([0, 0, 1, 1, 1, 1])
+    q = kv[-2:]
+    assert torch.equal(document_mask(q, kv, causal=True), ref_document(q, kv, True))
+    batched = torch.stack([DOCS, DOCS.flip(0)])
+    out = document_mask(batched, causal=True)
+    assert out.shape == (2, 1, 11, 11)
+    assert torch.equal(out[1, 0], ref_document(DOCS.flip(0), DOCS.flip(0), True))
+    mod = as_mask_mod("document", document_ids=batched, causal=True)
+    dense = create_mask(mod, 2, None, 11, 11, device="cpu")
+    assert torch.equal(dense[:, 0], out[:, 0])
+
+
+def test_block_sparse_mask_against_reference():
+    assert torch.equal(block_sparse_mask(LAYOUT, block_size=2), ref_block(LAYOUT, 2, 6, 6))
+    assert torch.equal(
+        block_sparse_mask(LAYOUT, block_size=3, T=7, S=9), ref_block(LAYOUT, 3, 7, 9)
+    )
+    per_head = torch.stack([LAYOUT, ~LAYOUT]).unsqueeze(0)  # (1, 2, 3, 3)
+    out = block_sparse_mask(per_head, block_size=2)
+    assert out.shape == (1, 2, 6, 6)
+    assert torch.equal(out[0, 1], ref_block(~LAYOUT, 2, 6, 6))
+
+
+def test_block_topk_layout_picks_highest_pooled_scores():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 4, 10, 8), torch.randn(2, 2, 10, 8)
+    layout = block_topk_layout(q, k, block_size=4, topk=2)
+    assert layout.shape == (2, 4, 3, 3) and torch.all(layout.sum(-1) == 2)
+    # reference: explicit pooling (last block has 2 tokens) and scoring, head 5 -> kv head 1
+    qp = torch.stack([q[1, 3, s : s + 4].mean(0) for s in (0, 4, 8)])
+    kp = torch.stack([k[1, 1, s : s + 4].mean(0) for s in (0, 4, 8)])
+    scores = qp @ kp.T
+    expected = torch.zeros(3, 3, dtype=torch.bool)
+    expected.scatter_(-1, scores.topk(2, dim=-1).indices, True)
+    assert torch.equal(layout[1, 3], expected)
+    causal = block_topk_layout(q, k, block_size=4, topk=2, causal=True)
+    assert torch.all(causal.diagonal(dim1=-2, dim2=-1))
+    assert not torch.any(causal & ~causal_mask(3, 3))
+    assert causal.sum(-1)[0, 0].tolist() == [1, 2, 2]
+
+
+def test_flex_attention_with_every_mask_matches_naive():
+    """The mask_mod drives FlexAttention's block-sparse kernel to the same output as dense."""
+    torch.manual_seed(0)
+    T = S = 200
+    q, k, v = (torch.randn(1, 2, T, 16) for _ in range(3))
+    layout = block_topk_layout(q, k, block_size=32, topk=3, causal=True)
+    params = {
+        "causal": {},
+        "sliding_window": {"window": 37},
+        "dilated": {"window": 20, "dilation": 3},
+        "prefix_lm": {"prefix_len": 50},
+        "sink": {"n_sink": 4, "window": 40},
+        "document": {"document_ids": torch.arange(T) // 70, "causal": True},
+        "block_sparse": {"layout": layout, "block_size": 32},
+    }
+    assert set(params) == set(MASKS)
+    for name, p in params.items():
+        mod = as_mask_mod(name, **p)
+        dense = create_mask(mod, 1, 2, T, S, device="cpu")
+        block_mask = create_block_mask(mod, 1, 2, T, S, device="cpu", BLOCK_SIZE=32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = flex_attention(q, k, v, block_mask=block_mask)
+        torch.testing.assert_close(out, naive_attention(q, k, v, mask=dense), atol=1e-5, rtol=1e-5)
+
+
+def test_sliding_window_matches_transformers_convention():
+    masking_utils = pytest.importorskip("transformers.masking_utils")
+    overlay = masking_utils.sliding_window_overlay(4)
+    causal = masking_utils.causal_mask_function
+    ref = loop_mask(9, 9, lambda i, j: bool(overlay(0, 0, i, j) and causal(0, 0, i, j)))
+    assert torch.equal(sliding_window_mask(9, window=4), ref)
+
+
+def test_causal_mask_torch_equivalents():
     assert torch.equal(causal_mask(5), torch.ones(5, 5, dtype=torch.bool).tril())
-    # bottom-right alignment = torch.tril with diagonal S - T
     assert torch.equal(causal_mask(3, 8, offset=5), torch.ones(3, 8, dtype=torch.bool).tril(5))
-
-
-def test_causal_mask_device_argument():
-    assert causal_mask(2, device="cpu").device.type == "cpu"
     assert causal_mask(2, device=torch.device("meta")).device.type == "meta"
 
 
-def test_causal_mask_registered():
-    assert MASKS["causal"].fn is causal_mask
-    assert MASKS["causal"].paper == "vaswani2017attention"
+BAD = [
+    (causal_mask, (-1,), {}, ValueError, "T must be >= 0, got -1"),
+    (causal_mask, (3, -2), {}, ValueError, "S must be >= 0, got -2"),
+    (causal_mask, (2.0,), {}, TypeError, "T must be an int, got float"),
+    (causal_mask, (True,), {}, TypeError, "T must be an int, got bool"),
+    (causal_mask, (3,), {"offset": 0.5}, TypeError, "offset must be an int"),
+    (sliding_window_mask, (4,), {"window": 0}, ValueError, "window must be >= 1, got 0"),
+    (dilated_mask, (4,), {"window": 2, "dilation": 0}, ValueError, "dilation must be >= 1"),
+    (prefix_lm_mask, (4,), {"prefix_len": -1}, ValueError, "prefix_len must be >= 0"),
+    (sink_mask, (4,), {"n_sink": -1, "window": 2}, ValueError, "n_sink must be >= 0, got -1"),
+    (sink_mask, (4,), {"n_sink": 1, "window": 0}, ValueError, "window must be >= 1"),
+    (document_mask, (torch.rand(4),), {}, TypeError, "document_ids must hold integer"),
+    (document_mask, (torch.zeros(1, 2, 3, dtype=torch.long),), {}, ValueError, r"\(T,\) or"),
+    (document_mask, (DOCS, torch.zeros(2, 11, dtype=torch.long)), {}, ValueError, "both"),
+    (document_mask, (DOCS,), {"causal": 1}, TypeError, "causal must be a bool"),
+    (block_sparse_mask, (LAYOUT.int(),), {"block_size": 2}, TypeError, "layout must be a"),
+    (block_sparse_mask, (LAYOUT[0],), {"block_size": 2}, ValueError, "layout must be"),
+    (block_sparse_mask, (LAYOUT,), {"block_size": 0}, ValueError, "block_size must be >= 1"),
+    (block_sparse_mask, (LAYOUT,), {"block_size": 2, "T": 7}, ValueError, "T=7 needs 4 blocks"),
+]
 
 
-@pytest.mark.parametrize(
-    "args,kwargs,exc,message",
-    [
-        ((-1,), {}, ValueError, "T must be >= 0, got -1"),
-        ((3, -2), {}, ValueError, "S must be >= 0, got -2"),
-        ((2.0,), {}, TypeError, "T must be an int, got float"),
-        ((True,), {}, TypeError, "T must be an int, got bool"),
-        ((3,), {"offset": 0.5}, TypeError, "offset must be an int"),
-    ],
-)
-def test_causal_mask_bad_input(args, kwargs, exc, message):
+@pytest.mark.parametrize("fn,args,kwargs,exc,message", BAD)
+def test_bad_input(fn, args, kwargs, exc, message):
     with pytest.raises(exc, match=message):
-        causal_mask(*args, **kwargs)
+        fn(*args, **kwargs)
+
+
+def test_bad_mask_mod_name_and_topk():
+    with pytest.raises(ValueError, match="name must be one of 'causal'"):
+        as_mask_mod("tril")
+    with pytest.raises(ValueError, match="topk must be >= 1"):
+        block_topk_layout(torch.randn(1, 1, 4, 2), torch.randn(1, 1, 4, 2), block_size=2, topk=0)
