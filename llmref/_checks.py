@@ -117,10 +117,7 @@ def check_mask(mask: object, shapes: AttentionShapes, device: torch.device) -> t
             "convert an additive float mask with `mask = bias == 0`"
         )
     full = (shapes.batch, shapes.heads, shapes.query_len, shapes.key_len)
-    ok = mask.ndim <= 4 and all(
-        m in (1, f) for m, f in zip(reversed(mask.shape), reversed(full), strict=False)
-    )
-    if not ok:
+    if not _broadcasts(tuple(mask.shape), full):
         raise ValueError(
             f"mask of shape {tuple(mask.shape)} does not broadcast to (B, H, T, S) = {full}"
         )
@@ -134,3 +131,38 @@ def resolve_scale(scale: object, head_dim: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
     return check_positive_float("scale", scale)
+
+
+def _broadcasts(shape: tuple[int, ...], full: tuple[int, ...]) -> bool:
+    return len(shape) <= len(full) and all(
+        m in (1, f) for m, f in zip(reversed(shape), reversed(full), strict=False)
+    )
+
+
+def check_bias(bias: object, shapes: AttentionShapes, device: torch.device) -> torch.Tensor:
+    """Validate an additive float bias that broadcasts to (B, H, T, S)."""
+    check_tensor("bias", bias)
+    assert isinstance(bias, torch.Tensor)
+    check_float_dtype("bias", bias)
+    full = (shapes.batch, shapes.heads, shapes.query_len, shapes.key_len)
+    if not _broadcasts(tuple(bias.shape), full):
+        raise ValueError(
+            f"bias of shape {tuple(bias.shape)} does not broadcast to (B, H, T, S) = {full}"
+        )
+    if bias.device != device:
+        raise ValueError(f"bias must be on the same device as q ({device}), got {bias.device}")
+    return bias
+
+
+def check_sinks(sinks: object, shapes: AttentionShapes, device: torch.device) -> torch.Tensor:
+    """Validate per-head attention-sink logits of shape (H,)."""
+    check_tensor("sinks", sinks)
+    assert isinstance(sinks, torch.Tensor)
+    check_float_dtype("sinks", sinks)
+    if tuple(sinks.shape) != (shapes.heads,):
+        raise ValueError(
+            f"sinks must have shape (H,) = ({shapes.heads},), got {tuple(sinks.shape)}"
+        )
+    if sinks.device != device:
+        raise ValueError(f"sinks must be on the same device as q ({device}), got {sinks.device}")
+    return sinks

@@ -3,6 +3,7 @@
 Tensors use the ``(B, H, T, D)`` layout; boolean masks mean ``True`` = may attend.
 """
 
+from .chunked import chunked_attention
 from .functional import ATTENTION, attention, naive_attention, sdpa_attention
 from .masks import (
     MASKS,
@@ -27,6 +28,7 @@ __all__ = [
     "block_sparse_mask",
     "block_topk_layout",
     "causal_mask",
+    "chunked_attention",
     "dilated_mask",
     "document_mask",
     "naive_attention",

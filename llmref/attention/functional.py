@@ -12,7 +12,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_mask, check_positive_float, check_qkv, resolve_scale
+from .._checks import (
+    check_bias,
+    check_mask,
+    check_positive_float,
+    check_qkv,
+    check_sinks,
+    resolve_scale,
+)
 from .._registry import Registry
 from .masks import causal_mask
 
@@ -50,7 +57,9 @@ def naive_attention(
     mask: torch.Tensor | None = None,
     is_causal: bool = False,
     scale: float | None = None,
+    bias: torch.Tensor | None = None,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
     return_weights: bool = False,
 ) -> Any:
     """Attention computed exactly as written: ``softmax(q k^T * scale) v``.
@@ -76,11 +85,19 @@ def naive_attention(
         SDPA). Combined with ``mask`` by logical AND.
     scale : float, optional
         Score scale; defaults to ``1 / sqrt(D)``. Must be > 0.
+    bias : torch.Tensor, optional
+        Additive float bias broadcasting to ``(B, H, T, S)``, added to the
+        scaled (and softcapped) scores: ALiBi, T5 and other relative biases.
     softcap : float, optional
         If given, scores are capped smoothly as ``softcap * tanh(s / softcap)``
-        before masking (Gemma 2 logit softcapping). Must be > 0.
+        before bias and mask (Gemma 2 logit softcapping). Must be > 0.
+    sinks : torch.Tensor, optional
+        Per-head sink logits of shape ``(H,)``: one extra softmax entry per row
+        that has no value, so a head can put probability mass on "nothing"
+        (gpt-oss's learned attention sinks).
     return_weights : bool, default False
-        Also return the attention weights.
+        Also return the attention weights (over the real keys; with ``sinks``
+        a row sums to less than 1).
 
     Returns
     -------
@@ -97,22 +114,23 @@ def naive_attention(
         or ``mask`` is not boolean.
     ValueError
         If an input is not 4-D, batch or head dims disagree, ``H % H_kv != 0``,
-        ``mask`` does not broadcast to ``(B, H, T, S)``, or ``scale`` or
-        ``softcap`` is not a finite number > 0.
+        ``mask`` or ``bias`` does not broadcast to ``(B, H, T, S)``, ``sinks`` is
+        not of shape ``(H,)``, or ``scale`` or ``softcap`` is not a finite
+        number > 0.
 
     Notes
     -----
     .. math::
 
         \\operatorname{Attention}(Q, K, V) =
-        \\operatorname{softmax}\\!\\left(s\\, Q K^\\top + M\\right) V,
+        \\operatorname{softmax}\\!\\left(s\\, Q K^\\top + A + M\\right) V,
         \\qquad s = 1/\\sqrt{D},
 
-    with :math:`M_{ij} = 0` where the mask allows and :math:`-\\infty`
-    elsewhere. The softmax subtracts the row maximum before exponentiating.
-    A fully masked row has no defined softmax; llmref returns zeros for it
-    (as PyTorch's CPU SDPA does) instead of NaN. Inputs in float16 or bfloat16
-    are computed in float32 and the result is cast back.
+    with the additive ``bias`` :math:`A` and :math:`M_{ij} = 0` where the mask
+    allows and :math:`-\\infty` elsewhere. The softmax subtracts the row
+    maximum before exponentiating. A fully masked row has no defined softmax;
+    llmref returns zeros for it (as PyTorch's CPU SDPA does) instead of NaN.
+    Inputs in float16 or bfloat16 are computed in float32 and cast back.
 
     References
     ----------
@@ -135,6 +153,11 @@ def naive_attention(
     s = resolve_scale(scale, shapes.head_dim)
     if mask is not None:
         check_mask(mask, shapes, q.device)
+    if bias is not None:
+        check_bias(bias, shapes, q.device)
+    if sinks is not None:
+        check_sinks(sinks, shapes, q.device)
+    cap = None if softcap is None else check_positive_float("softcap", softcap)
     mask = _combined_mask(mask, is_causal, T, S, q.device)
 
     compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
@@ -144,16 +167,22 @@ def naive_attention(
     kg = k.to(compute).unsqueeze(2)
     vg = v.to(compute).unsqueeze(2)
     scores = torch.matmul(qg, kg.transpose(-1, -2)).mul_(s).reshape(B, H, T, S)
-    if softcap is not None:
-        cap = check_positive_float("softcap", softcap)
+    if cap is not None:
         scores = torch.tanh(scores / cap) * cap
+    if bias is not None:
+        scores = scores + bias.to(compute)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     # Stable softmax that leaves fully masked rows at exactly zero.
     row_max = scores.amax(dim=-1, keepdim=True)
+    if sinks is not None:
+        sink = sinks.to(compute).view(1, H, 1, 1)
+        row_max = torch.maximum(row_max, sink)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     exp = torch.exp(scores - row_max)
     denom = exp.sum(dim=-1, keepdim=True)
+    if sinks is not None:
+        denom = denom + torch.exp(sink - row_max)
     weights = exp / torch.where(denom > 0, denom, torch.ones_like(denom))
     out = torch.matmul(weights.reshape(B, H_kv, G, T, S), vg).reshape(B, H, T, Dv)
     out = out.to(q.dtype)
@@ -176,6 +205,7 @@ def sdpa_attention(
     mask: torch.Tensor | None = None,
     is_causal: bool = False,
     scale: float | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention through :func:`torch.nn.functional.scaled_dot_product_attention`.
 
@@ -195,6 +225,9 @@ def sdpa_attention(
         (SDPA itself refuses both at once; llmref merges them).
     scale : float, optional
         Score scale; defaults to ``1 / sqrt(D)``.
+    bias : torch.Tensor, optional
+        Additive float bias broadcasting to ``(B, H, T, S)``; passed to SDPA as
+        a float ``attn_mask`` (in ``q``'s dtype) with masked entries at ``-inf``.
 
     Returns
     -------
@@ -227,13 +260,21 @@ def sdpa_attention(
     s = resolve_scale(scale, shapes.head_dim)
     if mask is not None:
         check_mask(mask, shapes, q.device)
+    if bias is not None:
+        check_bias(bias, shapes, q.device)
+    if mask is not None or bias is not None:
         mask = _combined_mask(mask, is_causal, shapes.query_len, shapes.key_len, q.device)
         is_causal = False
+    attn_mask = mask
+    if bias is not None:
+        attn_mask = bias.to(q.dtype)
+        if mask is not None:
+            attn_mask = attn_mask.masked_fill(~mask, float("-inf"))
     out = F.scaled_dot_product_attention(
         q,
         k,
         v,
-        attn_mask=mask,
+        attn_mask=attn_mask,
         is_causal=is_causal,
         scale=s,
         enable_gqa=shapes.kv_heads != shapes.heads,
@@ -251,6 +292,7 @@ def attention(
     mask: torch.Tensor | None = None,
     is_causal: bool = False,
     scale: float | None = None,
+    bias: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Scaled dot-product attention through a chosen backend.
@@ -269,9 +311,12 @@ def attention(
         Top-left aligned causal mask (see :func:`~llmref.attention.causal_mask`).
     scale : float, optional
         Score scale; defaults to ``1 / sqrt(D)``.
+    bias : torch.Tensor, optional
+        Additive float bias broadcasting to ``(B, H, T, S)`` (ALiBi, relative
+        position biases).
     backend : str, default "auto"
-        A name registered in :data:`ATTENTION` (``"naive"``, ``"sdpa"``), or
-        ``"auto"``, which picks ``"sdpa"``.
+        A name registered in :data:`ATTENTION` (``"naive"``, ``"sdpa"``,
+        ``"chunked"``, ...), or ``"auto"``, which picks ``"sdpa"``.
 
     Returns
     -------
@@ -296,4 +341,4 @@ def attention(
     if not isinstance(name, str) or name not in ATTENTION:
         known = ", ".join(repr(n) for n in ("auto", *ATTENTION))
         raise ValueError(f"backend must be one of {known}, got {backend!r}")
-    return ATTENTION[name].fn(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
+    return ATTENTION[name].fn(q, k, v, mask=mask, is_causal=is_causal, scale=scale, bias=bias)

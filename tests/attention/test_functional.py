@@ -287,3 +287,20 @@ def test_low_precision_is_computed_in_float32():
     out = naive_attention(q, k, v, scale=1.0)  # raw scores 102400 > fp16 max
     assert torch.isfinite(out).all()
     assert out.dtype in LOW_PRECISION
+
+
+@pytest.mark.parametrize("backend", list(ATTENTION))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bias_shape", [(9, 9), (1, 8, 9, 9), (2, 1, 1, 9)])
+def test_every_backend_adds_a_float_bias(backend, dtype, bias_shape):
+    """Additive bias (ALiBi, relative positions) against the reference and SDPA's float mask."""
+    config = CONFIGS["gqa"]
+    q64, k64, v64 = make_qkv(config)
+    bias = torch.randn(bias_shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    mask = random_mask((9, 9))
+    k_rep, v_rep = k64.repeat_interleave(4, dim=1), v64.repeat_interleave(4, dim=1)
+    scores = q64 @ k_rep.transpose(-1, -2) / math.sqrt(32) + bias
+    expected = torch.softmax(scores.masked_fill(~(mask & causal_mask(9)), -math.inf), -1) @ v_rep
+    q, k, v = (t.to(dtype) for t in (q64, k64, v64))
+    out = attention(q, k, v, bias=bias.to(dtype), mask=mask, is_causal=True, backend=backend)
+    assert_close(out, expected, dtype)

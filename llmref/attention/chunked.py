@@ -1,0 +1,335 @@
+"""FlashAttention's algorithm in PyTorch: tiled attention with an online softmax.
+
+The forward pass walks over key blocks keeping, per query row, a running max
+``m``, a running normaliser ``l`` (``norm`` below) and an unnormalised output; each new block
+rescales them by ``exp(m_old - m_new)``. Only one ``(block_q, block_k)`` tile of
+scores exists at a time. The backward pass recomputes each tile from the saved
+log-sum-exp instead of storing the ``T x S`` probabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .._checks import (
+    AttentionShapes,
+    check_bias,
+    check_int,
+    check_mask,
+    check_positive_float,
+    check_qkv,
+    check_sinks,
+    resolve_scale,
+)
+from .functional import ATTENTION
+from .masks import causal_mask
+
+__all__ = ["chunked_attention"]
+
+_NEG_INF = float("-inf")
+
+
+def _grouped(x: torch.Tensor | None, shapes: AttentionShapes) -> torch.Tensor | None:
+    """View a (…, H or 1, T, S) mask/bias as (B|1, H_kv|1, G|1, T|1, S|1)."""
+    if x is None:
+        return None
+    while x.ndim < 4:
+        x = x.unsqueeze(0)
+    H, H_kv = shapes.heads, shapes.kv_heads
+    if x.shape[1] == H and H != H_kv:
+        return x.unflatten(1, (H_kv, H // H_kv))
+    return x.unsqueeze(2)
+
+
+def _tile(x: torch.Tensor, qs: int, qe: int, ks: int, ke: int) -> torch.Tensor:
+    """The (query, key) tile of a broadcastable 5-D mask or bias."""
+    rows = slice(None) if x.shape[-2] == 1 else slice(qs, qe)
+    cols = slice(None) if x.shape[-1] == 1 else slice(ks, ke)
+    return x[..., rows, cols]
+
+
+class _Tiles:
+    """Everything needed to compute one tile of scores, shared by forward and backward."""
+
+    def __init__(self, shapes, scale, softcap, bias5, mask5, is_causal, block_q, block_k):
+        self.shapes, self.scale, self.softcap = shapes, scale, softcap
+        self.bias5, self.mask5, self.is_causal = bias5, mask5, is_causal
+        self.block_q, self.block_k = block_q, block_k
+
+    def query_blocks(self):
+        T = self.shapes.query_len
+        for qs in range(0, T, self.block_q):
+            yield qs, min(qs + self.block_q, T)
+
+    def key_blocks(self, qs: int, qe: int):
+        S = self.shapes.key_len
+        for ks in range(0, S, self.block_k):
+            if self.is_causal and ks > qe - 1:
+                return  # every later key is in the future of every query in the block
+            yield ks, min(ks + self.block_k, S)
+
+    def scores(self, qb, kb, qs, qe, ks, ke, keep_tanh=False):
+        """Scores of one tile (``qb`` is pre-scaled), and tanh(raw / softcap) if asked.
+
+        Works in place on the fresh matmul result: this tile is the hot loop.
+        """
+        s = torch.matmul(qb, kb.transpose(-1, -2))
+        t = None
+        if self.softcap is not None:
+            s.div_(self.softcap).tanh_()
+            t = s.clone() if keep_tanh else None
+            s.mul_(self.softcap)
+        if self.bias5 is not None:
+            s.add_(_tile(self.bias5, qs, qe, ks, ke))
+        allowed = None if self.mask5 is None else _tile(self.mask5, qs, qe, ks, ke)
+        if self.is_causal and ke - 1 > qs:  # some key in this tile is in some row's future
+            c = causal_mask(qe - qs, ke - ks, offset=qs - ks, device=qb.device)
+            allowed = c if allowed is None else allowed & c
+        if allowed is not None:
+            s.masked_fill_(~allowed, _NEG_INF)
+        return s, t
+
+
+def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+class _ChunkedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, bias, sinks, tiles: _Tiles):
+        B, H, H_kv, T, _, _, Dv = tiles.shapes
+        G = H // H_kv
+        compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+        qg = (q.to(compute) * tiles.scale).unflatten(1, (H_kv, G))
+        kg, vg = k.to(compute).unsqueeze(2), v.to(compute).unsqueeze(2)
+        tiles.bias5 = _grouped(None if bias is None else bias.to(compute), tiles.shapes)
+        sink5 = None if sinks is None else sinks.to(compute).view(1, H_kv, G, 1)
+
+        out = torch.empty(B, H_kv, G, T, Dv, dtype=compute, device=q.device)
+        lse = torch.empty(B, H_kv, G, T, dtype=compute, device=q.device)
+        for qs, qe in tiles.query_blocks():
+            qb = qg[..., qs:qe, :]
+            rows = (B, H_kv, G, qe - qs)
+            if sink5 is None:
+                m = torch.full(rows, _NEG_INF, dtype=compute, device=q.device)
+                norm = torch.zeros(rows, dtype=compute, device=q.device)
+            else:  # a sink is a key with logit `sink` and a zero value: start the sum with it
+                m = sink5.expand(rows).clone()
+                norm = torch.ones(rows, dtype=compute, device=q.device)
+            acc = torch.zeros(*rows, Dv, dtype=compute, device=q.device)
+            for ks, ke in tiles.key_blocks(qs, qe):
+                s, _ = tiles.scores(qb, kg[..., ks:ke, :], qs, qe, ks, ke)
+                m_new = torch.maximum(m, s.amax(dim=-1))
+                m_safe = _finite_or_zero(m_new)  # rows with nothing visible yet stay at zero
+                p = s.sub_(m_safe.unsqueeze(-1)).exp_()
+                correction = torch.exp(m - m_safe)
+                norm = norm.mul_(correction).add_(p.sum(dim=-1))
+                acc = acc.mul_(correction.unsqueeze(-1)).add_(torch.matmul(p, vg[..., ks:ke, :]))
+                m = m_new
+            visible = norm > 0
+            out[..., qs:qe, :] = acc / torch.where(visible, norm, torch.ones_like(norm)).unsqueeze(
+                -1
+            )
+            lse[..., qs:qe] = torch.where(visible, _finite_or_zero(m) + torch.log(norm), _NEG_INF)
+
+        ctx.tiles = tiles
+        ctx.save_for_backward(q, k, v, bias, sinks, out, lse)
+        out_dtype = out.flatten(1, 2).to(q.dtype)
+        return out_dtype, lse.flatten(1, 2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, d_lse):
+        q, k, v, bias, sinks, out, lse = ctx.saved_tensors
+        tiles: _Tiles = ctx.tiles
+        B, H, H_kv, _, S, D, Dv = tiles.shapes
+        G = H // H_kv
+        compute = out.dtype
+        qg = (q.to(compute) * tiles.scale).unflatten(1, (H_kv, G))
+        kg, vg = k.to(compute).unsqueeze(2), v.to(compute).unsqueeze(2)
+        d_out = d_out.to(compute).unflatten(1, (H_kv, G))
+        # D_i = dO_i . O_i ; a gradient flowing into the returned LSE enters the same place.
+        delta = (d_out * out).sum(dim=-1)
+        if d_lse is not None:
+            delta = delta - d_lse.to(compute).unflatten(1, (H_kv, G))
+        lse_safe = _finite_or_zero(lse)
+
+        dq = torch.zeros_like(qg)
+        dk = torch.zeros(B, H_kv, S, D, dtype=compute, device=q.device)
+        dv = torch.zeros(B, H_kv, S, Dv, dtype=compute, device=q.device)
+        need_dbias = bias is not None and ctx.needs_input_grad[3]
+        dbias5 = torch.zeros_like(tiles.bias5) if need_dbias else None
+        for qs, qe in tiles.query_blocks():
+            qb, dob = qg[..., qs:qe, :], d_out[..., qs:qe, :]
+            lse_b, delta_b = lse_safe[..., qs:qe, None], delta[..., qs:qe, None]
+            for ks, ke in tiles.key_blocks(qs, qe):
+                kb, vb = kg[..., ks:ke, :], vg[..., ks:ke, :]
+                s, t = tiles.scores(qb, kb, qs, qe, ks, ke, keep_tanh=True)
+                p = s.sub_(lse_b).exp_()
+                dv[:, :, ks:ke] += torch.matmul(p.transpose(-1, -2), dob).sum(dim=2)
+                ds = torch.matmul(dob, vb.transpose(-1, -2)).sub_(delta_b).mul_(p)
+                if dbias5 is not None:
+                    _accumulate_tile(dbias5, ds, qs, qe, ks, ke)
+                if t is not None:  # d tanh(x)/dx = 1 - tanh(x)^2
+                    ds.mul_(1 - t * t)
+                dq[..., qs:qe, :] += torch.matmul(ds, kb).mul_(tiles.scale)
+                # qb is pre-scaled, so this is ds^T q * scale
+                dk[:, :, ks:ke] += torch.matmul(ds.transpose(-1, -2), qb).sum(dim=2)
+
+        d_sinks = None
+        if sinks is not None and ctx.needs_input_grad[4]:
+            p_sink = torch.exp(sinks.to(compute).view(1, H_kv, G, 1) - lse_safe)
+            d_sinks = -(p_sink * delta).sum(dim=(0, 3)).reshape(H).to(sinks.dtype)
+        d_bias = None if dbias5 is None else dbias5.reshape(bias.shape).to(bias.dtype)
+        return (
+            dq.flatten(1, 2).to(q.dtype),
+            dk.to(k.dtype),
+            dv.to(v.dtype),
+            d_bias,
+            d_sinks,
+            None,
+        )
+
+
+def _accumulate_tile(target: torch.Tensor, grad: torch.Tensor, qs, qe, ks, ke) -> None:
+    """Add a tile's gradient into a broadcastable bias gradient, summing broadcast dims."""
+    dims = tuple(d for d in range(3) if target.shape[d] == 1 and grad.shape[d] != 1)
+    if target.shape[-2] == 1:
+        dims += (3,)
+    if target.shape[-1] == 1:
+        dims += (4,)
+    if dims:
+        grad = grad.sum(dim=dims, keepdim=True)
+    _tile(target, qs, qe, ks, ke).add_(grad)
+
+
+def _block_sizes(block_size: object) -> tuple[int, int]:
+    if isinstance(block_size, tuple):
+        if len(block_size) != 2:
+            raise ValueError(f"block_size must be an int or (block_q, block_k), got {block_size}")
+        return (
+            check_int("block_size[0]", block_size[0], minimum=1),
+            check_int("block_size[1]", block_size[1], minimum=1),
+        )
+    size = check_int("block_size", block_size, minimum=1)
+    return size, size
+
+
+@ATTENTION.register(
+    "chunked",
+    paper="dao2022flashattention",
+    reference="naive_attention",
+    third_party="torch.nn.functional.scaled_dot_product_attention",
+)
+def chunked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+    block_size: int | tuple[int, int] = 512,
+    return_lse: bool = False,
+) -> Any:
+    """Exact attention computed tile by tile with an online softmax (FlashAttention in PyTorch).
+
+    Gives the same result as :func:`~llmref.attention.naive_attention` while
+    never holding more than one ``(block_q, block_k)`` tile of scores: memory
+    grows linearly with sequence length. The backward pass is a custom
+    :class:`torch.autograd.Function` that recomputes each tile from the saved
+    log-sum-exp, so the ``T x S`` probability matrix is never stored either.
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        Queries of shape ``(B, H, T, D)``.
+    k : torch.Tensor
+        Keys of shape ``(B, H_kv, S, D)``, ``H % H_kv == 0`` (GQA/MQA).
+    v : torch.Tensor
+        Values of shape ``(B, H_kv, S, Dv)``.
+    mask : torch.Tensor, optional
+        Boolean mask broadcasting to ``(B, H, T, S)``; ``True`` = may attend.
+    is_causal : bool, default False
+        Top-left aligned causal mask (as in SDPA); tiles entirely in the future
+        are skipped, which halves the work.
+    scale : float, optional
+        Score scale; defaults to ``1 / sqrt(D)``.
+    bias : torch.Tensor, optional
+        Additive float bias broadcasting to ``(B, H, T, S)`` (ALiBi, relative
+        position biases); it receives a gradient if it requires one.
+    softcap : float, optional
+        Logit softcapping ``softcap * tanh(s / softcap)`` before bias and mask.
+    sinks : torch.Tensor, optional
+        Learned per-head sink logits of shape ``(H,)``: an extra softmax entry
+        with no value (gpt-oss), which lets a head attend to "nothing".
+    block_size : int or tuple of int, default 512
+        Tile size, or ``(block_q, block_k)``. Any size >= 1; the last tile may
+        be partial.
+    return_lse : bool, default False
+        Also return the log-sum-exp of each row's scores (differentiable).
+
+    Returns
+    -------
+    out : torch.Tensor
+        Shape ``(B, H, T, Dv)``, dtype of ``q``.
+    lse : torch.Tensor
+        Only if ``return_lse``: shape ``(B, H, T)``, in float32 for 16-bit
+        inputs (else the input dtype); ``-inf`` for fully masked rows.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`~llmref.attention.naive_attention`; also for a bad
+        ``block_size``, ``bias`` or ``sinks``.
+
+    Notes
+    -----
+    For each query row and key tile :math:`j` with scores :math:`s^{(j)}`:
+
+    .. math::
+
+        m^{(j)} = \\max\\bigl(m^{(j-1)}, \\max_k s^{(j)}_k\\bigr), \\quad
+        \\ell^{(j)} = e^{m^{(j-1)} - m^{(j)}} \\ell^{(j-1)} + \\sum_k e^{s^{(j)}_k - m^{(j)}},
+
+        o^{(j)} = e^{m^{(j-1)} - m^{(j)}} o^{(j-1)} + \\sum_k e^{s^{(j)}_k - m^{(j)}} v_k,
+
+    and finally :math:`O = o / \\ell`, :math:`\\mathrm{LSE} = m + \\log \\ell`. The
+    backward uses :math:`P = \\exp(S - \\mathrm{LSE})` and
+    :math:`dS = P \\circ (dP - \\operatorname{rowsum}(dO \\circ O))`. Fully masked
+    rows give zeros (and zero gradients), as everywhere in llmref.
+
+    References
+    ----------
+    :cite:t:`milakov2018online`, :cite:t:`dao2022flashattention`,
+    :cite:t:`dao2024flashattention2`
+
+    Examples
+    --------
+    >>> import torch
+    >>> from llmref.attention import chunked_attention, naive_attention
+    >>> q, k, v = (torch.randn(1, 4, 300, 32, dtype=torch.float64) for _ in range(3))
+    >>> out, lse = chunked_attention(q, k, v, is_causal=True, block_size=64, return_lse=True)
+    >>> torch.allclose(out, naive_attention(q, k, v, is_causal=True))
+    True
+    >>> lse.shape
+    torch.Size([1, 4, 300])
+    """
+    shapes = check_qkv(q, k, v)
+    s = resolve_scale(scale, shapes.head_dim)
+    if mask is not None:
+        check_mask(mask, shapes, q.device)
+    if bias is not None:
+        check_bias(bias, shapes, q.device)
+    if sinks is not None:
+        check_sinks(sinks, shapes, q.device)
+    cap = None if softcap is None else check_positive_float("softcap", softcap)
+    block_q, block_k = _block_sizes(block_size)
+    tiles = _Tiles(shapes, s, cap, None, _grouped(mask, shapes), bool(is_causal), block_q, block_k)
+    out, lse = _ChunkedAttention.apply(q, k, v, bias, sinks, tiles)
+    return (out, lse) if return_lse else out

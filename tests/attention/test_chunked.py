@@ -1,0 +1,191 @@
+"""chunked_attention: FlashAttention in PyTorch, exact to the reference, with its own backward."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from llmref.attention import chunked_attention, naive_attention
+from tests.attention.test_functional import CONFIGS, make_qkv, random_mask
+from tests.tolerances import TOLERANCES, assert_close
+
+BLOCKS = [1, 3, (2, 5), 64, 4096]
+
+
+def options(config, which, seed=3):
+    """Keyword options exercising one feature (or all of them) on a config."""
+    B, H, _, T, S, _, _ = config
+    g = torch.Generator().manual_seed(seed)
+    opts = {}
+    if which in ("mask", "all"):
+        opts["mask"] = random_mask((B, 1, T, S), seed=seed)
+    if which in ("causal", "all"):
+        opts["is_causal"] = True
+    if which in ("bias", "all"):
+        opts["bias"] = torch.randn(1, H, T, S, generator=g, dtype=torch.float64)
+    if which in ("softcap", "all"):
+        opts["softcap"] = 1.5
+    if which in ("sinks", "all"):
+        opts["sinks"] = torch.randn(H, generator=g, dtype=torch.float64)
+    return opts
+
+
+FEATURES = ["plain", "mask", "causal", "bias", "softcap", "sinks", "all"]
+
+
+@pytest.mark.parametrize("block_size", BLOCKS, ids=str)
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+@pytest.mark.parametrize("feature", FEATURES)
+def test_equals_naive_reference_float64(block_size, config, feature):
+    q, k, v = make_qkv(config)
+    opts = options(config, feature)
+    expected = naive_attention(q, k, v, **opts)
+    out = chunked_attention(q, k, v, block_size=block_size, **opts)
+    assert_close(out, expected, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_against_float64(dtype):
+    config = CONFIGS["gqa"]
+    q, k, v = make_qkv(config)
+    opts = options(config, "all")
+    expected = naive_attention(q, k, v, **opts)
+    low = {k_: (v_.to(dtype) if k_ in ("bias", "sinks") else v_) for k_, v_ in opts.items()}
+    out = chunked_attention(q.to(dtype), k.to(dtype), v.to(dtype), block_size=4, **low)
+    assert out.dtype == dtype
+    assert_close(out, expected, dtype)
+
+
+def test_lse_is_the_log_sum_exp_of_the_scores():
+    config = CONFIGS["cross"]
+    q, k, v = make_qkv(config)
+    mask = random_mask((2, 4, 3, 11))
+    mask[0, 1, 2] = False  # one fully masked row
+    _, lse = chunked_attention(q, k, v, mask=mask, block_size=4, return_lse=True)
+    k_rep = k.repeat_interleave(2, dim=1)
+    scores = (q @ k_rep.transpose(-1, -2) / 4.0).masked_fill(~mask, float("-inf"))
+    torch.testing.assert_close(lse, torch.logsumexp(scores, dim=-1))
+    assert lse[0, 1, 2] == float("-inf")
+
+
+@pytest.mark.parametrize("feature", FEATURES)
+def test_gradcheck_float64(feature):
+    """The custom backward (recomputation from the LSE) against finite differences."""
+    config = (1, 4, 2, 5, 7, 3, 2)
+    q, k, v = (t.requires_grad_(True) for t in make_qkv(config))
+    opts = options(config, feature)
+    for name in ("bias", "sinks"):
+        if name in opts:
+            opts[name].requires_grad_(True)
+    tensors = {"q": q, "k": k, "v": v, **{n: opts.pop(n) for n in ("bias", "sinks") if n in opts}}
+    names = list(tensors)
+
+    def fn(*args):
+        kw = dict(zip(names, args, strict=True))
+        out, lse = chunked_attention(
+            kw.pop("q"), kw.pop("k"), kw.pop("v"), block_size=3, return_lse=True, **kw, **opts
+        )
+        return out, lse.masked_fill(torch.isinf(lse), 0.0)
+
+    assert torch.autograd.gradcheck(fn, tuple(tensors.values()))
+
+
+@pytest.mark.parametrize("feature", ["all", "causal", "sinks"])
+def test_gradients_equal_naive_autograd(feature):
+    config = CONFIGS["gqa"]
+    base = make_qkv(config)
+    opts = options(config, feature)
+    grads = []
+    learned_names = [n for n in ("bias", "sinks") if n in opts]
+    fixed = {n: o for n, o in opts.items() if n not in learned_names}
+    for fn in (naive_attention, chunked_attention):
+        q, k, v = (t.clone().requires_grad_(True) for t in base)
+        learned = {n: opts[n].clone().requires_grad_(True) for n in learned_names}
+        kwargs = {"block_size": 4} if fn is chunked_attention else {}
+        out = fn(q, k, v, **learned, **fixed, **kwargs)
+        (out * torch.cos(torch.arange(out.numel(), dtype=out.dtype)).view_as(out)).sum().backward()
+        grads.append([q.grad, k.grad, v.grad, *(t.grad for t in learned.values())])
+    for got, want in zip(grads[1], grads[0], strict=True):
+        assert_close(got, want, torch.float64)
+
+
+def test_fully_masked_rows_are_zero_with_zero_gradients():
+    q, k, v = (t.requires_grad_(True) for t in make_qkv(CONFIGS["mha"]))
+    mask = random_mask((7, 7))
+    mask[3] = False
+    out = chunked_attention(q, k, v, mask=mask, block_size=2)
+    assert torch.all(out[:, :, 3] == 0) and not out.isnan().any()
+    out.sum().backward()
+    assert torch.all(q.grad[:, :, 3] == 0) and torch.isfinite(k.grad).all()
+
+
+def test_causal_skips_future_tiles_and_matches():
+    """With top-left causal alignment and T > S some rows see every key; T < S some see few."""
+    for T, S in ((9, 4), (4, 9)):
+        q, k, v = make_qkv((1, 2, 2, T, S, 8, 8))
+        assert_close(
+            chunked_attention(q, k, v, is_causal=True, block_size=2),
+            naive_attention(q, k, v, is_causal=True),
+            torch.float64,
+        )
+
+
+def test_backward_never_saves_a_t_by_s_tensor():
+    """The memory claim: autograd keeps nothing of size T x S (only O(T + S) tensors)."""
+    T = S = 256
+    q, k, v = (torch.randn(1, 2, T, 16, requires_grad=True) for _ in range(3))
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = chunked_attention(q, k, v, is_causal=True, block_size=32)
+    assert max(saved) == 2 * T * 16  # q, k, v and out; never 2 * T * S
+    out.sum().backward()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        naive_attention(q, k, v, is_causal=True)
+    assert max(saved) >= 2 * T * S  # the naive path does store the probabilities
+
+
+def test_matches_gpt_oss_sinks_from_transformers():
+    gpt_oss = pytest.importorskip("transformers.models.gpt_oss.modeling_gpt_oss")
+    config = CONFIGS["gqa"]
+    q, k, v = make_qkv(config)
+    sinks = torch.randn(8, dtype=torch.float64)
+    module = types.SimpleNamespace(num_key_value_groups=4, sinks=sinks, training=False)
+    causal = torch.full((9, 9), float("-inf"), dtype=torch.float64).triu(1)
+    ref, _ = gpt_oss.eager_attention_forward(module, q, k, v, causal, scaling=32**-0.5)
+    out = chunked_attention(q, k, v, is_causal=True, sinks=sinks, block_size=4)
+    assert_close(out.transpose(1, 2), ref, torch.float64)
+    assert_close(
+        naive_attention(q, k, v, is_causal=True, sinks=sinks).transpose(1, 2), ref, torch.float64
+    )
+
+
+BAD = [
+    ({"block_size": 0}, ValueError, "block_size must be >= 1, got 0"),
+    ({"block_size": (4,)}, ValueError, r"block_size must be an int or \(block_q, block_k\)"),
+    ({"block_size": (4, 0)}, ValueError, r"block_size\[1\] must be >= 1"),
+    ({"block_size": 2.5}, TypeError, "block_size must be an int"),
+    ({"bias": torch.zeros(3, 9, 9)}, ValueError, "bias of shape"),
+    ({"bias": torch.zeros(9, 9, dtype=torch.long)}, TypeError, "bias must have a floating"),
+    ({"sinks": torch.zeros(2)}, ValueError, r"sinks must have shape \(H,\) = \(8,\)"),
+    ({"sinks": [0.0] * 8}, TypeError, "sinks must be a torch.Tensor"),
+    ({"softcap": 0.0}, ValueError, "softcap must be a finite number > 0"),
+    ({"mask": torch.ones(9, 9)}, TypeError, "mask must be a torch"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,message", BAD)
+def test_bad_input(kwargs, exc, message):
+    q, k, v = make_qkv(CONFIGS["gqa"], torch.float32)
+    with pytest.raises(exc, match=message):
+        chunked_attention(q, k, v, **kwargs)
+
+
+def test_tolerance_table_is_used():
+    assert torch.float64 in TOLERANCES
