@@ -4,6 +4,7 @@ Tensors use the ``(B, H, T, D)`` layout; boolean masks mean ``True`` = may atten
 """
 
 from .chunked import chunked_attention
+from .flex import flex_attention
 from .functional import ATTENTION, attention, naive_attention, sdpa_attention
 from .masks import (
     MASKS,
@@ -31,6 +32,7 @@ __all__ = [
     "chunked_attention",
     "dilated_mask",
     "document_mask",
+    "flex_attention",
     "naive_attention",
     "prefix_lm_mask",
     "sdpa_attention",
