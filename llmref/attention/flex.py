@@ -169,7 +169,9 @@ def flex_attention(
                 score = score + full_bias[b, h, qi, kv]
             return score
 
-    flex = _compiled_flex() if compiled else _torch_flex_attention
+    flex: Callable[..., Any] = _torch_flex_attention
+    if compiled:
+        flex = _compiled_flex()
     with warnings.catch_warnings():
         # Eager FlexAttention warns that it is unfused; that is known and documented here.
         warnings.simplefilter("ignore", UserWarning)
