@@ -222,6 +222,7 @@ def _block_sizes(block_size: object) -> tuple[int, int]:
     paper="dao2022flashattention",
     reference="naive_attention",
     third_party="torch.nn.functional.scaled_dot_product_attention",
+    features=frozenset({"bias", "softcap", "sinks"}),
 )
 def chunked_attention(
     q: torch.Tensor,

@@ -47,6 +47,7 @@ def _full(x: torch.Tensor, shapes: AttentionShapes) -> torch.Tensor:
     paper="dong2024flex",
     reference="naive_attention",
     third_party="torch.nn.attention.flex_attention.flex_attention",
+    features=frozenset({"bias", "softcap"}),
     backward_on_cpu=False,  # PyTorch's FlexAttention has no CPU backward
 )
 def flex_attention(

@@ -28,8 +28,10 @@ __all__ = ["ATTENTION", "attention", "naive_attention", "sdpa_attention"]
 ATTENTION = Registry("attention backend")
 """Registry of attention implementations, name -> :class:`~llmref.RegistryEntry`.
 
-Every entry accepts ``(q, k, v, *, mask=None, is_causal=False, scale=None)``
-and gives the same result; :func:`attention` dispatches to them by name.
+Every entry accepts ``(q, k, v, *, mask=None, is_causal=False, scale=None,
+bias=None)`` and gives the same result; :func:`attention` dispatches to them by
+name. ``meta["features"]`` lists the optional keywords an entry supports
+beyond those (``"bias"``, ``"softcap"``, ``"sinks"``).
 """
 
 
@@ -48,6 +50,7 @@ def _combined_mask(
     paper="vaswani2017attention",
     reference="naive_attention",
     third_party="torch.nn.functional.scaled_dot_product_attention",
+    features=frozenset({"bias", "softcap", "sinks"}),
 )
 def naive_attention(
     q: torch.Tensor,
@@ -196,6 +199,7 @@ def naive_attention(
     paper="dao2022flashattention",
     reference="naive_attention",
     third_party="torch.nn.functional.scaled_dot_product_attention",
+    features=frozenset({"bias"}),
 )
 def sdpa_attention(
     q: torch.Tensor,

@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from .._checks import check_int, check_tensor
-from .functional import ATTENTION, attention
+from .._checks import check_int, check_positive_float, check_tensor
+from .functional import ATTENTION
+from .masks import sliding_window_mask
 
 __all__ = ["MultiHeadAttention"]
 
 
+def resolve_backend(backend: str, features: set[str]) -> str:
+    """The ATTENTION entry to use: ``backend`` itself, or for ``"auto"`` SDPA when it
+    supports every needed feature and the chunked (FlashAttention) kernel otherwise."""
+    if backend == "auto":
+        return "sdpa" if features <= ATTENTION["sdpa"].meta["features"] else "chunked"
+    if backend not in ATTENTION:
+        known = ", ".join(repr(n) for n in ("auto", *ATTENTION))
+        raise ValueError(f"backend must be one of {known}, got {backend!r}")
+    missing = features - ATTENTION[backend].meta["features"]
+    if missing:
+        raise ValueError(
+            f"backend {backend!r} does not support {sorted(missing)}; use 'auto' or one of "
+            + ", ".join(repr(n) for n, e in ATTENTION.items() if features <= e.meta["features"])
+        )
+    return backend
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with optional grouped key/value heads (MHA, GQA, MQA).
+
+    Options cover what current decoders add around the attention kernel:
+    QK-norm, logit softcapping, a sliding window, learned attention sinks, and
+    an injected position encoding (RoPE rotating queries and keys, or an
+    additive position bias such as ALiBi).
 
     Parameters
     ----------
@@ -28,8 +53,31 @@ class MultiHeadAttention(nn.Module):
         divide exactly).
     bias : bool, default False
         Whether the projections have biases.
+    scale : float, optional
+        Score scale; defaults to ``1 / sqrt(head_dim)`` (Gemma uses
+        ``query_pre_attn_scalar ** -0.5``).
+    qk_norm : bool, default False
+        RMS-normalise each query and key head (with a learned scale) before the
+        position encoding, as OLMo 2, Qwen3 and Gemma 3 do.
+    norm_eps : float, default 1e-6
+        Epsilon of the QK-norm.
+    softcap : float, optional
+        Logit softcapping ``softcap * tanh(s / softcap)`` (Gemma 2).
+    window : int, optional
+        Sliding window: each query sees the ``window`` most recent keys, itself
+        included (see :func:`~llmref.attention.sliding_window_mask`).
+    sinks : bool, default False
+        Learn one sink logit per head (gpt-oss), initialised to zero.
+    rope : torch.nn.Module, optional
+        Rotary embedding applied to queries and keys, called as
+        ``rope(x, position_ids, offset=offset)`` on ``(B, H, T, D)`` tensors,
+        e.g. :class:`~llmref.position.RotaryEmbedding`.
+    position_bias : torch.nn.Module, optional
+        Additive position bias called as ``position_bias(T, S, offset=offset)``
+        and returning ``(H, T, S)``, e.g. :class:`~llmref.position.AlibiBias`.
     backend : str, default "auto"
-        Attention backend passed to :func:`~llmref.attention.attention`.
+        A name in :data:`~llmref.attention.ATTENTION`, or ``"auto"``: SDPA
+        when it supports the options used, else the chunked kernel.
     device, dtype : optional
         Where and in which dtype to create the parameters.
 
@@ -40,6 +88,10 @@ class MultiHeadAttention(nn.Module):
         key heads, then the value heads, ``(H + 2 H_kv) * head_dim`` in all.
     out_proj : torch.nn.Linear
         Output projection from ``H * head_dim`` back to ``d_model``.
+    q_norm, k_norm : torch.nn.RMSNorm or None
+        The QK-norms (``qk_norm=True``).
+    sink_logits : torch.nn.Parameter or None
+        Per-head sink logits, shape ``(H,)`` (``sinks=True``).
 
     Raises
     ------
@@ -48,7 +100,7 @@ class MultiHeadAttention(nn.Module):
     ValueError
         If a size is < 1, ``n_heads % n_kv_heads != 0``, ``d_model`` is not
         divisible by ``n_heads`` when ``head_dim`` is not given, or the backend
-        is unknown.
+        is unknown or lacks a feature the options need.
 
     Notes
     -----
@@ -71,6 +123,9 @@ class MultiHeadAttention(nn.Module):
     >>> x = torch.randn(3, 10, 64)
     >>> mha(x, is_causal=True).shape
     torch.Size([3, 10, 64])
+    >>> gemma_like = MultiHeadAttention(64, 8, qk_norm=True, softcap=50.0, window=4)
+    >>> gemma_like(x, is_causal=True).shape
+    torch.Size([3, 10, 64])
     """
 
     def __init__(
@@ -81,6 +136,14 @@ class MultiHeadAttention(nn.Module):
         n_kv_heads: int | None = None,
         head_dim: int | None = None,
         bias: bool = False,
+        scale: float | None = None,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-6,
+        softcap: float | None = None,
+        window: int | None = None,
+        sinks: bool = False,
+        rope: nn.Module | None = None,
+        position_bias: nn.Module | None = None,
         backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -104,14 +167,29 @@ class MultiHeadAttention(nn.Module):
                 )
             head_dim = d_model // n_heads
         head_dim = check_int("head_dim", head_dim, minimum=1)
-        if backend != "auto" and backend not in ATTENTION:
-            known = ", ".join(repr(n) for n in ("auto", *ATTENTION))
-            raise ValueError(f"backend must be one of {known}, got {backend!r}")
+        self.scale = None if scale is None else check_positive_float("scale", scale)
+        self.softcap = None if softcap is None else check_positive_float("softcap", softcap)
+        self.window = None if window is None else check_int("window", window, minimum=1)
+        features = {
+            name
+            for name, used in (
+                ("softcap", softcap is not None),
+                ("sinks", sinks),
+                ("bias", position_bias is not None),
+            )
+            if used
+        }
+        self.backend = resolve_backend(backend, features)
         self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
-        self.head_dim, self.backend = head_dim, backend
-        kw = {"device": device, "dtype": dtype}
+        self.head_dim = head_dim
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
         self.qkv_proj = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias, **kw)
         self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias, **kw)
+        self.q_norm = nn.RMSNorm(head_dim, eps=norm_eps, **kw) if qk_norm else None
+        self.k_norm = nn.RMSNorm(head_dim, eps=norm_eps, **kw) if qk_norm else None
+        self.sink_logits = nn.Parameter(torch.zeros(n_heads, **kw)) if sinks else None
+        self.rope = rope
+        self.position_bias = position_bias
 
     def forward(
         self,
@@ -120,6 +198,8 @@ class MultiHeadAttention(nn.Module):
         *,
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
+        position_ids: torch.Tensor | None = None,
+        offset: int = 0,
     ) -> torch.Tensor:
         """Attend from ``x`` to ``context`` (or to ``x`` itself).
 
@@ -134,6 +214,11 @@ class MultiHeadAttention(nn.Module):
             Boolean mask broadcasting to ``(B, H, T, S)``; ``True`` = may attend.
         is_causal : bool, default False
             Apply a top-left aligned causal mask.
+        position_ids : torch.Tensor, optional
+            Positions ``(T,)`` or ``(B, T)`` for ``rope`` (self-attention).
+        offset : int, default 0
+            Position of the first token, for ``rope`` and ``position_bias`` when
+            ``position_ids`` is not given.
 
         Returns
         -------
@@ -159,7 +244,24 @@ class MultiHeadAttention(nn.Module):
         q = q.view(B, T, H, D).transpose(1, 2)
         k = k.view(B, S, H_kv, D).transpose(1, 2)
         v = v.view(B, S, H_kv, D).transpose(1, 2)
-        out = attention(q, k, v, mask=mask, is_causal=is_causal, backend=self.backend)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None:
+            q = self.rope(q, position_ids, offset=offset)
+            k = self.rope(k, position_ids, offset=offset)
+        if self.window is not None:
+            window = sliding_window_mask(T, S, window=self.window, offset=S - T, device=x.device)
+            mask = window if mask is None else mask & window
+        extra: dict[str, Any] = {}
+        if self.softcap is not None:
+            extra["softcap"] = self.softcap
+        if self.sink_logits is not None:
+            extra["sinks"] = self.sink_logits
+        if self.position_bias is not None:
+            extra["bias"] = self.position_bias(T, S, offset=offset)
+        out = ATTENTION[self.backend].fn(
+            q, k, v, mask=mask, is_causal=is_causal, scale=self.scale, **extra
+        )
         return self.out_proj(out.transpose(1, 2).reshape(B, T, q_rows))
 
     def _check_input(self, name: str, x: object) -> None:
@@ -171,7 +273,7 @@ class MultiHeadAttention(nn.Module):
             )
 
     @classmethod
-    def from_torch(cls, module: nn.MultiheadAttention) -> MultiHeadAttention:
+    def from_torch(cls, module: nn.MultiheadAttention, **options: Any) -> MultiHeadAttention:
         """Build an equivalent module from a :class:`torch.nn.MultiheadAttention`.
 
         The packed ``in_proj_weight`` (query, key, value rows) maps directly
@@ -182,6 +284,8 @@ class MultiHeadAttention(nn.Module):
         module : torch.nn.MultiheadAttention
             A module with equal query/key/value widths, no ``bias_k``/``bias_v``
             and ``add_zero_attn=False``.
+        **options
+            Further keyword options of the constructor (``backend``, ...).
 
         Returns
         -------
@@ -220,6 +324,7 @@ class MultiHeadAttention(nn.Module):
             bias=module.in_proj_bias is not None,
             device=w.device,
             dtype=w.dtype,
+            **options,
         )
         with torch.no_grad():
             new.qkv_proj.weight.copy_(w)
@@ -232,5 +337,6 @@ class MultiHeadAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
-            f"head_dim={self.head_dim}, backend={self.backend!r}"
+            f"head_dim={self.head_dim}, backend={self.backend!r}, softcap={self.softcap}, "
+            f"window={self.window}"
         )

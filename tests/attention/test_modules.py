@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from llmref.attention import MultiHeadAttention, causal_mask
+from llmref.attention import MultiHeadAttention, causal_mask, naive_attention
 from tests.attention.reference import textbook_attention
 from tests.tolerances import assert_close
 
@@ -30,8 +30,7 @@ def torch_reference(ref, x, context=None, mask=None, is_causal=False):
 def test_matches_torch_multihead_attention(bias, is_causal, backend):
     torch.manual_seed(0)
     ref = nn.MultiheadAttention(48, 6, bias=bias, batch_first=True).double()
-    mha = MultiHeadAttention.from_torch(ref)
-    mha.backend = backend
+    mha = MultiHeadAttention.from_torch(ref, backend=backend)
     x = torch.randn(3, 10, 48, dtype=torch.float64)
     assert_close(
         mha(x, is_causal=is_causal), torch_reference(ref, x, is_causal=is_causal), torch.float64
@@ -140,3 +139,161 @@ def test_from_torch_rejects_unsupported():
         MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, kdim=4, vdim=4))
     with pytest.raises(ValueError, match="add_zero_attn"):
         MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, add_zero_attn=True))
+
+
+# -- options: QK-norm, softcap, window, sinks, injected position encodings -----------------
+
+
+def split_heads(mha, x):
+    """Projected q, k, v of a MultiHeadAttention, computed here from its weights."""
+    B, T, _ = x.shape
+    H, H_kv, D = mha.n_heads, mha.n_kv_heads, mha.head_dim
+    q, k, v = (x @ mha.qkv_proj.weight.T).split([H * D, H_kv * D, H_kv * D], dim=-1)
+    return (
+        q.view(B, T, H, D).transpose(1, 2),
+        k.view(B, T, H_kv, D).transpose(1, 2),
+        v.view(B, T, H_kv, D).transpose(1, 2),
+    )
+
+
+def merge_heads(mha, heads):
+    B, _, T, _ = heads.shape
+    return heads.transpose(1, 2).reshape(B, T, -1) @ mha.out_proj.weight.T
+
+
+def test_options_against_hand_computation():
+    torch.manual_seed(4)
+    mha = MultiHeadAttention(
+        32, 4, n_kv_heads=2, qk_norm=True, softcap=3.0, window=3, sinks=True, scale=0.2
+    ).double()
+    assert mha.backend == "chunked"  # SDPA cannot softcap or sink
+    with torch.no_grad():
+        mha.q_norm.weight.uniform_(0.5, 1.5)
+        mha.k_norm.weight.uniform_(0.5, 1.5)
+        mha.sink_logits.normal_()
+    x = torch.randn(2, 6, 32, dtype=torch.float64)
+    q, k, v = split_heads(mha, x)
+    rms = lambda t, w: t / t.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() * w  # noqa: E731
+    q, k = rms(q, mha.q_norm.weight), rms(k, mha.k_norm.weight)
+    k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+    s = 3.0 * torch.tanh(q @ k.transpose(-1, -2) * 0.2 / 3.0)
+    i, j = torch.arange(6).view(6, 1), torch.arange(6)
+    s = s.masked_fill(~((j <= i) & (i - j < 3)), float("-inf"))
+    sink = mha.sink_logits.view(1, 4, 1, 1).expand(2, 4, 6, 1)
+    w = torch.softmax(torch.cat([s, sink], dim=-1), dim=-1)[..., :-1]
+    assert_close(mha(x, is_causal=True), merge_heads(mha, w @ v), torch.float64)
+    naive = MultiHeadAttention(
+        32,
+        4,
+        n_kv_heads=2,
+        qk_norm=True,
+        softcap=3.0,
+        window=3,
+        sinks=True,
+        scale=0.2,
+        backend="naive",
+    ).double()
+    naive.load_state_dict(mha.state_dict())
+    assert_close(naive(x, is_causal=True), mha(x, is_causal=True), torch.float64)
+
+
+def test_backend_must_support_the_options():
+    with pytest.raises(ValueError, match=r"backend 'sdpa' does not support \['sinks', 'softcap'\]"):
+        MultiHeadAttention(16, 2, softcap=5.0, sinks=True, backend="sdpa")
+    assert MultiHeadAttention(16, 2, window=4).backend == "sdpa"
+
+
+def test_injected_position_bias():
+    import llmref.position as position
+
+    torch.manual_seed(5)
+    alibi = position.AlibiBias(4)
+    mha = MultiHeadAttention(32, 4, position_bias=alibi).double()
+    x = torch.randn(1, 7, 32, dtype=torch.float64)
+    q, k, v = split_heads(mha, x)
+    bias = position.alibi_bias(4, 7, 7).double()
+    expected = naive_attention(q, k, v, bias=bias, is_causal=True)
+    assert_close(mha(x, is_causal=True), merge_heads(mha, expected), torch.float64)
+
+
+def _hf_attention(name, config_cls, attn_cls, **config):
+    cfg = config_cls(**config)
+    cfg._attn_implementation = "eager"
+    return cfg, attn_cls(cfg, layer_idx=0).double().eval()
+
+
+def _load_hf(mha, hf):
+    with torch.no_grad():
+        mha.qkv_proj.weight.copy_(torch.cat([hf.q_proj.weight, hf.k_proj.weight, hf.v_proj.weight]))
+        if hf.q_proj.bias is not None:
+            mha.qkv_proj.bias.copy_(torch.cat([hf.q_proj.bias, hf.k_proj.bias, hf.v_proj.bias]))
+        mha.out_proj.weight.copy_(hf.o_proj.weight)
+        if getattr(hf, "q_norm", None) is not None:
+            mha.q_norm.weight.copy_(hf.q_norm.weight)
+            mha.k_norm.weight.copy_(hf.k_norm.weight)
+
+
+def _causal_additive(T, window=None):
+    i, j = torch.arange(T).view(T, 1), torch.arange(T)
+    allowed = j <= i if window is None else (j <= i) & (i - j < window)
+    return torch.zeros(T, T, dtype=torch.float64).masked_fill(~allowed, float("-inf"))[None, None]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma2"])
+def test_matches_transformers_attention_layers(arch):
+    """GQA + RoPE (Llama), + QK-norm (Qwen3), + softcap, sliding window, scale (Gemma 2)."""
+    pytest.importorskip("transformers")
+    from transformers.models.gemma2 import modeling_gemma2 as gemma2
+    from transformers.models.llama import modeling_llama as llama
+    from transformers.models.qwen3 import modeling_qwen3 as qwen3
+
+    from llmref.position import RotaryEmbedding
+
+    torch.manual_seed(6)
+    common = dict(
+        hidden_size=64,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=16,
+        rope_theta=10000.0,
+        max_position_embeddings=64,
+    )
+    T = 12
+    options, window = {}, None
+    if arch == "llama":
+        cfg, hf = _hf_attention(arch, llama.LlamaConfig, llama.LlamaAttention, **common)
+        rotary = llama.LlamaRotaryEmbedding(cfg)
+    elif arch == "qwen3":
+        cfg, hf = _hf_attention(arch, qwen3.Qwen3Config, qwen3.Qwen3Attention, **common)
+        rotary = qwen3.Qwen3RotaryEmbedding(cfg)
+        with torch.no_grad():
+            hf.q_norm.weight.uniform_(0.5, 1.5)
+            hf.k_norm.weight.uniform_(0.5, 1.5)
+        options = {"qk_norm": True, "norm_eps": cfg.rms_norm_eps}
+    else:
+        window = 5
+        cfg, hf = _hf_attention(
+            arch,
+            gemma2.Gemma2Config,
+            gemma2.Gemma2Attention,
+            **common,
+            sliding_window=window,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=2.0,
+            layer_types=["sliding_attention"],
+            num_hidden_layers=1,
+        )
+        rotary = gemma2.Gemma2RotaryEmbedding(cfg)
+        options = {"softcap": 2.0, "window": window, "scale": 24**-0.5}
+    # float32 tables, as transformers computes them (then both sides cast them to float64)
+    rope = RotaryEmbedding(16, base=10000.0, dtype=torch.float32)
+    mha = MultiHeadAttention(
+        64, 8, n_kv_heads=2, head_dim=16, bias=hf.q_proj.bias is not None, rope=rope, **options
+    ).double()
+    _load_hf(mha, hf)
+    x = torch.randn(2, T, 64, dtype=torch.float64)
+    cos, sin = rotary(x, torch.arange(T)[None])
+    expected, _ = hf(x, (cos.double(), sin.double()), _causal_additive(T, window))
+    # transformers' eager attention takes the softmax in float32 even for float64 inputs,
+    # so its result carries float32 rounding.
+    assert_close(mha(x, is_causal=True), expected, torch.float32)
