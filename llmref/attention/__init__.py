@@ -6,6 +6,7 @@ Tensors use the ``(B, H, T, D)`` layout; boolean masks mean ``True`` = may atten
 from .chunked import chunked_attention
 from .flex import flex_attention
 from .functional import ATTENTION, attention, naive_attention, sdpa_attention
+from .latent import MultiHeadLatentAttention
 from .masks import (
     MASKS,
     as_mask_mod,
@@ -24,6 +25,7 @@ __all__ = [
     "ATTENTION",
     "MASKS",
     "MultiHeadAttention",
+    "MultiHeadLatentAttention",
     "as_mask_mod",
     "attention",
     "block_sparse_mask",
