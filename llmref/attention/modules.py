@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .._checks import check_int, check_positive_float, check_tensor
+from ..cache.base import KVCache
 from .functional import ATTENTION
 from .masks import sliding_window_mask
 
@@ -200,6 +201,7 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         position_ids: torch.Tensor | None = None,
         offset: int = 0,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Attend from ``x`` to ``context`` (or to ``x`` itself).
 
@@ -219,6 +221,12 @@ class MultiHeadAttention(nn.Module):
         offset : int, default 0
             Position of the first token, for ``rope`` and ``position_bias`` when
             ``position_ids`` is not given.
+        cache : llmref.cache.KVCache, optional
+            KV cache of this layer (self-attention only). The new keys and
+            values are stored in it and the queries attend to everything it
+            returns; positions come from the cache (``offset`` is ignored) and
+            the causal/window mask from :meth:`~llmref.cache.KVCache.attention_mask`
+            (requires ``is_causal=True``).
 
         Returns
         -------
@@ -246,10 +254,22 @@ class MultiHeadAttention(nn.Module):
         v = v.view(B, S, H_kv, D).transpose(1, 2)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if cache is not None:
+            if context is not None:
+                raise ValueError("cache is for self-attention; pass no context with it")
+            if not is_causal:
+                raise ValueError("a KV cache is for causal decoding; pass is_causal=True with it")
+            offset = cache.next_position
         if self.rope is not None:
             q = self.rope(q, position_ids, offset=offset)
             k = self.rope(k, position_ids, offset=offset)
-        if self.window is not None:
+        if cache is not None:
+            k, v = cache.update(k, v)
+            S = k.shape[2]
+            allowed = cache.attention_mask(T, window=self.window)
+            mask = allowed if mask is None else mask & allowed
+            is_causal = False
+        elif self.window is not None:
             window = sliding_window_mask(T, S, window=self.window, offset=S - T, device=x.device)
             mask = window if mask is None else mask & window
         extra: dict[str, Any] = {}
