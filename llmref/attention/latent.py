@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .._checks import check_int, check_positive_float, check_tensor
+from ..cache.base import KVCache
 from .functional import ATTENTION
 from .modules import resolve_backend
 
@@ -229,6 +230,7 @@ class MultiHeadLatentAttention(nn.Module):
         is_causal: bool = False,
         position_ids: torch.Tensor | None = None,
         offset: int = 0,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Self-attention with keys and values expanded from the latent (training path).
 
@@ -244,14 +246,40 @@ class MultiHeadLatentAttention(nn.Module):
             Positions ``(T,)`` or ``(B, T)``.
         offset : int, default 0
             Position of the first token when ``position_ids`` is not given.
+        cache : llmref.cache.LatentCache, optional
+            Decode through a latent cache: the new tokens' latents are stored
+            and attention runs on the absorbed path over everything cached
+            (requires ``is_causal=True``; positions come from the cache).
 
         Returns
         -------
         torch.Tensor
             Shape ``(B, T, d_model)``.
+
+        Raises
+        ------
+        TypeError
+            If ``cache`` does not store latents.
+        ValueError
+            If ``cache`` is given without ``is_causal=True``.
         """
         x = self._check_x(x)
         B, T, _ = x.shape
+        if cache is not None:
+            if cache.stores != "latent":
+                raise TypeError(
+                    f"MultiHeadLatentAttention needs a latent cache (llmref.cache.LatentCache), "
+                    f"got {type(cache).__name__} (which stores {cache.stores!r})"
+                )
+            if not is_causal:
+                raise ValueError("a KV cache is for causal decoding; pass is_causal=True with it")
+            start = cache.next_position
+            latent, k_rope = cache.update(*self.compress_kv(x, position_ids, offset=start))
+            causal = cache.attention_mask(T)
+            mask = causal if mask is None else mask & causal
+            return self.forward_absorbed(
+                x, latent, k_rope, mask=mask, position_ids=position_ids, offset=start
+            )
         H, nope = self.n_heads, self.qk_nope_head_dim
         q_nope, q_rope = self._queries(x, position_ids, offset)
         latent, k_rope = self.compress_kv(x, position_ids, offset=offset)

@@ -259,6 +259,11 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError("cache is for self-attention; pass no context with it")
             if not is_causal:
                 raise ValueError("a KV cache is for causal decoding; pass is_causal=True with it")
+            if cache.stores != "kv":
+                raise TypeError(
+                    f"MultiHeadAttention needs a cache of keys and values, got "
+                    f"{type(cache).__name__} (which stores {cache.stores!r})"
+                )
             offset = cache.next_position
         if self.rope is not None:
             q = self.rope(q, position_ids, offset=offset)

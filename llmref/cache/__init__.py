@@ -1,10 +1,23 @@
 """KV caches: one class per kind, one interface (``update(k, v) -> (k_all, v_all)``).
 
-Every kind is registered in :data:`CACHES`.
+Every kind is registered in :data:`CACHES`; ``meta["attention"]`` is ``"mla"``
+for the latent cache (which stores latents, not keys and values).
 """
 
 from ._registry import CACHES
 from .base import KVCache
 from .dynamic import DynamicCache
+from .latent import LatentCache
+from .sink import SinkCache
+from .sliding import SlidingWindowCache
+from .static import StaticCache
 
-__all__ = ["CACHES", "DynamicCache", "KVCache"]
+__all__ = [
+    "CACHES",
+    "DynamicCache",
+    "KVCache",
+    "LatentCache",
+    "SinkCache",
+    "SlidingWindowCache",
+    "StaticCache",
+]

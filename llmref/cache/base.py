@@ -26,6 +26,9 @@ class KVCache:
         Positions of the keys returned by the last :meth:`update`, shape ``(S,)``.
     """
 
+    stores = "kv"
+    """What :meth:`update` takes: per-head ``"kv"``, or MLA's ``"latent"``."""
+
     def __init__(self) -> None:
         self.seen_tokens = 0
         self.key_positions = torch.zeros(0, dtype=torch.long)

@@ -1,0 +1,158 @@
+"""KV caches: cached decoding equals the full forward, constant memory where promised, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmref.attention import MultiHeadAttention, MultiHeadLatentAttention
+from llmref.cache import (
+    CACHES,
+    DynamicCache,
+    LatentCache,
+    SinkCache,
+    SlidingWindowCache,
+    StaticCache,
+)
+from llmref.position import RotaryEmbedding
+from tests.tolerances import assert_close
+
+WINDOW, N_SINK = 4, 2
+
+
+def make_mha(window=None, seed=0):
+    torch.manual_seed(seed)
+    rope = RotaryEmbedding(8, dtype=torch.float64)
+    return MultiHeadAttention(32, 4, n_kv_heads=2, rope=rope, window=window).double()
+
+
+def decode(layer, x, cache, prefill):
+    """Prefill `prefill` tokens, then feed the rest one by one; concatenate the outputs."""
+    outs = [layer(x[:, :prefill], is_causal=True, cache=cache)]
+    for t in range(prefill, x.shape[1]):
+        outs.append(layer(x[:, t : t + 1], is_causal=True, cache=cache))
+    return torch.cat(outs, dim=1)
+
+
+KV_KINDS = {
+    "dynamic": (DynamicCache, None),
+    "static": (lambda: StaticCache(64), None),
+    "sliding_window": (lambda: SlidingWindowCache(WINDOW), WINDOW),
+}
+
+
+def test_every_registered_kind_is_covered():
+    assert set(CACHES) == {*KV_KINDS, "sink", "latent"}
+
+
+@pytest.mark.parametrize("kind", KV_KINDS)
+@pytest.mark.parametrize("prefill", [1, 3, 9])
+def test_cached_decoding_equals_full_forward(kind, prefill):
+    make_cache, window = KV_KINDS[kind]
+    layer = make_mha(window)
+    x = torch.randn(2, 12, 32, dtype=torch.float64)
+    full = layer(x, is_causal=True)  # with `window`, the masked full forward
+    assert_close(decode(layer, x, make_cache(), prefill), full, torch.float64)
+
+
+def test_latent_cache_decoding_equals_full_forward():
+    torch.manual_seed(1)
+    mla = MultiHeadLatentAttention(
+        32, 4, kv_lora_rank=8, qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=6
+    ).double()
+    x = torch.randn(2, 10, 32, dtype=torch.float64)
+    assert_close(decode(mla, x, LatentCache(), 4), mla(x, is_causal=True), torch.float64)
+
+
+@pytest.mark.parametrize("prefill", [1, 3])
+def test_sink_cache_equals_full_forward_over_the_kept_tokens(prefill):
+    """Each step equals a fresh forward over [sinks + recent window] at positions 0..n-1."""
+    layer = make_mha()
+    x = torch.randn(2, 14, 32, dtype=torch.float64)
+    cache = SinkCache(N_SINK, WINDOW, rope=layer.rope)
+    layer(x[:, :prefill], is_causal=True, cache=cache)
+    for t in range(prefill, 14):
+        step = layer(x[:, t : t + 1], is_causal=True, cache=cache)
+        kept = [j for j in range(t + 1) if j < N_SINK or t - j < WINDOW]
+        expected = layer(x[:, kept], is_causal=True)[:, -1:]
+        assert_close(step, expected, torch.float64)
+
+
+def test_sliding_window_prefill_longer_than_the_window():
+    layer = make_mha(WINDOW)
+    x = torch.randn(1, 11, 32, dtype=torch.float64)
+    cache = SlidingWindowCache(WINDOW)
+    assert_close(decode(layer, x, cache, prefill=9), layer(x, is_causal=True), torch.float64)
+    assert len(cache) == WINDOW - 1
+
+
+@pytest.mark.parametrize(
+    "make_cache",
+    [lambda: SlidingWindowCache(64), lambda: SinkCache(4, 60)],
+    ids=["sliding", "sink"],
+)
+def test_memory_is_constant_over_4000_tokens(make_cache):
+    cache = make_cache()
+    k = torch.randn(1, 2, 1, 16)
+    sizes = []
+    for t in range(4000):
+        cache.update(k, k)
+        if t in (200, 1000, 3999):
+            sizes.append(cache.nbytes)
+    assert sizes[0] == sizes[1] == sizes[2] == 2 * 2 * 63 * 16 * 4
+    growing = DynamicCache()
+    for _ in range(200):
+        growing.update(k, k)
+    assert growing.nbytes >= 2 * 2 * 200 * 16 * 4
+
+
+def test_dynamic_cache_grows_geometrically():
+    cache = DynamicCache()
+    capacities = set()
+    for _ in range(300):
+        cache.update(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4))
+        capacities.add(cache._k.shape[2])
+    assert capacities == {16, 32, 64, 128, 256, 512}  # 6 reallocations for 300 appends
+
+
+def test_reset_and_reuse():
+    for cache in (DynamicCache(), StaticCache(8), SlidingWindowCache(3), SinkCache(1, 3)):
+        cache.update(torch.randn(1, 1, 5, 2), torch.randn(1, 1, 5, 2))
+        cache.reset()
+        assert len(cache) == 0 and cache.seen_tokens == 0
+        k, _ = cache.update(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
+        assert k.shape[2] == 2 and cache.key_positions.tolist() == [0, 1]
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="static cache is full: it holds 3 of max_len=4"):
+        cache = StaticCache(4)
+        cache.update(torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 3, 2))
+        cache.update(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
+    cache = DynamicCache()
+    cache.update(torch.zeros(2, 1, 3, 2), torch.zeros(2, 1, 3, 2))
+    with pytest.raises(ValueError, match=r"k must match the cached \(B, H_kv, \*, D\)"):
+        cache.update(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))
+    with pytest.raises(TypeError, match="k must have the cache's dtype"):
+        cache.update(torch.zeros(2, 1, 1, 2, dtype=torch.float64), torch.zeros(2, 1, 1, 2))
+    with pytest.raises(ValueError, match=r"k and v must agree on \(B, H_kv, T\)"):
+        cache.update(torch.zeros(2, 1, 1, 2), torch.zeros(2, 1, 2, 2))
+    with pytest.raises(ValueError, match="k must be 4-D"):
+        cache.update(torch.zeros(2, 1, 2), torch.zeros(2, 1, 2))
+    for bad in (lambda: StaticCache(0), lambda: SlidingWindowCache(0), lambda: SinkCache(-1, 2)):
+        with pytest.raises(ValueError, match="must be >= "):
+            bad()
+
+
+def test_wrong_cache_for_the_attention_kind():
+    mha = make_mha()
+    x = torch.randn(1, 3, 32, dtype=torch.float64)
+    with pytest.raises(TypeError, match="needs a cache of keys and values, got LatentCache"):
+        mha(x, is_causal=True, cache=LatentCache())
+    mla = MultiHeadLatentAttention(
+        32, 4, kv_lora_rank=8, qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=6
+    ).double()
+    with pytest.raises(TypeError, match="needs a latent cache"):
+        mla(x, is_causal=True, cache=DynamicCache())
+    with pytest.raises(ValueError, match="pass is_causal=True"):
+        mha(x, cache=DynamicCache())
