@@ -224,7 +224,8 @@ class MultiHeadAttention(nn.Module):
         cache : llmref.cache.KVCache, optional
             KV cache of this layer (self-attention only). The new keys and
             values are stored in it and the queries attend to everything it
-            returns; positions come from the cache (``offset`` is ignored) and
+            returns; positions come from the cache unless ``position_ids`` is
+            given (``offset`` is ignored), and
             the causal/window mask from :meth:`~llmref.cache.KVCache.attention_mask`
             (requires ``is_causal=True``).
 
@@ -264,7 +265,8 @@ class MultiHeadAttention(nn.Module):
                     f"MultiHeadAttention needs a cache of keys and values, got "
                     f"{type(cache).__name__} (which stores {cache.stores!r})"
                 )
-            offset = cache.next_position
+            if position_ids is None:
+                position_ids = cache.positions_for(T).to(x.device)
         if self.rope is not None:
             q = self.rope(q, position_ids, offset=offset)
             k = self.rope(k, position_ids, offset=offset)

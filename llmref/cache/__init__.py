@@ -8,6 +8,7 @@ from ._registry import CACHES
 from .base import KVCache
 from .dynamic import DynamicCache
 from .latent import LatentCache
+from .paged import PagedCache
 from .sink import SinkCache
 from .sliding import SlidingWindowCache
 from .static import StaticCache
@@ -17,6 +18,7 @@ __all__ = [
     "DynamicCache",
     "KVCache",
     "LatentCache",
+    "PagedCache",
     "SinkCache",
     "SlidingWindowCache",
     "StaticCache",

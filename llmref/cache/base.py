@@ -39,6 +39,21 @@ class KVCache:
         caches that renumber positions, like the sink cache, override it)."""
         return self.seen_tokens
 
+    def positions_for(self, T: int) -> torch.Tensor:
+        """Positions to rotate the next ``T`` tokens to: ``next_position + arange(T)``.
+
+        Parameters
+        ----------
+        T : int
+            Number of new tokens.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(T,)`` (``(B, T)`` for caches with per-sequence positions).
+        """
+        return self.next_position + torch.arange(T)
+
     def attention_mask(self, T: int, *, window: int | None = None) -> torch.Tensor:
         """Boolean mask of the ``T`` newest queries over the keys of the last update.
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmref.attention import MultiHeadAttention, MultiHeadLatentAttention
+from llmref.attention import MultiHeadAttention, MultiHeadLatentAttention, naive_attention
 from llmref.cache import (
     CACHES,
     DynamicCache,
     LatentCache,
+    PagedCache,
     SinkCache,
     SlidingWindowCache,
     StaticCache,
@@ -38,6 +39,7 @@ KV_KINDS = {
     "dynamic": (DynamicCache, None),
     "static": (lambda: StaticCache(64), None),
     "sliding_window": (lambda: SlidingWindowCache(WINDOW), WINDOW),
+    "paged": (lambda: PagedCache(n_blocks=16, block_size=3), None),
 }
 
 
@@ -156,3 +158,40 @@ def test_wrong_cache_for_the_attention_kind():
         mla(x, is_causal=True, cache=DynamicCache())
     with pytest.raises(ValueError, match="pass is_causal=True"):
         mha(x, cache=DynamicCache())
+
+
+def test_paged_cache_with_sequences_of_different_lengths_equals_each_alone():
+    """Ragged prefill (left padded), joint decoding, then a finished sequence's blocks reused."""
+    g = torch.Generator().manual_seed(7)
+    kv = lambda T: torch.randn(2, 2, T, 4, generator=g, dtype=torch.float64)  # noqa: E731
+    q_new = lambda T: torch.randn(2, 4, T, 4, generator=g, dtype=torch.float64)  # noqa: E731
+    paged, alone = PagedCache(n_blocks=8, block_size=2), [DynamicCache(), DynamicCache()]
+    lengths = torch.tensor([5, 2])
+    steps = [(q_new(5), kv(5), kv(5), lengths)] + [(q_new(1), kv(1), kv(1), None)] * 3
+    for q, k, v, lens in steps:
+        T = q.shape[2]
+        k_all, v_all = paged.update(k, v, lengths=lens)
+        out = naive_attention(q, k_all, v_all, mask=paged.attention_mask(T))
+        for b in range(2):
+            n = T if lens is None else int(lens[b])
+            kb, vb = alone[b].update(k[b : b + 1, :, T - n :], v[b : b + 1, :, T - n :])
+            ref = naive_attention(q[b : b + 1, :, T - n :], kb, vb, mask=alone[b].attention_mask(n))
+            assert_close(out[b : b + 1, :, T - n :], ref, torch.float64)
+            assert torch.all(out[b, :, : T - n] == 0)  # padding queries see nothing
+    assert paged.lengths == [8, 5] and len(paged.free_blocks) == 8 - 4 - 3
+    used = paged.block_tables[0]
+    paged.free(0)
+    assert sorted(paged.free_blocks[-len(used) :]) == sorted(used)
+    k, v = kv(1), kv(1)
+    k_all, _ = paged.update(k, v)
+    assert paged.lengths == [1, 6] and paged.block_tables[0] == [used[0]]
+    assert torch.equal(k_all[0, :, :1], k[0]) and paged.key_positions[0, 1:].eq(-1).all()
+
+
+def test_paged_cache_runs_out_of_blocks():
+    cache = PagedCache(n_blocks=2, block_size=2)
+    cache.update(torch.zeros(1, 1, 4, 2), torch.zeros(1, 1, 4, 2))
+    with pytest.raises(ValueError, match="paged cache is out of blocks: all 2 blocks of 2"):
+        cache.update(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))
+    with pytest.raises(ValueError, match=r"lengths must be 1 ints in \[0, 1\]"):
+        cache.update(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2), lengths=torch.tensor([2]))
