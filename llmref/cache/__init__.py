@@ -9,6 +9,7 @@ from .base import KVCache
 from .dynamic import DynamicCache
 from .latent import LatentCache
 from .paged import PagedCache
+from .quantized import QuantizedCache
 from .sink import SinkCache
 from .sliding import SlidingWindowCache
 from .static import StaticCache
@@ -19,6 +20,7 @@ __all__ = [
     "KVCache",
     "LatentCache",
     "PagedCache",
+    "QuantizedCache",
     "SinkCache",
     "SlidingWindowCache",
     "StaticCache",

@@ -11,6 +11,7 @@ from llmref.cache import (
     DynamicCache,
     LatentCache,
     PagedCache,
+    QuantizedCache,
     SinkCache,
     SlidingWindowCache,
     StaticCache,
@@ -44,7 +45,7 @@ KV_KINDS = {
 
 
 def test_every_registered_kind_is_covered():
-    assert set(CACHES) == {*KV_KINDS, "sink", "latent"}
+    assert set(CACHES) == {*KV_KINDS, "sink", "latent", "quantized"}
 
 
 @pytest.mark.parametrize("kind", KV_KINDS)
@@ -195,3 +196,60 @@ def test_paged_cache_runs_out_of_blocks():
         cache.update(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))
     with pytest.raises(ValueError, match=r"lengths must be 1 ints in \[0, 1\]"):
         cache.update(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2), lengths=torch.tensor([2]))
+
+
+# -- KIVI quantized cache -------------------------------------------------------------------
+
+
+def test_quantized_cache_with_everything_in_the_residual_is_exact():
+    layer = make_mha()
+    x = torch.randn(2, 10, 32, dtype=torch.float64)
+    cache = QuantizedCache(bits=2, group_size=4, residual_length=16)
+    assert_close(decode(layer, x, cache, 3), layer(x, is_causal=True), torch.float64)
+    assert cache.n_quantized == 0
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_quantized_cache_error_is_within_half_a_step_per_group(bits):
+    """Keys per channel over G tokens, values per token: error <= (max - min) / (2^b - 1) / 2."""
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(1, 2, 24, 8, generator=g)
+    k[..., 3] *= 50  # an outlier channel, as real keys have
+    v = torch.randn(1, 2, 24, 8, generator=g)
+    cache = QuantizedCache(bits=bits, group_size=8, residual_length=0)
+    k_hat, v_hat = cache.update(k, v)  # returned before quantization: exact
+    assert torch.equal(k_hat, k) and cache.n_quantized == 24
+    k_hat, v_hat = cache.update(k[:, :, :0], v[:, :, :0])  # now read back the quantized chunks
+    levels = 2**bits - 1
+    for s in range(0, 24, 8):
+        kc, vc = k[:, :, s : s + 8], v[:, :, s : s + 8]
+        k_step = (kc.amax(2, keepdim=True) - kc.amin(2, keepdim=True)) / levels  # per channel
+        v_step = (vc.amax(3, keepdim=True) - vc.amin(3, keepdim=True)) / levels  # per token
+        assert torch.all((k_hat[:, :, s : s + 8] - kc).abs() <= k_step / 2 + 1e-5)
+        assert torch.all((v_hat[:, :, s : s + 8] - vc).abs() <= v_step / 2 + 1e-5)
+    # per-channel scales keep the outlier from spoiling the other channels
+    normal = (k_hat - k)[..., [0, 1, 2, 4, 5, 6, 7]].abs().max()
+    assert normal < (k[..., 3].abs().max() / levels / 2)
+
+
+def test_quantized_cache_decoding_error_falls_with_bits():
+    layer = make_mha()
+    x = torch.randn(1, 40, 32, dtype=torch.float64)
+    full = layer(x, is_causal=True)
+    errors = []
+    for bits in (2, 4, 8):
+        cache = QuantizedCache(bits=bits, group_size=4, residual_length=4)
+        out = decode(layer, x.float().double(), cache, 8)
+        errors.append((out - full).abs().max().item())
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-2
+
+
+def test_quantized_cache_memory():
+    k = torch.randn(1, 2, 4096, 64, dtype=torch.float16)
+    dense, kivi = DynamicCache(), QuantizedCache(bits=2, group_size=32, residual_length=128)
+    dense.update(k, k)
+    kivi.update(k, k)
+    # 2-bit codes + float32 scale/offset per group + a 128-token fp16 residual: < 1/4 of fp16
+    assert kivi.nbytes < dense.nbytes / 4
+    with pytest.raises(ValueError, match="bits must be 2, 4 or 8, got 3"):
+        QuantizedCache(bits=3)
