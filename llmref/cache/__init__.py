@@ -8,6 +8,7 @@ from ._registry import CACHES
 from .base import KVCache
 from .dynamic import DynamicCache
 from .latent import LatentCache
+from .memory import kv_bytes_per_token
 from .paged import PagedCache
 from .quantized import QuantizedCache
 from .sink import SinkCache
@@ -24,4 +25,5 @@ __all__ = [
     "SinkCache",
     "SlidingWindowCache",
     "StaticCache",
+    "kv_bytes_per_token",
 ]

@@ -253,3 +253,29 @@ def test_quantized_cache_memory():
     assert kivi.nbytes < dense.nbytes / 4
     with pytest.raises(ValueError, match="bits must be 2, 4 or 8, got 3"):
         QuantizedCache(bits=3)
+
+
+def test_kv_bytes_per_token_matches_measured_caches():
+    from llmref.cache import kv_bytes_per_token
+
+    cfg = {"n_layers": 3, "n_heads": 8, "n_kv_heads": 2, "head_dim": 16}
+    k = torch.randn(1, 2, 64, 16, dtype=torch.float16)
+    static = StaticCache(64)
+    static.update(k, k)
+    assert kv_bytes_per_token(cfg) == 3 * static.nbytes // 64
+    kivi = QuantizedCache(bits=4, group_size=32, residual_length=0)
+    kivi.update(k, k)
+    assert kv_bytes_per_token(cfg, "quantized", bits=4, group_size=32) == 3 * kivi.nbytes // 64
+    mla = {"n_layers": 2, "kv_lora_rank": 12, "qk_rope_head_dim": 4}
+    latent = LatentCache()
+    latent.update(torch.randn(1, 1, 10, 12), torch.randn(1, 1, 10, 4))
+    assert kv_bytes_per_token(mla, "latent", dtype=torch.float32) == 2 * latent.nbytes // 16
+    transformers = pytest.importorskip("transformers")
+    llama = transformers.LlamaConfig(
+        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, hidden_size=4096
+    )
+    assert kv_bytes_per_token(llama, dtype=torch.bfloat16) == 131072
+    with pytest.raises(ValueError, match="kind must be one of"):
+        kv_bytes_per_token(cfg, "ring")
+    with pytest.raises(ValueError, match="needs kv_lora_rank"):
+        kv_bytes_per_token(cfg, "latent")
