@@ -24,6 +24,20 @@ class KVCache:
         Tokens written so far: the position the next token will have.
     key_positions : torch.Tensor
         Positions of the keys returned by the last :meth:`update`, shape ``(S,)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from llmref.cache import CACHES, KVCache
+    >>> all(issubclass(entry.fn, KVCache) for entry in CACHES.values())
+    True
+    >>> cache = CACHES["sliding_window"](window=3)
+    >>> _ = cache.update(torch.randn(1, 1, 4, 2), torch.randn(1, 1, 4, 2))
+    >>> cache.attention_mask(4).int()  # 4 new queries, each sees itself and 2 before
+    tensor([[1, 0, 0, 0],
+            [1, 1, 0, 0],
+            [1, 1, 1, 0],
+            [0, 1, 1, 1]], dtype=torch.int32)
     """
 
     stores = "kv"
