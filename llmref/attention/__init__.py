@@ -4,9 +4,16 @@ Tensors use the ``(B, H, T, D)`` layout; boolean masks mean ``True`` = may atten
 """
 
 from .chunked import chunked_attention
+from .differential import differential_attention
 from .flex import flex_attention
 from .functional import ATTENTION, attention, naive_attention, sdpa_attention
 from .latent import MultiHeadLatentAttention
+from .linear import (
+    LinearAttentionState,
+    linear_attention,
+    linear_attention_quadratic,
+    linear_attention_step,
+)
 from .masks import (
     MASKS,
     as_mask_mod,
@@ -20,10 +27,15 @@ from .masks import (
     sliding_window_mask,
 )
 from .modules import MultiHeadAttention
+from .performer import favor_features, orthogonal_random_features, performer_attention
+from .sigmoid import sigmoid_attention
+from .variants import VARIANTS
 
 __all__ = [
     "ATTENTION",
     "MASKS",
+    "VARIANTS",
+    "LinearAttentionState",
     "MultiHeadAttention",
     "MultiHeadLatentAttention",
     "as_mask_mod",
@@ -32,12 +44,20 @@ __all__ = [
     "block_topk_layout",
     "causal_mask",
     "chunked_attention",
+    "differential_attention",
     "dilated_mask",
     "document_mask",
+    "favor_features",
     "flex_attention",
+    "linear_attention",
+    "linear_attention_quadratic",
+    "linear_attention_step",
     "naive_attention",
+    "orthogonal_random_features",
+    "performer_attention",
     "prefix_lm_mask",
     "sdpa_attention",
+    "sigmoid_attention",
     "sink_mask",
     "sliding_window_mask",
 ]

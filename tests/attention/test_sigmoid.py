@@ -1,0 +1,178 @@
+"""Sigmoid attention: an independent float64 formula, the -log(S) bias property, masks, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from llmref.attention.sigmoid import sigmoid_attention
+from llmref.attention.variants import VARIANTS
+from tests.attention.test_functional import CONFIGS, make_qkv, random_mask
+from tests.attention.test_linear import bib_keys
+from tests.tolerances import assert_close
+
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+
+
+def textbook_sigmoid(q, k, v, *, mask=None, is_causal=False, scale=None, bias=None, b=None):
+    """The paper's definition, written out in float64 with copied K/V heads."""
+    q, k, v = (t.to(torch.float64) for t in (q, k, v))
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    T, S = q.shape[2], k.shape[2]
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    b = -math.log(S) if b is None else b
+    logits = torch.einsum("bhtd,bhsd->bhts", q, k) * scale + b
+    if bias is not None:
+        logits = logits + bias.to(torch.float64)
+    weights = 1 / (1 + torch.exp(-logits))
+    allowed = torch.ones(T, S, dtype=torch.bool)
+    if is_causal:
+        allowed = torch.tril(allowed)
+    if mask is not None:
+        allowed = allowed & mask
+    return torch.einsum("bhts,bhsd->bhtd", weights * allowed, v)
+
+
+# Every config in float64; the 16-bit and float32 paths on the configs that differ most.
+CASES = [(torch.float64, name) for name in CONFIGS] + [
+    (dtype, name) for dtype in DTYPES[1:] for name in ("gqa", "cross", "value-dim")
+]
+
+
+@pytest.mark.parametrize(
+    "dtype,config_name", CASES, ids=[f"{name}-{str(dtype)[6:]}" for dtype, name in CASES]
+)
+@pytest.mark.parametrize("masking", ["none", "causal", "bool-mask", "both"])
+def test_matches_textbook_formula(dtype, config_name, masking):
+    config = CONFIGS[config_name]
+    q64, k64, v64 = make_qkv(config)
+    B, H, _, T, S, _, Dv = config
+    mask = random_mask((B, 1, T, S)) if masking in ("bool-mask", "both") else None
+    is_causal = masking in ("causal", "both")
+    expected = textbook_sigmoid(q64, k64, v64, mask=mask, is_causal=is_causal)
+    q, k, v = (t.to(dtype) for t in (q64, k64, v64))
+    out = sigmoid_attention(q, k, v, mask=mask, is_causal=is_causal)
+    assert out.dtype == dtype and out.shape == (B, H, T, Dv)
+    assert_close(out, expected, dtype)
+
+
+@pytest.mark.parametrize("S", [1, 5, 64])
+def test_zero_scores_weight_every_key_one_over_one_plus_s(S):
+    """Defining property of b = -log(S): sigma(0 - log S) = 1 / (1 + S) for every key, so
+    the output is S / (1 + S) times the mean of the values (close to the mean for large S)."""
+    q = torch.zeros(2, 4, 3, 8, dtype=torch.float64)
+    g = torch.Generator().manual_seed(S)
+    k = torch.randn(2, 2, S, 8, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 2, S, 5, generator=g, dtype=torch.float64)
+    out = sigmoid_attention(q, k, v)
+    mean_v = v.mean(dim=2, keepdim=True).repeat_interleave(2, dim=1).expand(2, 4, 3, 5)
+    assert_close(out, mean_v * S / (1 + S), torch.float64)
+
+
+def test_weights_are_not_normalised():
+    """Each weight depends only on its own score: listing every key/value twice doubles the
+    output (with a fixed bias), where softmax attention's output would not change."""
+    q, k, v = make_qkv(CONFIGS["mha"])
+    once = sigmoid_attention(q, k, v, sigmoid_bias=-1.0)
+    twice = sigmoid_attention(q, torch.cat([k, k], 2), torch.cat([v, v], 2), sigmoid_bias=-1.0)
+    assert_close(twice, 2 * once, torch.float64)
+
+
+def test_sigmoid_bias_and_scale_options():
+    q, k, v = make_qkv(CONFIGS["gqa"])
+    for b in (0.0, 2.5, -7):
+        expected = textbook_sigmoid(q, k, v, b=b, scale=0.2)
+        assert_close(sigmoid_attention(q, k, v, sigmoid_bias=b, scale=0.2), expected, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("bias_shape", [(9, 9), (1, 8, 9, 9), (2, 1, 1, 9)])
+def test_additive_bias(dtype, bias_shape):
+    q64, k64, v64 = make_qkv(CONFIGS["gqa"])
+    bias = torch.randn(bias_shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    expected = textbook_sigmoid(q64, k64, v64, bias=bias, is_causal=True)
+    q, k, v = (t.to(dtype) for t in (q64, k64, v64))
+    out = sigmoid_attention(q, k, v, bias=bias.to(dtype), is_causal=True)
+    assert_close(out, expected, dtype)
+
+
+def test_fully_masked_rows_are_zero():
+    q, k, v = make_qkv(CONFIGS["gqa"])
+    mask = random_mask((9, 9))
+    mask[3] = False
+    out = sigmoid_attention(q, k, v, mask=mask)
+    assert torch.all(out[:, :, 3] == 0) and not out.isnan().any()
+    assert torch.any(out[:, :, 4] != 0)
+
+
+def test_causal_output_ignores_future_keys():
+    q, k, v = make_qkv(CONFIGS["gqa"])
+    out = sigmoid_attention(q, k, v, is_causal=True, sigmoid_bias=-2.0)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 5:] += 3.0
+    v2[:, :, 5:] -= 2.0
+    out2 = sigmoid_attention(q, k2, v2, is_causal=True, sigmoid_bias=-2.0)
+    assert torch.equal(out[:, :, :5], out2[:, :, :5])
+
+
+def test_gqa_equals_repeated_heads():
+    q, k, v = make_qkv(CONFIGS["gqa"])
+    grouped = sigmoid_attention(q, k, v, is_causal=True)
+    repeated = sigmoid_attention(
+        q, k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1), is_causal=True
+    )
+    assert_close(grouped, repeated, torch.float64)
+
+
+def test_gradcheck():
+    q, k, v = (t.requires_grad_(True) for t in make_qkv((1, 4, 2, 4, 5, 3, 3)))
+    g = torch.Generator().manual_seed(2)
+    bias = torch.randn(1, 4, 4, 5, generator=g, dtype=torch.float64).requires_grad_(True)
+    mask = random_mask((4, 5))
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, bias: sigmoid_attention(q, k, v, mask=mask, bias=bias, is_causal=True),
+        (q, k, v, bias),
+    )
+
+
+def test_registered_as_variant():
+    entry = VARIANTS["sigmoid"]
+    assert entry.fn is sigmoid_attention
+    assert entry.paper in bib_keys()
+    assert {"mask", "is_causal", "scale", "bias"} <= entry.meta["features"]
+
+
+def test_device_follows_inputs():
+    """No tensor is created on a fixed device (checked on the meta device, which has no data)."""
+    q, k, v = (t.to("meta") for t in make_qkv(CONFIGS["cross"], torch.float32))
+    mask = torch.ones(3, 11, dtype=torch.bool, device="meta")
+    assert sigmoid_attention(q, k, v, mask=mask, is_causal=True).device == q.device
+
+
+# -- bad input --------------------------------------------------------------------------
+
+GOOD = make_qkv(CONFIGS["gqa"], torch.float32)
+
+
+@pytest.mark.parametrize(
+    "args,kwargs,exc,message",
+    [
+        ((GOOD[0][0], *GOOD[1:]), {}, ValueError, "q must be 4-D"),
+        ((GOOD[0], GOOD[1][..., :16], GOOD[2]), {}, ValueError, "k head dim"),
+        ((GOOD[0], GOOD[1], GOOD[2].long()), {}, TypeError, "v must have a floating dtype"),
+        (GOOD, {"mask": torch.zeros(9, 9)}, TypeError, "mask must be a torch.bool"),
+        (GOOD, {"mask": torch.ones(9, 8, dtype=torch.bool)}, ValueError, "broadcast"),
+        (GOOD, {"bias": torch.zeros(3, 9, 9)}, ValueError, "bias of shape"),
+        (GOOD, {"bias": torch.zeros(9, 9, dtype=torch.long)}, TypeError, "bias must have"),
+        (GOOD, {"scale": -1.0}, ValueError, "scale must be a finite number > 0"),
+        (GOOD, {"sigmoid_bias": "x"}, TypeError, "sigmoid_bias must be a float or None"),
+        (GOOD, {"sigmoid_bias": True}, TypeError, "sigmoid_bias must be a float or None"),
+        (GOOD, {"sigmoid_bias": -math.inf}, ValueError, "sigmoid_bias must be finite"),
+    ],
+)
+def test_bad_input_raises_clear_error(args, kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        sigmoid_attention(*args, **kwargs)
