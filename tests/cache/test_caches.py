@@ -86,12 +86,12 @@ def test_sliding_window_prefill_longer_than_the_window():
     x = torch.randn(1, 11, 32, dtype=torch.float64)
     cache = SlidingWindowCache(WINDOW)
     assert_close(decode(layer, x, cache, prefill=9), layer(x, is_causal=True), torch.float64)
-    assert len(cache) == WINDOW - 1
+    assert len(cache) == WINDOW
 
 
 @pytest.mark.parametrize(
     "make_cache",
-    [lambda: SlidingWindowCache(64), lambda: SinkCache(4, 60)],
+    [lambda: SlidingWindowCache(64), lambda: SinkCache(4, 61)],
     ids=["sliding", "sink"],
 )
 def test_memory_is_constant_over_4000_tokens(make_cache):
@@ -102,7 +102,7 @@ def test_memory_is_constant_over_4000_tokens(make_cache):
         cache.update(k, k)
         if t in (200, 1000, 3999):
             sizes.append(cache.nbytes)
-    assert sizes[0] == sizes[1] == sizes[2] == 2 * 2 * 63 * 16 * 4
+    assert sizes[0] == sizes[1] == sizes[2] == 2 * 2 * 64 * 16 * 4
     growing = DynamicCache()
     for _ in range(200):
         growing.update(k, k)
