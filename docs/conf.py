@@ -219,6 +219,9 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
+# pydata-sphinx-theme logs "Got invalid theme mode" to the console on a reader's first
+# visit unless a default mode is set (the browser check fails on console errors).
+html_context = {"default_mode": "auto"}
 html_css_files = ["llmref.css"]
 html_show_sourcelink = True
 
