@@ -6,18 +6,38 @@ every registry entry cites a paper present in ``docs/references.bib``.
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 import re
 from pathlib import Path
 
 import pytest
 
 import llmref
-import llmref.attention
+from llmref import Registry
 
-PUBLIC_MODULES = [llmref, llmref.attention]
-REGISTRIES = {"ATTENTION": llmref.attention.ATTENTION, "MASKS": llmref.attention.MASKS}
+# Every public subpackage (llmref.attention, llmref.cache, ...) and the registries they export.
+PUBLIC_MODULES = [llmref] + [
+    importlib.import_module(f"llmref.{m.name}")
+    for m in pkgutil.iter_modules(llmref.__path__)
+    if m.ispkg and not m.name.startswith("_")
+]
+REGISTRIES = {
+    f"{module.__name__}.{name}": getattr(module, name)
+    for module in PUBLIC_MODULES
+    for name in getattr(module, "__all__", [])
+    if isinstance(getattr(module, name), Registry)
+}
 BIB = Path(__file__).resolve().parents[1] / "docs" / "references.bib"
+
+
+def test_every_subpackage_is_covered():
+    names = {m.__name__ for m in PUBLIC_MODULES}
+    assert {"llmref.attention", "llmref.cache"} <= names
+    assert {"llmref.attention.ATTENTION", "llmref.attention.MASKS", "llmref.cache.CACHES"} <= set(
+        REGISTRIES
+    )
 
 
 def public_objects():
@@ -43,8 +63,8 @@ def test_public_object_has_numpydoc_docstring(name, obj):
     params = [p for p in inspect.signature(obj).parameters if p not in ("self", "args", "kwargs")]
     if params:
         assert "Parameters" in found, f"{name}: docstring needs a Parameters section"
-        documented = re.findall(r"^(\w+(?:, \w+)*) :", doc, flags=re.M)
-        names = {n for group in documented for n in group.split(", ")}
+        documented = re.findall(r"^((?:\*{0,2}\w+)(?:, \*{0,2}\w+)*)(?: :|$)", doc, flags=re.M)
+        names = {n.lstrip("*") for group in documented for n in group.split(", ")}
         missing = [p for p in params if p not in names]
         assert not missing, f"{name}: parameters not documented: {missing}"
     if inspect.isfunction(obj):
@@ -57,4 +77,4 @@ def test_registry_entries_cite_papers_in_the_bibliography(registry):
     keys = set(re.findall(r"@\w+\{([^,\s]+),", bib))
     for name, entry in registry.items():
         assert entry.paper in keys, f"{name}: paper {entry.paper!r} not in {BIB.name}"
-        assert entry.fn.__doc__, f"{name}: registered function has no docstring"
+        assert entry.fn.__doc__, f"{name}: registered object has no docstring"
