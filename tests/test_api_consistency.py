@@ -34,10 +34,10 @@ BIB = Path(__file__).resolve().parents[1] / "docs" / "references.bib"
 
 def test_every_subpackage_is_covered():
     names = {m.__name__ for m in PUBLIC_MODULES}
-    assert {"llmref.attention", "llmref.cache"} <= names
-    assert {"llmref.attention.ATTENTION", "llmref.attention.MASKS", "llmref.cache.CACHES"} <= set(
-        REGISTRIES
-    )
+    assert {"llmref.attention", "llmref.cache", "llmref.position", "llmref.quant"} <= names
+    expected = {"attention.ATTENTION", "attention.MASKS", "attention.VARIANTS", "cache.CACHES"}
+    expected |= {"position.POSITION", "position.ROPE_SCALING", "quant.FORMATS", "quant.METHODS"}
+    assert {f"llmref.{name}" for name in expected} <= set(REGISTRIES)
 
 
 def public_objects():

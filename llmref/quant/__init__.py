@@ -1,0 +1,68 @@
+"""Quantization: number formats, primitives, packed storage and quantized layers.
+
+``quantize(x, fmt, **options)`` turns a float tensor into a
+:class:`~llmref.quant.QuantizedTensor` in any format registered in
+:data:`~llmref.quant.FORMATS` (integer, NF4, FP4, FP8, MX, NVFP4 and ggml's
+block formats); ``dequantize`` turns it back. :class:`~llmref.quant.QuantLinear`
+and :func:`~llmref.quant.quantize_model` apply weight-only quantization to
+``nn.Linear`` layers.
+"""
+
+from .._registry import Registry
+from . import ggml as ggml
+from .formats import (
+    BNB_FP4_VALUES,
+    FORMATS,
+    FP4_E2M1_VALUES,
+    NF4_VALUES,
+    dequantize,
+    format_values,
+    quantize,
+)
+from .ggml import from_gguf, to_gguf
+from .metrics import cosine_similarity, max_abs_error, model_size_bytes, mse, sqnr
+from .modules import LayerReport, QuantConfig, QuantLinear, quantize_model
+from .packing import from_bnb_4bit, pack_codes, to_bnb_4bit, unpack_codes
+from .primitives import (
+    choose_qparams,
+    dequantize_affine,
+    fake_quantize,
+    quantize_affine,
+    round_values,
+)
+from .tensor import QuantizedTensor
+
+METHODS = Registry("quantization method")
+"""Registry of quantization methods (GPTQ, AWQ, SmoothQuant, ...); filled by later releases."""
+
+__all__ = [
+    "BNB_FP4_VALUES",
+    "FORMATS",
+    "FP4_E2M1_VALUES",
+    "METHODS",
+    "NF4_VALUES",
+    "LayerReport",
+    "QuantConfig",
+    "QuantLinear",
+    "QuantizedTensor",
+    "choose_qparams",
+    "cosine_similarity",
+    "dequantize",
+    "dequantize_affine",
+    "fake_quantize",
+    "format_values",
+    "from_bnb_4bit",
+    "from_gguf",
+    "max_abs_error",
+    "model_size_bytes",
+    "mse",
+    "pack_codes",
+    "quantize",
+    "quantize_affine",
+    "quantize_model",
+    "round_values",
+    "sqnr",
+    "to_bnb_4bit",
+    "to_gguf",
+    "unpack_codes",
+]

@@ -1,0 +1,186 @@
+"""QuantLinear (reference and fast kernels), quantize_model, QuantConfig."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from llmref.quant import (
+    FORMATS,
+    QuantConfig,
+    QuantLinear,
+    dequantize,
+    model_size_bytes,
+    quantize,
+    quantize_model,
+)
+from llmref.quant.kernels import KERNELS, select_kernel
+from tests.quant.helpers import randn
+from tests.tolerances import assert_close
+
+CPU = torch.device("cpu")
+
+
+def make_linear(in_features=256, out_features=96, bias=True, seed=0):
+    torch.manual_seed(seed)
+    return nn.Linear(in_features, out_features, bias=bias)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_reference_forward_equals_dequantize_then_linear(fmt):
+    lin = make_linear()
+    qlin = QuantLinear.from_linear(lin, fmt, backend="reference")
+    x = randn(2, 3, 256, seed=1)
+    w = dequantize(quantize(lin.weight.detach(), fmt))
+    expected = torch.nn.functional.linear(x, w, lin.bias.detach())
+    with torch.no_grad():
+        assert torch.equal(qlin(x), expected)
+    assert qlin.kernel.name == "reference"
+
+
+# (format, options, kernel, tolerance on |y - y_ref| relative to max |y_ref|)
+FAST = [
+    ("int4", {"group_size": 32}, "int4_tinygemm", 1e-5),
+    ("int4", {"group_size": 128, "symmetric": False}, "int4_tinygemm", 1e-5),
+    ("int4", {"group_size": 64, "symmetric": False, "zero_point": "float"}, "int4_tinygemm", 1e-5),
+    (
+        "int",
+        {"bits": 4, "group_size": 256, "scale_convention": "half_range"},
+        "int4_tinygemm",
+        1e-5,
+    ),
+    ("int4", {"group_size": 64}, "int4_tinygemm_bf16", 2e-2),
+    ("int8", {}, "int8_weight", 1e-5),
+    ("int8", {}, "int8_dynamic", 2e-2),
+    ("int8", {}, "int8_weight_bf16", 2e-2),
+]
+
+
+@pytest.mark.parametrize("fmt,options,kernel,tol", FAST, ids=lambda v: str(v))
+@pytest.mark.parametrize("M", [1, 5, 64])
+def test_fast_kernels_equal_the_reference(fmt, options, kernel, tol, M):
+    lin = make_linear(512, 192, seed=2)
+    fast = QuantLinear.from_linear(lin, fmt, backend=kernel, **options)
+    ref = QuantLinear.from_linear(lin, fmt, backend="reference", **options)
+    assert fast.kernel.name == kernel and KERNELS[kernel].exact == (tol < 1e-3)
+    x = randn(M, 512, seed=3)
+    with torch.no_grad():
+        y, y_ref = fast(x), ref(x)
+    assert y.dtype == x.dtype and y.shape == (M, 192)
+    err = (y - y_ref).abs().max() / y_ref.abs().max()
+    assert err <= tol, f"{kernel}: relative error {err:.2e}"
+
+
+def test_int8_dynamic_error_is_the_activation_rounding():
+    # W8A8 = the reference applied to activations rounded to int8 per row
+    lin = make_linear(512, 64, bias=False, seed=4)
+    fast = QuantLinear.from_linear(lin, "int8", backend="int8_dynamic")
+    x = randn(3, 512, seed=5)
+    sx = x.abs().amax(dim=1, keepdim=True) / 127
+    xq = torch.round(x * (1 / sx)).clamp(-127, 127) * sx
+    ref = QuantLinear.from_linear(lin, "int8", backend="reference")
+    with torch.no_grad():
+        assert_close(fast(x), ref(xq), torch.float32)
+
+
+def test_auto_backend_choice():
+    w = randn(64, 256)
+    assert select_kernel(quantize(w, "int4", group_size=64), CPU).name == "int4_tinygemm_bf16"
+    assert select_kernel(quantize(w, "int8"), CPU).name == "int8_weight_bf16"
+    # unsupported by every fast kernel: the reference
+    w512 = randn(64, 512)
+    for fmt, opts in [
+        ("nf4", {}),
+        ("int4", {"group_size": 16}),
+        ("int8", {"group_size": 64}),
+        ("int4", {}),
+        ("q4_0", {}),
+        ("int4", {"group_size": 512}),
+    ]:
+        assert select_kernel(quantize(w512, fmt, **opts), CPU).name == "reference"
+    with pytest.raises(ValueError, match="does not support"):
+        select_kernel(quantize(w, "nf4"), CPU, "int4_tinygemm")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        select_kernel(quantize(w, "nf4"), CPU, "cuda_magic")
+
+
+def test_bias_dtype_shapes_and_errors():
+    lin = make_linear(64, 32)
+    qlin = QuantLinear.from_linear(lin, "int4", group_size=32)
+    assert qlin(randn(64)).shape == (32,)
+    assert qlin(randn(2, 3, 4, 64)).shape == (2, 3, 4, 32)
+    assert qlin(randn(0, 64)).shape == (0, 32)
+    y16 = qlin(randn(5, 64, dtype=torch.bfloat16))
+    assert y16.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="in_features=64"):
+        qlin(randn(5, 63))
+    with pytest.raises(TypeError, match="floating point"):
+        qlin(torch.ones(5, 64, dtype=torch.int64))
+    with pytest.raises(TypeError, match="QuantizedTensor"):
+        QuantLinear(lin.weight)
+    with pytest.raises(ValueError, match="2-D"):
+        QuantLinear(quantize(randn(64), "int8"))
+    with pytest.raises(ValueError, match="bias must have shape"):
+        QuantLinear(quantize(randn(32, 64), "int8"), torch.zeros(31))
+    with pytest.raises(TypeError, match=r"nn\.Linear"):
+        QuantLinear.from_linear(nn.Conv1d(1, 1, 1), "int8")
+    with pytest.raises(ValueError, match="group_size must divide"):
+        QuantLinear.from_linear(lin, "int4", group_size=48)
+    assert "fmt='int4'" in repr(qlin)
+
+
+def test_state_dict_round_trip_and_gradients_to_bias():
+    lin = make_linear(128, 64)
+    qlin = QuantLinear.from_linear(lin, "nf4", double_quant=True)
+    other = QuantLinear.from_linear(make_linear(128, 64, seed=9), "nf4", double_quant=True)
+    other.load_state_dict(qlin.state_dict())
+    assert other.qweight.equal(qlin.qweight)
+    x = randn(3, 128)
+    assert torch.equal(other(x), qlin(x))
+    # a layer built for another format adopts the loaded storage
+    target = QuantLinear.from_linear(make_linear(128, 64), "int8")
+    target.load_state_dict(QuantLinear.from_linear(lin, "q4_0").state_dict())
+    assert target.fmt == "q4_0" and torch.equal(target(x), QuantLinear.from_linear(lin, "q4_0")(x))
+    qlin(x).sum().backward()
+    assert qlin.bias.grad is not None
+    assert torch.allclose(qlin.dequantized_linear()(x), qlin(x), atol=1e-5)
+
+
+def test_quantize_model_swaps_in_place_and_reports():
+    model = nn.Sequential(
+        nn.Linear(128, 256), nn.GELU(), nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 10))
+    )
+    x = randn(4, 128)
+    before = model_size_bytes(model)
+    with torch.no_grad():
+        y0 = model(x)
+    report = quantize_model(model, QuantConfig("int8"))
+    assert [r.name for r in report] == ["0", "2.0", "2.1"]
+    assert all(isinstance(m, QuantLinear) for m in (model[0], model[2][0], model[2][1]))
+    assert report[0].bytes_before == 128 * 256 * 4 and report[0].bytes_after == 128 * 256 + 256 * 4
+    assert model_size_bytes(model) < before / 3
+    with torch.no_grad():
+        assert torch.allclose(model(x), y0, atol=0.05, rtol=0.05)
+
+
+def test_quantize_model_filter_and_config_errors():
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 10))
+    report = quantize_model(model, "nf4", filter_fn=lambda name, m: m.out_features % 64 == 0)
+    assert [r.name for r in report] == ["0"] and type(model[1]) is nn.Linear
+    assert [r.name for r in quantize_model(model, "nf4")] == ["1"]  # QuantLinear is skipped
+    with pytest.raises(ValueError, match="cannot quantize layer '1'"):
+        quantize_model(
+            nn.Sequential(nn.Linear(64, 64), nn.Linear(48, 8)),
+            QuantConfig("int4", {"group_size": 64}),
+        )
+    with pytest.raises(TypeError, match="does not accept option"):
+        QuantConfig("nf4", {"bits": 4})
+    with pytest.raises(KeyError, match="unknown quantization format"):
+        QuantConfig("int5")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        QuantConfig("int8", backend="gpu")
+    with pytest.raises(TypeError, match="format name or a QuantConfig"):
+        quantize_model(model, {"fmt": "int8"})
+    with pytest.raises(ValueError, match=r"itself an nn\.Linear"):
+        quantize_model(nn.Linear(8, 8), "int8")
