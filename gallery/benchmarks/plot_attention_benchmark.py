@@ -18,7 +18,7 @@ llmref add on top of PyTorch? This example plots the attention benchmark of
   shape ``(1, T, 512)``,
 
 all in float32 with a causal mask. If the JSON written by ``tox -e bench``
-(``results/bench_attention.json`` at the repository root) exists, its numbers
+(``results/bench.json`` at the repository root) exists, its numbers
 are plotted; otherwise a reduced sweep of the *same cases* from
 :mod:`llmref.bench.cases` is timed right here, with fewer sequence lengths and
 repeats.
@@ -38,7 +38,7 @@ from llmref.bench.plot import plot_group
 from llmref.bench.report import group_table
 
 root = find_project_root()
-json_path = None if root is None else root / "results" / "bench_attention.json"
+json_path = None if root is None else root / "results" / "bench.json"
 
 records: list[results.Record] = []
 if json_path is not None and json_path.is_file():
