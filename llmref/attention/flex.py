@@ -149,10 +149,18 @@ def flex_attention(
                 allowed = allowed & mod(b, h, qi, kv)
             return allowed
 
+        # A block mask per batch row and head costs memory and time; build one only when
+        # some part of the mask can differ along that axis.
+        per_batch = mask_mod is not None or (
+            mask is not None and mask.ndim == 4 and mask.shape[0] > 1
+        )
+        per_head = mask_mod is not None or (
+            mask is not None and mask.ndim >= 3 and mask.shape[-3] > 1
+        )
         block_mask = create_block_mask(
             combined,
-            shapes.batch,
-            shapes.heads,
+            shapes.batch if per_batch else None,
+            shapes.heads if per_head else None,
             shapes.query_len,
             shapes.key_len,
             device=q.device,

@@ -59,7 +59,8 @@ class MultiHeadAttention(nn.Module):
         ``query_pre_attn_scalar ** -0.5``).
     qk_norm : bool, default False
         RMS-normalise each query and key head (with a learned scale) before the
-        position encoding, as OLMo 2, Qwen3 and Gemma 3 do.
+        position encoding, as Qwen3 and Gemma 3 do (OLMo 2 normalises the whole
+        ``H * head_dim`` projection instead).
     norm_eps : float, default 1e-6
         Epsilon of the QK-norm.
     softcap : float, optional
