@@ -4,9 +4,18 @@ Each technique is a plain function over tensors, tested against a naive float64
 reference and against production libraries, explained in the docs and measured.
 """
 
-from . import attention, cache, position, quant
+from . import attention, cache, models, position, quant
 from ._registry import Registry, RegistryEntry
 
 __version__ = "0.1.0"
 
-__all__ = ["Registry", "RegistryEntry", "__version__", "attention", "cache", "position", "quant"]
+__all__ = [
+    "Registry",
+    "RegistryEntry",
+    "__version__",
+    "attention",
+    "cache",
+    "models",
+    "position",
+    "quant",
+]

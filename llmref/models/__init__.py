@@ -1,0 +1,45 @@
+"""Models: the source notes' text classifier, a configurable decoder LM, generation, loaders.
+
+:class:`TextClassifier` is the text-classification transformer of the project's
+source notes; :class:`DecoderLM` (configured by :class:`DecoderConfig`) is a
+Llama/Mistral/Qwen2/DeepSeek-style decoder built from :mod:`llmref.attention`
+and :mod:`llmref.position`; :func:`generate` decodes from it through any
+:mod:`llmref.cache` kind; :func:`from_transformers` and :func:`from_gguf` load
+real checkpoints.
+"""
+
+from .blocks import ROUTERS, DecoderBlock, MoE, SwiGLU, TransformerBlock, moe, route_tokens, swiglu
+from .classifier import TextClassifier
+from .config import ATTENTION_KINDS, DecoderConfig, MLAConfig, MoEConfig
+from .decoder import DecoderLM
+from .generate import generate, make_caches, top_k_filter, top_p_filter
+from .gguf import from_gguf, gguf_tokenizer, load_gguf, read_gguf
+from .hf import SUPPORTED_ARCHITECTURES, config_from_transformers, from_transformers
+
+__all__ = [
+    "ATTENTION_KINDS",
+    "ROUTERS",
+    "SUPPORTED_ARCHITECTURES",
+    "DecoderBlock",
+    "DecoderConfig",
+    "DecoderLM",
+    "MLAConfig",
+    "MoE",
+    "MoEConfig",
+    "SwiGLU",
+    "TextClassifier",
+    "TransformerBlock",
+    "config_from_transformers",
+    "from_gguf",
+    "from_transformers",
+    "generate",
+    "gguf_tokenizer",
+    "load_gguf",
+    "make_caches",
+    "moe",
+    "read_gguf",
+    "route_tokens",
+    "swiglu",
+    "top_k_filter",
+    "top_p_filter",
+]

@@ -1,0 +1,714 @@
+"""Building blocks of a transformer language model: MLPs, mixtures of experts, whole blocks.
+
+Functional core, thin modules: :func:`swiglu`, :func:`route_tokens` (with the
+routing rules registered in :data:`ROUTERS`) and :func:`moe` compute; the
+modules :class:`SwiGLU`, :class:`MoE`, :class:`DecoderBlock` and
+:class:`TransformerBlock` own the parameters and call them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import check_float_dtype, check_int, check_positive_float, check_tensor
+from .._registry import Registry
+from ..attention import MultiHeadAttention, MultiHeadLatentAttention
+
+if TYPE_CHECKING:
+    from ..cache import KVCache
+    from .config import DecoderConfig, MoEConfig
+
+__all__ = [
+    "ROUTERS",
+    "DecoderBlock",
+    "MoE",
+    "SwiGLU",
+    "TransformerBlock",
+    "moe",
+    "route_tokens",
+    "swiglu",
+]
+
+ROUTERS = Registry("router")
+"""Registry of mixture-of-experts routing rules (``topk_method`` names as in DeepSeek's
+configs), name -> :class:`~llmref.RegistryEntry`. Each takes router logits ``(N, E)``
+and returns per-expert selection scores and the weights to mix the chosen ones with."""
+
+
+def swiglu(
+    x: torch.Tensor,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    *,
+    b_gate: torch.Tensor | None = None,
+    b_up: torch.Tensor | None = None,
+    b_down: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""The SwiGLU feed-forward network: ``W_down (silu(W_gate x) * W_up x)``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Input ``(..., d_model)``.
+    w_gate, w_up : torch.Tensor
+        Weights ``(d_ff, d_model)`` (:class:`torch.nn.Linear` layout).
+    w_down : torch.Tensor
+        Weight ``(d_model, d_ff)``.
+    b_gate, b_up, b_down : torch.Tensor, optional
+        Biases.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(..., d_model)``.
+
+    Raises
+    ------
+    TypeError
+        If an input is not a floating tensor.
+    ValueError
+        If the weight shapes do not fit ``x`` and each other.
+
+    Notes
+    -----
+    A gated linear unit {cite:p}`shazeer2020glu` with the SiLU (swish)
+    activation :math:`\operatorname{silu}(z) = z\,\sigma(z)`:
+
+    .. math::
+
+        \operatorname{SwiGLU}(x) = W_{down}\bigl(\operatorname{silu}(W_{gate} x)
+        \odot W_{up} x\bigr).
+
+    The gate lets each hidden unit scale its value multiplicatively; at equal
+    parameter count (``d_ff`` about ``8/3 d_model`` instead of ``4 d_model``)
+    it trains to lower loss than a ReLU or GELU MLP, which is why Llama,
+    Mistral, Qwen and DeepSeek use it.
+
+    References
+    ----------
+    :cite:t:`shazeer2020glu`
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.randn(2, 3, 8)
+    >>> w_gate, w_up, w_down = torch.randn(16, 8), torch.randn(16, 8), torch.randn(8, 16)
+    >>> swiglu(x, w_gate, w_up, w_down).shape
+    torch.Size([2, 3, 8])
+    """
+    for name, t in (("x", x), ("w_gate", w_gate), ("w_up", w_up), ("w_down", w_down)):
+        check_tensor(name, t)
+        check_float_dtype(name, t)
+    d = x.shape[-1]
+    if w_gate.ndim != 2 or w_gate.shape != w_up.shape or w_gate.shape[1] != d:
+        raise ValueError(
+            f"w_gate and w_up must both be (d_ff, d_model={d}), got {tuple(w_gate.shape)} "
+            f"and {tuple(w_up.shape)}"
+        )
+    if tuple(w_down.shape) != (d, w_gate.shape[0]):
+        raise ValueError(
+            f"w_down must be (d_model, d_ff) = {(d, w_gate.shape[0])}, got {tuple(w_down.shape)}"
+        )
+    return F.linear(F.silu(F.linear(x, w_gate, b_gate)) * F.linear(x, w_up, b_up), w_down, b_down)
+
+
+class SwiGLU(nn.Module):
+    """The SwiGLU MLP of Llama-style decoders (see :func:`swiglu`).
+
+    Parameters
+    ----------
+    d_model : int
+        Input and output width.
+    d_ff : int
+        Hidden width (transformers: ``intermediate_size``).
+    bias : bool, default False
+        Whether the three projections have biases.
+    device, dtype : optional
+        Where and in which dtype to create the parameters.
+
+    Attributes
+    ----------
+    gate_proj, up_proj : torch.nn.Linear
+        ``d_model -> d_ff``.
+    down_proj : torch.nn.Linear
+        ``d_ff -> d_model``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> mlp = SwiGLU(8, 16)
+    >>> mlp(torch.randn(2, 3, 8)).shape
+    torch.Size([2, 3, 8])
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        *,
+        bias: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_model = check_int("d_model", d_model, minimum=1)
+        self.d_ff = check_int("d_ff", d_ff, minimum=1)
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.gate_proj = nn.Linear(d_model, d_ff, bias, **kw)
+        self.up_proj = nn.Linear(d_model, d_ff, bias, **kw)
+        self.down_proj = nn.Linear(d_ff, d_model, bias, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the MLP to ``x`` of shape ``(..., d_model)``."""
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_ff={self.d_ff}"
+
+
+# -- routing -------------------------------------------------------------------------------
+
+
+def _group_mask(scores: torch.Tensor, group_scores: torch.Tensor, topk_group: int) -> torch.Tensor:
+    """Keep the experts of the ``topk_group`` best groups: bool ``(N, E)``."""
+    n_group = group_scores.shape[-1]
+    chosen = group_scores.topk(topk_group, dim=-1, sorted=False).indices
+    keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, chosen, True)
+    return keep.repeat_interleave(scores.shape[-1] // n_group, dim=-1)
+
+
+@ROUTERS.register("greedy", paper="deepseek2024v2", third_party="transformers DeepseekV2TopkRouter")
+def greedy_routing(logits: torch.Tensor, **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over all experts; choose by the probabilities, mix with them."""
+    probs = logits.softmax(dim=-1, dtype=torch.float32)
+    return probs, probs
+
+
+@ROUTERS.register(
+    "group_limited_greedy",
+    paper="deepseek2024v2",
+    third_party="transformers DeepseekV2TopkRouter",
+    grouped=True,
+)
+def group_limited_routing(
+    logits: torch.Tensor, *, n_group: int, topk_group: int, **_: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax; only experts of the ``topk_group`` groups with the highest best score compete."""
+    probs = logits.softmax(dim=-1, dtype=torch.float32)
+    best = probs.view(probs.shape[0], n_group, -1).amax(dim=-1)
+    return probs.masked_fill(~_group_mask(probs, best, topk_group), 0.0), probs
+
+
+@ROUTERS.register(
+    "noaux_tc",
+    paper="deepseekai2024v3",
+    third_party="transformers DeepseekV3TopkRouter",
+    grouped=True,
+    correction_bias=True,
+)
+def noaux_tc_routing(
+    logits: torch.Tensor,
+    *,
+    n_group: int,
+    topk_group: int,
+    correction_bias: torch.Tensor | None = None,
+    **_: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigmoid scores; choose by score + load-balancing bias within the best groups
+    (ranked by the sum of their two best experts); mix with the unbiased scores."""
+    scores = logits.float().sigmoid()
+    choice = scores if correction_bias is None else scores + correction_bias.float()
+    per_group = choice.view(choice.shape[0], n_group, -1)
+    best = per_group.topk(min(2, per_group.shape[-1]), dim=-1).values.sum(dim=-1)
+    return choice.masked_fill(~_group_mask(choice, best, topk_group), float("-inf")), scores
+
+
+def route_tokens(
+    logits: torch.Tensor,
+    top_k: int,
+    *,
+    topk_method: str = "greedy",
+    n_group: int | None = None,
+    topk_group: int | None = None,
+    correction_bias: torch.Tensor | None = None,
+    norm_topk_prob: bool = False,
+    routed_scaling_factor: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Choose ``top_k`` experts per token and the weights to mix their outputs with.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        Router logits ``(N, E)``, one row per token (computed in float32).
+    top_k : int
+        Experts per token.
+    topk_method : str, default "greedy"
+        A rule in :data:`ROUTERS` (see :class:`~llmref.models.MoEConfig`).
+    n_group, topk_group : int, optional
+        Group routing settings (``"group_limited_greedy"``, ``"noaux_tc"``).
+    correction_bias : torch.Tensor, optional
+        ``(E,)`` load-balancing bias added to the scores for the choice only
+        (DeepSeek-V3's ``e_score_correction_bias``).
+    norm_topk_prob : bool, default False
+        Renormalise the chosen weights to sum to one.
+    routed_scaling_factor : float, default 1.0
+        Multiplies the weights.
+
+    Returns
+    -------
+    weights : torch.Tensor
+        float32 ``(N, top_k)``.
+    indices : torch.Tensor
+        Expert ids ``(N, top_k)``.
+
+    Raises
+    ------
+    KeyError
+        If ``topk_method`` is not registered.
+    ValueError
+        If ``logits`` is not 2-D, ``top_k`` exceeds the experts, or a grouped
+        rule lacks its group settings.
+
+    Notes
+    -----
+    With scores :math:`s = \operatorname{softmax}(W_r x)` (or a sigmoid) the
+    layer computes :math:`y = \sum_{e \in \operatorname{TopK}(s)} g_e E_e(x)`:
+    each token runs only ``top_k`` of the ``E`` experts, so parameters grow with
+    ``E`` while compute per token stays that of ``top_k`` experts
+    {cite:p}`shazeer2017outrageously`. The selection is not differentiable;
+    the router learns through the weights :math:`g_e` of the chosen experts.
+
+    Examples
+    --------
+    >>> import torch
+    >>> logits = torch.tensor([[2.0, 0.0, 1.0, -1.0]])
+    >>> w, idx = route_tokens(logits, 2, norm_topk_prob=True)
+    >>> idx.sort().values.tolist(), round(float(w.sum()), 6)
+    ([[0, 2]], 1.0)
+    """
+    check_tensor("logits", logits, ndim=2)
+    top_k = check_int("top_k", top_k, minimum=1)
+    if top_k > logits.shape[-1]:
+        raise ValueError(f"top_k must be <= the number of experts {logits.shape[-1]}, got {top_k}")
+    rule = ROUTERS[topk_method]
+    if rule.meta.get("grouped") and (n_group is None or topk_group is None):
+        raise ValueError(f"topk_method={topk_method!r} needs n_group and topk_group")
+    choice, mix = rule.fn(
+        logits, n_group=n_group, topk_group=topk_group, correction_bias=correction_bias
+    )
+    indices = choice.topk(top_k, dim=-1, sorted=False).indices
+    weights = mix.gather(-1, indices)
+    if norm_topk_prob:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return weights * routed_scaling_factor, indices
+
+
+def moe(
+    x: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    weights: torch.Tensor,
+    indices: torch.Tensor,
+) -> torch.Tensor:
+    """Run each token through its chosen SwiGLU experts and mix the outputs.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Tokens ``(N, d_model)``.
+    gate_up_proj : torch.Tensor
+        Every expert's gate and up weights stacked, ``(E, 2 * d_expert, d_model)``
+        (gate rows first, as transformers stores them).
+    down_proj : torch.Tensor
+        Every expert's down weight, ``(E, d_model, d_expert)``.
+    weights : torch.Tensor
+        Mixing weights ``(N, top_k)``.
+    indices : torch.Tensor
+        Chosen experts ``(N, top_k)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, d_model)`` in ``x``'s dtype.
+
+    Raises
+    ------
+    ValueError
+        If shapes disagree.
+
+    Notes
+    -----
+    Tokens are grouped by expert (one matrix multiply per expert that has
+    tokens), the reference loop of transformers' ``DeepseekV3Experts``; fused
+    kernels sort tokens by expert and run one grouped GEMM.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.randn(5, 8)
+    >>> gate_up, down = torch.randn(4, 2 * 16, 8), torch.randn(4, 8, 16)
+    >>> w, idx = route_tokens(torch.randn(5, 4), 2)
+    >>> moe(x, gate_up, down, w, idx).shape
+    torch.Size([5, 8])
+    """
+    check_tensor("x", x, ndim=2)
+    check_tensor("gate_up_proj", gate_up_proj, ndim=3)
+    check_tensor("down_proj", down_proj, ndim=3)
+    E, two_d, d = gate_up_proj.shape
+    if d != x.shape[-1] or tuple(down_proj.shape) != (E, d, two_d // 2):
+        raise ValueError(
+            f"gate_up_proj (E, 2 d_expert, d_model) = {tuple(gate_up_proj.shape)} and down_proj "
+            f"(E, d_model, d_expert) = {tuple(down_proj.shape)} do not fit x {tuple(x.shape)}"
+        )
+    if weights.shape != indices.shape or weights.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"weights and indices must both be (N={x.shape[0]}, top_k), got "
+            f"{tuple(weights.shape)} and {tuple(indices.shape)}"
+        )
+    out = torch.zeros_like(x)
+    flat = indices.reshape(-1)
+    order = flat.argsort(stable=True)
+    counts = torch.bincount(flat, minlength=E).tolist()
+    start = 0
+    top_k = indices.shape[1]
+    for e, n in enumerate(counts):
+        if n == 0:
+            continue
+        sel = order[start : start + n]
+        start += n
+        token, slot = sel // top_k, sel % top_k
+        gate, up = F.linear(x[token], gate_up_proj[e]).chunk(2, dim=-1)
+        y = F.linear(F.silu(gate) * up, down_proj[e]) * weights[token, slot, None]
+        out.index_add_(0, token, y.to(out.dtype))
+    return out
+
+
+class MoE(nn.Module):
+    """A top-k mixture of SwiGLU experts, with optional always-on shared experts (DeepSeek).
+
+    Parameters
+    ----------
+    d_model : int
+        Input and output width.
+    config : MoEConfig
+        Number of experts, ``top_k``, expert width, routing rule, ...
+    device, dtype : optional
+        Where and in which dtype to create the parameters.
+
+    Attributes
+    ----------
+    router : torch.nn.Linear
+        ``d_model -> n_experts``, no bias (transformers: ``gate``); it is
+        applied in float32.
+    e_score_correction_bias : torch.Tensor or None
+        ``(n_experts,)`` float32 load-balancing bias (a buffer) of routing rules
+        that use one (``"noaux_tc"``).
+    gate_up_proj : torch.nn.Parameter
+        ``(n_experts, 2 * d_expert, d_model)``.
+    down_proj : torch.nn.Parameter
+        ``(n_experts, d_model, d_expert)``.
+    shared_experts : SwiGLU or None
+        Width ``n_shared_experts * d_expert``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from llmref.models import MoEConfig
+    >>> layer = MoE(16, MoEConfig(n_experts=4, top_k=2, d_expert=8, n_shared_experts=1))
+    >>> layer(torch.randn(2, 5, 16)).shape
+    torch.Size([2, 5, 16])
+    """
+
+    e_score_correction_bias: torch.Tensor | None
+
+    def __init__(
+        self,
+        d_model: int,
+        config: MoEConfig,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        from .config import MoEConfig
+
+        super().__init__()
+        if not isinstance(config, MoEConfig):
+            raise TypeError(f"config must be a MoEConfig, got {type(config).__name__}")
+        self.d_model = check_int("d_model", d_model, minimum=1)
+        self.config = config
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        E, d_e = config.n_experts, config.d_expert
+        self.router = nn.Linear(d_model, E, bias=False, **kw)
+        bias = None
+        if ROUTERS[config.topk_method].meta.get("correction_bias"):
+            bias = torch.zeros(E, device=device, dtype=torch.float32)
+        self.register_buffer("e_score_correction_bias", bias)
+        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * d_e, d_model, **kw))
+        self.down_proj = nn.Parameter(torch.empty(E, d_model, d_e, **kw))
+        nn.init.normal_(self.gate_up_proj, std=d_model**-0.5)
+        nn.init.normal_(self.down_proj, std=d_e**-0.5)
+        self.shared_experts = (
+            SwiGLU(d_model, config.n_shared_experts * d_e, **kw)
+            if config.n_shared_experts
+            else None
+        )
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Experts and weights for tokens ``x`` of shape ``(N, d_model)``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Tokens ``(N, d_model)``.
+
+        Returns
+        -------
+        weights, indices : torch.Tensor
+            As :func:`route_tokens`.
+        """
+        c = self.config
+        logits = F.linear(x.float(), self.router.weight.float())
+        return route_tokens(
+            logits,
+            c.top_k,
+            topk_method=c.topk_method,
+            n_group=c.n_group,
+            topk_group=c.topk_group,
+            correction_bias=self.e_score_correction_bias,
+            norm_topk_prob=c.norm_topk_prob,
+            routed_scaling_factor=c.routed_scaling_factor,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to ``x`` of shape ``(..., d_model)``."""
+        flat = x.reshape(-1, self.d_model)
+        weights, indices = self.route(flat)
+        out = moe(flat, self.gate_up_proj, self.down_proj, weights, indices).view_as(x)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+        return out
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"d_model={self.d_model}, n_experts={c.n_experts}, top_k={c.top_k}, "
+            f"d_expert={c.d_expert}, n_shared_experts={c.n_shared_experts}, "
+            f"topk_method={c.topk_method!r}"
+        )
+
+
+# -- blocks --------------------------------------------------------------------------------
+
+
+class DecoderBlock(nn.Module):
+    """A pre-norm decoder block: ``h = x + attn(norm(x))``, ``out = h + mlp(norm(h))``.
+
+    Built from a :class:`~llmref.models.DecoderConfig` and a layer number,
+    which choose the attention kind (:class:`~llmref.attention.MultiHeadAttention`
+    or :class:`~llmref.attention.MultiHeadLatentAttention`), its sliding window
+    and the feed-forward kind (:class:`SwiGLU` or :class:`MoE`).
+
+    Parameters
+    ----------
+    config : DecoderConfig
+        The model's configuration.
+    index : int
+        Layer number.
+    rope : torch.nn.Module, optional
+        Rotary embedding shared by the model's layers (``None`` without RoPE).
+    position_bias : torch.nn.Module, optional
+        Additive position bias (ALiBi) shared by the layers.
+    device, dtype : optional
+        Where and in which dtype to create the parameters.
+
+    Attributes
+    ----------
+    attn_norm, mlp_norm : torch.nn.RMSNorm
+        The pre-norms (transformers: ``input_layernorm``, ``post_attention_layernorm``).
+    attn : MultiHeadAttention or MultiHeadLatentAttention
+    mlp : SwiGLU or MoE
+
+    Examples
+    --------
+    >>> import torch
+    >>> from llmref.models import DecoderConfig
+    >>> cfg = DecoderConfig(vocab_size=10, d_model=32, n_layers=1, n_heads=4, d_ff=64)
+    >>> DecoderBlock(cfg, 0)(torch.randn(2, 5, 32)).shape
+    torch.Size([2, 5, 32])
+    """
+
+    def __init__(
+        self,
+        config: DecoderConfig,
+        index: int,
+        *,
+        rope: nn.Module | None = None,
+        position_bias: nn.Module | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        spec = config.layer(index)
+        self.index = index
+        self.spec = spec
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        d = config.d_model
+        self.attn_norm = nn.RMSNorm(d, eps=config.norm_eps, **kw)
+        self.mlp_norm = nn.RMSNorm(d, eps=config.norm_eps, **kw)
+        self.attn: MultiHeadAttention | MultiHeadLatentAttention
+        if spec.attention == "mla":
+            mla = config.mla
+            assert mla is not None  # DecoderConfig checked it
+            self.attn = MultiHeadLatentAttention(
+                d,
+                config.n_heads,
+                kv_lora_rank=mla.kv_lora_rank,
+                qk_nope_head_dim=mla.qk_nope_head_dim,
+                qk_rope_head_dim=mla.qk_rope_head_dim,
+                v_head_dim=mla.v_head_dim,
+                q_lora_rank=mla.q_lora_rank,
+                rope=rope,
+                scale=config.attention_scale,
+                bias=config.attention_bias == "all",
+                norm_eps=mla.norm_eps,
+                **kw,
+            )
+        else:
+            self.attn = MultiHeadAttention(
+                d,
+                config.n_heads,
+                n_kv_heads=config.n_kv_heads,
+                head_dim=config.head_dim,
+                bias=config.attention_bias != "none",
+                scale=config.attention_scale,
+                window=spec.window,
+                rope=rope,
+                position_bias=position_bias,
+                **kw,
+            )
+            if config.attention_bias == "qkv":  # Qwen2: no bias on the output projection
+                self.attn.out_proj.register_parameter("bias", None)
+        self.mlp: SwiGLU | MoE
+        if spec.mlp == "moe":
+            assert config.moe is not None
+            self.mlp = MoE(d, config.moe, **kw)
+        else:
+            self.mlp = SwiGLU(d, config.d_ff, bias=config.mlp_bias, **kw)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Apply the block to the residual stream ``x`` of shape ``(B, T, d_model)``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Residual stream ``(B, T, d_model)``.
+        mask : torch.Tensor, optional
+            Boolean mask (``True`` = may attend) combined with the causal mask.
+        position_ids : torch.Tensor, optional
+            Positions ``(T,)`` or ``(B, T)``; default from the cache, else ``0..T-1``.
+        cache : llmref.cache.KVCache, optional
+            This layer's cache.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(B, T, d_model)``.
+        """
+        h = x + self.attn(
+            self.attn_norm(x), mask=mask, is_causal=True, position_ids=position_ids, cache=cache
+        )
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class TransformerBlock(nn.Module):
+    """The source notes' transformer block: post-norm, bidirectional, ReLU MLP.
+
+    ``h = LayerNorm(x + attn(x))``, ``out = LayerNorm(h + mlp(h))`` with
+    ``mlp = Linear(d, d_ff) -> ReLU -> Linear(d_ff, d)``: the block of the
+    original Transformer encoder {cite:p}`vaswani2017attention` and of the
+    text-classification transformer in the project's source notes (Peter
+    Bloem's ``TransformerBlock``).
+
+    Parameters
+    ----------
+    d_model : int
+        Width (``k`` in the notes).
+    n_heads : int
+        Attention heads.
+    d_ff : int, optional
+        MLP hidden width; default ``4 * d_model``.
+    dropout : float, default 0.0
+        Dropout after the attention and the MLP (training only).
+    device, dtype : optional
+        Where and in which dtype to create the parameters.
+
+    Attributes
+    ----------
+    attn : MultiHeadAttention
+    norm1, norm2 : torch.nn.LayerNorm
+    mlp : torch.nn.Sequential
+
+    Examples
+    --------
+    >>> import torch
+    >>> block = TransformerBlock(32, 4)
+    >>> block(torch.randn(2, 7, 32)).shape
+    torch.Size([2, 7, 32])
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        d_ff: int | None = None,
+        dropout: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        d_model = check_int("d_model", d_model, minimum=1)
+        d_ff = 4 * d_model if d_ff is None else check_int("d_ff", d_ff, minimum=1)
+        if dropout != 0.0:
+            dropout = check_positive_float("dropout", dropout)
+            if dropout >= 1.0:
+                raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.attn = MultiHeadAttention(d_model, n_heads, bias=True, **kw)
+        self.norm1 = nn.LayerNorm(d_model, **kw)
+        self.norm2 = nn.LayerNorm(d_model, **kw)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, d_ff, **kw), nn.ReLU(), nn.Linear(d_ff, d_model, **kw)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the block to ``x`` of shape ``(B, T, d_model)``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Input ``(B, T, d_model)``.
+        mask : torch.Tensor, optional
+            Boolean mask broadcasting to ``(B, H, T, T)`` (e.g. keys that are
+            padding masked out); no causal mask is applied.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(B, T, d_model)``.
+        """
+        h = self.norm1(x + self.dropout(self.attn(x, mask=mask)))
+        return self.norm2(h + self.dropout(self.mlp(h)))

