@@ -159,6 +159,7 @@ intersphinx_mapping = {
     "python": ("https://docs.python.org/3", "_intersphinx/python.inv"),
     "torch": ("https://docs.pytorch.org/docs/stable", "_intersphinx/torch.inv"),
     "matplotlib": ("https://matplotlib.org/stable", "_intersphinx/matplotlib.inv"),
+    "numpy": ("https://numpy.org/doc/stable", "_intersphinx/numpy.inv"),
 }
 intersphinx_disabled_reftypes = ["std:doc"]
 

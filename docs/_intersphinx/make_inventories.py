@@ -146,6 +146,7 @@ TORCH: list[tuple[str, str, str]] = [
     ("torch.nn.Module", "py:class", _G + "torch.nn.Module.html#torch.nn.Module"),
     ("torch.nn.modules.module.Module", "py:class", _G + "torch.nn.Module.html#torch.nn.Module"),
     ("torch.nn.Linear", "py:class", _G + "torch.nn.Linear.html#torch.nn.Linear"),
+    ("torch.nn.RMSNorm", "py:class", _G + "torch.nn.RMSNorm.html#torch.nn.RMSNorm"),
     ("torch.nn.modules.linear.Linear", "py:class", _G + "torch.nn.Linear.html#torch.nn.Linear"),
     (
         "torch.nn.MultiheadAttention",
@@ -216,6 +217,10 @@ TORCH: list[tuple[str, str, str]] = [
     ("torch.nn.init.xavier_uniform_", "py:function", "nn.init.html#torch.nn.init.xavier_uniform_"),
 ]
 
+NUMPY: list[tuple[str, str, str]] = [
+    ("numpy.ndarray", "py:class", "reference/generated/numpy.ndarray.html#numpy.ndarray"),
+]
+
 MATPLOTLIB: list[tuple[str, str, str]] = [
     ("matplotlib.pyplot", "py:module", "api/pyplot_summary.html#module-matplotlib.pyplot"),
     (
@@ -259,6 +264,7 @@ def write_all(out_dir: Path = HERE) -> list[Path]:
         ("python.inv", "Python", "3", PYTHON),
         ("torch.inv", "PyTorch", "stable", TORCH),
         ("matplotlib.inv", "Matplotlib", "stable", MATPLOTLIB),
+        ("numpy.inv", "NumPy", "stable", NUMPY),
     ):
         path = out_dir / fname
         data = render(project, version, entries)

@@ -12,7 +12,7 @@ from .blocks import ROUTERS, DecoderBlock, MoE, SwiGLU, TransformerBlock, moe, r
 from .classifier import TextClassifier
 from .config import ATTENTION_KINDS, DecoderConfig, MLAConfig, MoEConfig
 from .decoder import DecoderLM
-from .generate import generate, make_caches, top_k_filter, top_p_filter
+from .generation import generate, make_caches, top_k_filter, top_p_filter
 from .gguf import from_gguf, gguf_tokenizer, load_gguf, read_gguf
 from .hf import SUPPORTED_ARCHITECTURES, config_from_transformers, from_transformers
 

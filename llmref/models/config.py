@@ -199,7 +199,7 @@ class LayerSpec(NamedTuple):
     """What one decoder layer is made of (from :meth:`DecoderConfig.layer`)."""
 
     attention: str
-    """Attention kind, one of :data:`ATTENTION_KINDS`."""
+    """Attention kind, one of ``llmref.models.ATTENTION_KINDS``."""
     window: int | None
     """Sliding-window width, or ``None`` for full causal attention."""
     mlp: str

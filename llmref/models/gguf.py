@@ -26,7 +26,15 @@ import torch
 
 from .decoder import DecoderLM, empty_model
 
-__all__ = ["GGML_TYPES", "GGUFFile", "from_gguf", "gguf_tokenizer", "load_gguf", "read_gguf"]
+__all__ = [
+    "GGML_TYPES",
+    "GGUFFile",
+    "TensorInfo",
+    "from_gguf",
+    "gguf_tokenizer",
+    "load_gguf",
+    "read_gguf",
+]
 
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
     0: ("f32", 1, 4),
@@ -61,15 +69,18 @@ _STRING, _ARRAY = 8, 9
 
 
 class TensorInfo(NamedTuple):
-    """One entry of a GGUF tensor table."""
+    """One entry of a GGUF tensor table (see :func:`read_gguf`)."""
 
     name: str
+    """Tensor name, e.g. ``"blk.0.attn_q.weight"``."""
     shape: tuple[int, ...]
     """In torch order (GGUF lists the fastest-moving dimension first)."""
     ggml_type: int
+    """ggml type id (a key of :data:`GGML_TYPES` when llmref can read it)."""
     offset: int
     """Byte offset from the start of the data section."""
     nbytes: int
+    """Bytes the tensor occupies."""
 
 
 @dataclass
@@ -84,7 +95,7 @@ class GGUFFile:
     metadata : dict
         Key -> value (ints, floats, bools, strings, lists).
     tensors : dict
-        Name -> :class:`TensorInfo`, in file order.
+        Name -> ``TensorInfo``, in file order.
     data_start : int
         Byte offset of the tensor data.
     """
@@ -97,7 +108,18 @@ class GGUFFile:
     _buffer: Any = field(default=None, repr=False)
 
     def raw(self, name: str) -> np.ndarray:
-        """The stored bytes of tensor ``name`` (``uint8``, a view of the mapped file)."""
+        """The stored bytes of tensor ``name``: a ``uint8`` NumPy view of the mapped file.
+
+        Parameters
+        ----------
+        name : str
+            Name in the tensor table.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``nbytes`` bytes, read-only.
+        """
         info = self._info(name)
         start = self.data_start + info.offset
         return np.frombuffer(self._buffer, dtype=np.uint8, count=info.nbytes, offset=start)
