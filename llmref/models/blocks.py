@@ -182,7 +182,9 @@ def _group_mask(scores: torch.Tensor, group_scores: torch.Tensor, topk_group: in
     return keep.repeat_interleave(scores.shape[-1] // n_group, dim=-1)
 
 
-@ROUTERS.register("greedy", paper="deepseek2024v2", third_party="transformers DeepseekV2TopkRouter")
+@ROUTERS.register(
+    "greedy", paper="shazeer2017outrageously", third_party="transformers DeepseekV2TopkRouter"
+)
 def greedy_routing(logits: torch.Tensor, **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax over all experts; choose by the probabilities, mix with them."""
     probs = logits.softmax(dim=-1, dtype=torch.float32)
