@@ -17,6 +17,11 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a computation on ``dtype`` inputs runs in: float32 for 16-bit floats."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def check_tensor(name: str, x: object, *, ndim: int | None = None) -> torch.Tensor:
     """Check that ``x`` is a tensor (with ``ndim`` dimensions if given)."""
     if not isinstance(x, torch.Tensor):

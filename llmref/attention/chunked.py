@@ -21,6 +21,7 @@ from .._checks import (
     check_positive_float,
     check_qkv,
     check_sinks,
+    compute_dtype,
     resolve_scale,
 )
 from .functional import ATTENTION
@@ -101,7 +102,7 @@ class _ChunkedAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, bias, sinks, tiles: _Tiles):
         B, H, H_kv, T, _, _, Dv = tiles.shapes
         G = H // H_kv
-        compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+        compute = compute_dtype(q.dtype)
         qg = (q.to(compute) * tiles.scale).unflatten(1, (H_kv, G))
         kg = k.to(compute).unsqueeze(2)
         # A column of ones after the values makes the second matmul also return the row

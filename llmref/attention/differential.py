@@ -13,7 +13,7 @@ import numbers
 
 import torch
 
-from .._checks import check_qkv, resolve_scale
+from .._checks import check_qkv, compute_dtype, resolve_scale
 from .functional import attention
 from .variants import VARIANTS
 
@@ -171,7 +171,7 @@ def differential_attention(
     d = shapes.head_dim // 2
     s = resolve_scale(scale, d)
     lam = _check_lam(lam, shapes.heads, q.device)
-    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    compute = compute_dtype(q.dtype)
     qc, kc, vc = q.to(compute), k.to(compute), v.to(compute)
 
     def softmax_map(half: slice) -> torch.Tensor:

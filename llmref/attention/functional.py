@@ -18,6 +18,7 @@ from .._checks import (
     check_positive_float,
     check_qkv,
     check_sinks,
+    compute_dtype,
     resolve_scale,
 )
 from .._registry import Registry
@@ -163,7 +164,7 @@ def naive_attention(
     cap = None if softcap is None else check_positive_float("softcap", softcap)
     mask = _combined_mask(mask, is_causal, T, S, q.device)
 
-    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    compute = compute_dtype(q.dtype)
     G = H // H_kv
     # Group query heads onto their shared key/value head instead of copying K/V.
     qg = q.to(compute).reshape(B, H_kv, G, T, -1)

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .._checks import AttentionShapes, check_int, check_qkv, check_tensor
+from .._checks import AttentionShapes, check_int, check_qkv, check_tensor, compute_dtype
 from .masks import causal_mask
 from .variants import VARIANTS
 
@@ -73,10 +73,6 @@ class LinearAttentionState(NamedTuple):
     z: torch.Tensor
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def _check_eps(eps: object) -> float:
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a float, got {type(eps).__name__}")
@@ -120,7 +116,7 @@ def _qk_features(
     q: torch.Tensor, k: torch.Tensor, feature_map: object
 ) -> tuple[torch.Tensor, torch.Tensor]:
     fn = _resolve_feature_map(feature_map)
-    compute = _compute_dtype(q.dtype)
+    compute = compute_dtype(q.dtype)
     phi_q = _features(fn, q.to(compute), "q")
     phi_k = _features(fn, k.to(compute), "k")
     if phi_q.shape[-1] != phi_k.shape[-1]:

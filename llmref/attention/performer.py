@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .._checks import FLOAT_DTYPES, check_int, check_qkv, check_tensor, resolve_scale
+from .._checks import FLOAT_DTYPES, check_int, check_qkv, check_tensor, compute_dtype, resolve_scale
 from .linear import _causal_chunked, _noncausal, _normalise, _with_ones
 from .variants import VARIANTS
 
@@ -231,7 +231,7 @@ def favor_features(
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     projection = _check_projection(projection, x.shape[-1], x.device)
-    compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    compute = compute_dtype(x.dtype)
     return _favor(x.to(compute), projection, is_query, stabilize).to(x.dtype)
 
 
@@ -352,7 +352,7 @@ def performer_attention(
     B, H, H_kv, T, _, _, Dv = shapes
     if T == 0:
         return q.new_zeros(B, H, 0, Dv)
-    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    compute = compute_dtype(q.dtype)
     root = math.sqrt(s)
     phi_q = _favor(q.to(compute) * root, projection, True, True)
     phi_k = _favor(k.to(compute) * root, projection, False, True)

@@ -13,7 +13,7 @@ import numbers
 
 import torch
 
-from .._checks import check_bias, check_mask, check_qkv, resolve_scale
+from .._checks import check_bias, check_mask, check_qkv, compute_dtype, resolve_scale
 from .masks import causal_mask
 from .variants import VARIANTS
 
@@ -138,7 +138,7 @@ def sigmoid_attention(
         causal = causal_mask(T, S, device=q.device)
         mask = causal if mask is None else mask & causal
 
-    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    compute = compute_dtype(q.dtype)
     G = H // H_kv
     qg = q.to(compute).reshape(B, H_kv, G, T, -1)
     kg = k.to(compute).unsqueeze(2)
