@@ -289,6 +289,23 @@ def sdpa_attention(
     return out
 
 
+def resolve_backend(backend: str, features: set[str]) -> str:
+    """The ATTENTION entry to use: ``backend`` itself, or for ``"auto"`` SDPA when it
+    supports every needed feature and the chunked (FlashAttention) kernel otherwise."""
+    if backend == "auto":
+        return "sdpa" if features <= ATTENTION["sdpa"].meta["features"] else "chunked"
+    if backend not in ATTENTION:
+        known = ", ".join(repr(n) for n in ("auto", *ATTENTION))
+        raise ValueError(f"backend must be one of {known}, got {backend!r}")
+    missing = features - ATTENTION[backend].meta["features"]
+    if missing:
+        raise ValueError(
+            f"backend {backend!r} does not support {sorted(missing)}; use 'auto' or one of "
+            + ", ".join(repr(n) for n, e in ATTENTION.items() if features <= e.meta["features"])
+        )
+    return backend
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -342,8 +359,5 @@ def attention(
     >>> torch.allclose(a, b, atol=1e-6)
     True
     """
-    name = "sdpa" if backend == "auto" else backend
-    if not isinstance(name, str) or name not in ATTENTION:
-        known = ", ".join(repr(n) for n in ("auto", *ATTENTION))
-        raise ValueError(f"backend must be one of {known}, got {backend!r}")
+    name = resolve_backend(backend, set() if bias is None else {"bias"})
     return ATTENTION[name].fn(q, k, v, mask=mask, is_causal=is_causal, scale=scale, bias=bias)

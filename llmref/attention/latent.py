@@ -9,8 +9,7 @@ from torch import nn
 
 from .._checks import check_int, check_positive_float, check_tensor
 from ..cache.base import KVCache
-from .functional import ATTENTION
-from .modules import resolve_backend
+from .functional import ATTENTION, resolve_backend
 
 __all__ = ["MultiHeadLatentAttention"]
 

@@ -9,27 +9,10 @@ from torch import nn
 
 from .._checks import check_int, check_positive_float, check_tensor
 from ..cache.base import KVCache
-from .functional import ATTENTION
+from .functional import ATTENTION, resolve_backend
 from .masks import sliding_window_mask
 
 __all__ = ["MultiHeadAttention"]
-
-
-def resolve_backend(backend: str, features: set[str]) -> str:
-    """The ATTENTION entry to use: ``backend`` itself, or for ``"auto"`` SDPA when it
-    supports every needed feature and the chunked (FlashAttention) kernel otherwise."""
-    if backend == "auto":
-        return "sdpa" if features <= ATTENTION["sdpa"].meta["features"] else "chunked"
-    if backend not in ATTENTION:
-        known = ", ".join(repr(n) for n in ("auto", *ATTENTION))
-        raise ValueError(f"backend must be one of {known}, got {backend!r}")
-    missing = features - ATTENTION[backend].meta["features"]
-    if missing:
-        raise ValueError(
-            f"backend {backend!r} does not support {sorted(missing)}; use 'auto' or one of "
-            + ", ".join(repr(n) for n, e in ATTENTION.items() if features <= e.meta["features"])
-        )
-    return backend
 
 
 class MultiHeadAttention(nn.Module):
