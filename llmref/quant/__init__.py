@@ -8,7 +8,6 @@ and :func:`~llmref.quant.quantize_model` apply weight-only quantization to
 ``nn.Linear`` layers.
 """
 
-from .._registry import Registry
 from . import ggml as ggml
 from .formats import (
     BNB_FP4_VALUES,
@@ -20,8 +19,10 @@ from .formats import (
     quantize,
 )
 from .ggml import from_gguf, to_gguf
+from .methods import METHODS, rtn
 from .metrics import cosine_similarity, max_abs_error, model_size_bytes, mse, sqnr
-from .modules import LayerReport, QuantConfig, QuantLinear, quantize_model
+from .model import LayerReport, QuantConfig, quantize_model
+from .modules import QuantLinear
 from .packing import from_bnb_4bit, pack_codes, to_bnb_4bit, unpack_codes
 from .primitives import (
     choose_qparams,
@@ -31,9 +32,6 @@ from .primitives import (
     round_values,
 )
 from .tensor import QuantizedTensor
-
-METHODS = Registry("quantization method")
-"""Registry of quantization methods (GPTQ, AWQ, SmoothQuant, ...); filled by later releases."""
 
 __all__ = [
     "BNB_FP4_VALUES",
@@ -61,6 +59,7 @@ __all__ = [
     "quantize_affine",
     "quantize_model",
     "round_values",
+    "rtn",
     "sqnr",
     "to_bnb_4bit",
     "to_gguf",

@@ -265,7 +265,6 @@ def _quantize_int(
     bits = check_bits(bits)
     if not isinstance(symmetric, bool):
         raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
-    g = group_length(x.shape, granularity=granularity, group_size=group_size)
     scale, zp = choose_qparams(
         x,
         bits=bits,
@@ -284,24 +283,132 @@ def _quantize_int(
         rounding=rounding,
         generator=generator,
     )
+    return int_tensor_from_codes(
+        q,
+        scale,
+        zp,
+        bits=bits,
+        dtype=x.dtype,
+        fmt=fmt,
+        scale_convention=scale_convention,
+        rounding=rounding,
+    )
+
+
+def int_tensor_from_codes(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | None = None,
+    *,
+    bits: int,
+    dtype: torch.dtype = torch.float32,
+    fmt: str | None = None,
+    scale_convention: str = "qmax",
+    rounding: str = "nearest_even",
+) -> QuantizedTensor:
+    """Pack integer codes chosen elsewhere into an ``int*`` QuantizedTensor.
+
+    Quantization methods that pick their own codes and parameters (GPTQ,
+    AWQ, HQQ ...) use this to produce the same storage as
+    :func:`~llmref.quant.quantize` does for the integer formats.
+
+    Parameters
+    ----------
+    codes : torch.Tensor
+        Integer codes, shape of the original tensor: signed in
+        ``[-(2^(b-1)), 2^(b-1) - 1]`` when ``zero_point`` is None
+        (symmetric), else unsigned in ``[0, 2^b - 1]``.
+    scale : torch.Tensor
+        One scale per group of consecutive elements in row-major order (a
+        group divides the last dimension or spans whole rows); any shape
+        with ``codes.numel() / group_size`` elements.
+    zero_point : torch.Tensor, optional
+        Per group: an integer zero point (integer dtype, ``x = s (q - z)``) or
+        a float offset (floating dtype, ``x = s q + m``). ``None``: symmetric.
+    bits : int
+        Code width, 2 to 8.
+    dtype : torch.dtype, default torch.float32
+        Dtype of the tensor the codes stand for (what dequantize returns).
+    fmt : str, optional
+        Format name; default ``"int8"``, ``"int4"`` or ``"int2"`` for those
+        widths, else ``"int"``.
+    scale_convention, rounding : str
+        Recorded in the options (how the scale and codes were chosen).
+
+    Returns
+    -------
+    QuantizedTensor
+        Storage identical to what :func:`~llmref.quant.quantize` builds for
+        the same codes and parameters.
+
+    Raises
+    ------
+    TypeError
+        If ``codes`` is not an integer tensor.
+    ValueError
+        If a code is out of range or the number of scales does not divide the
+        number of codes into equal groups along the last dimension.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from llmref.quant import quantize
+    >>> from llmref.quant.formats import int_codes, int_tensor_from_codes
+    >>> qt = quantize(torch.randn(4, 64), "int4", group_size=32)
+    >>> again = int_tensor_from_codes(int_codes(qt), qt["scale"], bits=4)
+    >>> again.equal(qt)
+    True
+    """
+    bits = check_bits(bits)
+    if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex():
+        raise TypeError(f"codes must be an integer tensor, got {getattr(codes, 'dtype', codes)}")
+    if codes.ndim == 0:
+        raise ValueError("codes must have at least one dimension")
+    n_groups, last = scale.numel(), codes.shape[-1]
+    g = codes.numel() // n_groups if n_groups and codes.numel() % n_groups == 0 else 0
+    if not g or (last % g and g % last):
+        raise ValueError(
+            f"scale must hold one value per group of consecutive codes (groups dividing the "
+            f"last dimension, or whole rows), codes shape {tuple(codes.shape)}, got "
+            f"{n_groups} scales"
+        )
+    symmetric = zero_point is None
+    lo, hi = qrange(bits, signed=symmetric)
+    cmin, cmax = int(codes.min()), int(codes.max())
+    if cmin < lo or cmax > hi:
+        raise ValueError(
+            f"codes must lie in [{lo}, {hi}] for bits={bits} "
+            f"({'symmetric' if symmetric else 'with a zero point'}), got [{cmin}, {cmax}]"
+        )
     tensors: dict[str, torch.Tensor] = {}
     if bits == 8:
-        tensors["codes"] = q.to(torch.int8 if symmetric else torch.uint8)
+        tensors["codes"] = codes.to(torch.int8 if symmetric else torch.uint8)
     else:
-        offset = 0 if not symmetric else 1 << (bits - 1)
-        tensors["codes"] = pack_codes(q + offset, bits)
-    tensors["scale"] = scale
-    if zp is not None:
-        tensors["zero_point" if zero_point == "int" else "offset"] = zp
+        offset = 1 << (bits - 1) if symmetric else 0
+        tensors["codes"] = pack_codes(codes.to(torch.int32) + offset, bits)
+    tensors["scale"] = scale.reshape(-1).to(torch.float32)
+    zp_kind = "int"
+    if zero_point is not None:
+        if zero_point.numel() != n_groups:
+            raise ValueError(
+                f"zero_point must have one value per group ({n_groups}), got {zero_point.numel()}"
+            )
+        if zero_point.is_floating_point():
+            zp_kind = "float"
+            tensors["offset"] = zero_point.reshape(-1).to(torch.float32)
+        else:
+            tensors["zero_point"] = zero_point.reshape(-1).to(torch.uint8)
     options = {
         "bits": bits,
         "group_size": g,
         "symmetric": symmetric,
         "scale_convention": scale_convention,
-        "zero_point": zero_point,
+        "zero_point": zp_kind,
         "rounding": rounding,
     }
-    return QuantizedTensor(fmt, x.shape, x.dtype, tensors, options)
+    if fmt is None:
+        fmt = f"int{bits}" if bits in (2, 4, 8) else "int"
+    return QuantizedTensor(fmt, tuple(codes.shape), dtype, tensors, options)
 
 
 def int_codes(qt: QuantizedTensor) -> torch.Tensor:
