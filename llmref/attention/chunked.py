@@ -9,6 +9,7 @@ log-sum-exp instead of storing the ``T x S`` probabilities.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -52,12 +53,20 @@ def _tile(x: torch.Tensor, qs: int, qe: int, ks: int, ke: int) -> torch.Tensor:
 
 
 class _Tiles:
-    """Everything needed to compute one tile of scores, shared by forward and backward."""
+    """Everything needed to compute one tile of scores, shared by forward and backward.
+
+    GQA layout: the ``G = H // H_kv`` query heads that share a key/value head are
+    consecutive, so a query block is handled as ``(B * H_kv, G * block_q, D)`` -- the
+    groups are extra rows of one plain batched matmul against that head's keys (no
+    copies of K/V, no broadcasting batched matmul). Masks and biases, grouped as
+    ``(B|1, H_kv|1, G|1, T|1, S|1)``, are applied through a 5-D view of the tile.
+    """
 
     def __init__(self, shapes, scale, softcap, bias5, mask5, is_causal, block_q, block_k):
         self.shapes, self.scale, self.softcap = shapes, scale, softcap
         self.bias5, self.mask5, self.is_causal = bias5, mask5, is_causal
         self.block_q, self.block_k = block_q, block_k
+        self._causal_cache: dict[tuple[int, int, int], torch.Tensor] = {}
 
     def query_blocks(self):
         T = self.shapes.query_len
@@ -71,25 +80,37 @@ class _Tiles:
                 return  # every later key is in the future of every query in the block
             yield ks, min(ks + self.block_k, S)
 
-    def scores(self, qb, kb, qs, qe, ks, ke, keep_tanh=False):
-        """Scores of one tile (``qb`` is pre-scaled), and tanh(raw / softcap) if asked.
+    def _hidden(self, qs: int, qe: int, ks: int, ke: int, device: torch.device) -> torch.Tensor:
+        """Causal tile: True where a key is in the future (the same few tiles recur)."""
+        key = (qe - qs, ke - ks, qs - ks)
+        if key not in self._causal_cache:
+            self._causal_cache[key] = ~causal_mask(qe - qs, ke - ks, offset=qs - ks, device=device)
+        return self._causal_cache[key]
 
-        Works in place on the fresh matmul result: this tile is the hot loop.
+    def scores(self, qb, kb, qs, qe, ks, ke, keep_tanh=False, out=None):
+        """Scores ``(B * H_kv, G * bq, bk)`` of one tile (``qb`` is pre-scaled) and, if asked,
+        tanh(raw / softcap).
+
+        Works in place on the matmul result (written into ``out`` when given, a reused
+        buffer, so the hot loop allocates no tile): this tile is the hot loop. Masks are
+        built only for tiles that straddle the causal diagonal.
         """
-        s = torch.matmul(qb, kb.transpose(-1, -2))
+        s = torch.bmm(qb, kb.transpose(1, 2), out=out)
         t = None
         if self.softcap is not None:
             s.div_(self.softcap).tanh_()
             t = s.clone() if keep_tanh else None
             s.mul_(self.softcap)
+        if self.bias5 is None and self.mask5 is None and not self.is_causal:
+            return s, t
+        B, H, H_kv = self.shapes.batch, self.shapes.heads, self.shapes.kv_heads
+        s5 = s.view(B, H_kv, H // H_kv, qe - qs, ke - ks)
         if self.bias5 is not None:
-            s.add_(_tile(self.bias5, qs, qe, ks, ke))
-        allowed = None if self.mask5 is None else _tile(self.mask5, qs, qe, ks, ke)
+            s5.add_(_tile(self.bias5, qs, qe, ks, ke))
+        if self.mask5 is not None:
+            s5.masked_fill_(~_tile(self.mask5, qs, qe, ks, ke), _NEG_INF)
         if self.is_causal and ke - 1 > qs:  # some key in this tile is in some row's future
-            c = causal_mask(qe - qs, ke - ks, offset=qs - ks, device=qb.device)
-            allowed = c if allowed is None else allowed & c
-        if allowed is not None:
-            s.masked_fill_(~allowed, _NEG_INF)
+            s5.masked_fill_(self._hidden(qs, qe, ks, ke, s.device), _NEG_INF)
         return s, t
 
 
@@ -97,47 +118,74 @@ def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
+def _tile_buffer(tiles: _Tiles, rows: int, compute: torch.dtype, device) -> torch.Tensor:
+    """Flat storage for the largest score tile, reused by every tile of the loop."""
+    cols = min(tiles.block_k, tiles.shapes.key_len)
+    return torch.empty(
+        rows * min(tiles.block_q, tiles.shapes.query_len) * cols, dtype=compute, device=device
+    )
+
+
+def _tile_view(buf: torch.Tensor, *shape: int) -> torch.Tensor:
+    return buf[: math.prod(shape)].view(shape)
+
+
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, sinks, tiles: _Tiles):
-        B, H, H_kv, T, _, _, Dv = tiles.shapes
-        G = H // H_kv
+        B, H, H_kv, T, S, D, Dv = tiles.shapes
+        G, BH = H // H_kv, B * H_kv
         compute = compute_dtype(q.dtype)
-        qg = (q.to(compute) * tiles.scale).unflatten(1, (H_kv, G))
-        kg = k.to(compute).unsqueeze(2)
+        device = q.device
+        q5 = (q.to(compute) * tiles.scale).view(B, H_kv, G, T, D)
+        k3 = k.to(compute).reshape(BH, S, D)
         # A column of ones after the values makes the second matmul also return the row
         # sums of p: one pass over each tile fewer than a separate p.sum().
-        ones = torch.ones(*v.shape[:3], 1, dtype=compute, device=v.device)
-        vg = torch.cat([v.to(compute), ones], dim=-1).unsqueeze(2)
+        ones = torch.ones(*v.shape[:3], 1, dtype=compute, device=device)
+        v3 = torch.cat([v.to(compute), ones], dim=-1).view(BH, S, Dv + 1)
         tiles.bias5 = _grouped(None if bias is None else bias.to(compute), tiles.shapes)
         sink5 = None if sinks is None else sinks.to(compute).view(1, H_kv, G, 1)
+        buf = _tile_buffer(tiles, BH * G, compute, device)
 
-        out = torch.empty(B, H_kv, G, T, Dv, dtype=compute, device=q.device)
-        lse = torch.empty(B, H_kv, G, T, dtype=compute, device=q.device)
+        out = torch.empty(B, H_kv, G, T, Dv, dtype=compute, device=device)
+        lse = torch.empty(B, H_kv, G, T, dtype=compute, device=device)
         for qs, qe in tiles.query_blocks():
-            qb = qg[..., qs:qe, :]
-            rows = (B, H_kv, G, qe - qs)
+            bq = qe - qs
+            R = G * bq  # rows of the tile: every query head of the group, every position
+            qb = q5[..., qs:qe, :].reshape(BH, R, D)
             # acc[..., :Dv] is the unnormalised output, acc[..., Dv] the normaliser l.
-            acc = torch.zeros(*rows, Dv + 1, dtype=compute, device=q.device)
-            if sink5 is None:
-                m = torch.full(rows, _NEG_INF, dtype=compute, device=q.device)
-            else:  # a sink is a key with logit `sink` and a zero value: start the sum with it
-                m = sink5.expand(rows).clone()
+            acc: torch.Tensor | None = None
+            m: torch.Tensor | None = None
+            if sink5 is not None:  # a sink is a key with logit `sink` and a zero value
+                m = sink5.expand(B, H_kv, G, bq).reshape(BH, R)
+                acc = torch.zeros(BH, R, Dv + 1, dtype=compute, device=device)
                 acc[..., Dv] = 1.0
             for ks, ke in tiles.key_blocks(qs, qe):
-                s, _ = tiles.scores(qb, kg[..., ks:ke, :], qs, qe, ks, ke)
-                m_new = torch.maximum(m, s.amax(dim=-1))
+                s, _ = tiles.scores(
+                    qb, k3[:, ks:ke], qs, qe, ks, ke, out=_tile_view(buf, BH, R, ke - ks)
+                )
+                tile_max = s.amax(dim=-1)
+                m_new = tile_max if m is None else torch.maximum(m, tile_max)
                 m_safe = _finite_or_zero(m_new)  # rows with nothing visible yet stay at zero
                 p = s.sub_(m_safe.unsqueeze(-1)).exp_()
-                correction = torch.exp(m - m_safe)
-                acc = acc.mul_(correction.unsqueeze(-1)).add_(torch.matmul(p, vg[..., ks:ke, :]))
+                if acc is None:
+                    acc = torch.bmm(p, v3[:, ks:ke])
+                else:
+                    assert m is not None
+                    acc.mul_(torch.exp(m - m_safe).unsqueeze(-1)).baddbmm_(p, v3[:, ks:ke])
                 m = m_new
+            if acc is None or m is None:  # no keys at all
+                acc = torch.zeros(BH, R, Dv + 1, dtype=compute, device=device)
+                m = torch.full((BH, R), _NEG_INF, dtype=compute, device=device)
             norm = acc[..., Dv]
             visible = norm > 0
             safe_norm = torch.where(visible, norm, torch.ones_like(norm))
-            out[..., qs:qe, :] = acc[..., :Dv] / safe_norm.unsqueeze(-1)
-            lse[..., qs:qe] = torch.where(visible, _finite_or_zero(m) + torch.log(norm), _NEG_INF)
+            o = acc[..., :Dv] / safe_norm.unsqueeze(-1)
+            out[..., qs:qe, :] = o.view(B, H_kv, G, bq, Dv)
+            row_lse = torch.where(visible, _finite_or_zero(m) + torch.log(norm), _NEG_INF)
+            lse[..., qs:qe] = row_lse.view(B, H_kv, G, bq)
 
+        tiles._causal_cache.clear()
         ctx.tiles = tiles
         ctx.save_for_backward(q, k, v, bias, sinks, out, lse)
         out_dtype = out.flatten(1, 2).to(q.dtype)
@@ -148,39 +196,50 @@ class _ChunkedAttention(torch.autograd.Function):
     def backward(ctx, d_out, d_lse):
         q, k, v, bias, sinks, out, lse = ctx.saved_tensors
         tiles: _Tiles = ctx.tiles
-        B, H, H_kv, _, S, D, Dv = tiles.shapes
-        G = H // H_kv
+        B, H, H_kv, T, S, D, Dv = tiles.shapes
+        G, BH = H // H_kv, B * H_kv
         compute = out.dtype
-        qg = (q.to(compute) * tiles.scale).unflatten(1, (H_kv, G))
-        kg, vg = k.to(compute).unsqueeze(2), v.to(compute).unsqueeze(2)
-        d_out = d_out.to(compute).unflatten(1, (H_kv, G))
+        device = q.device
+        q5 = (q.to(compute) * tiles.scale).view(B, H_kv, G, T, D)
+        k3, v3 = k.to(compute).reshape(BH, S, D), v.to(compute).reshape(BH, S, Dv)
+        d_out = d_out.to(compute).reshape(B, H_kv, G, T, Dv)
         # D_i = dO_i . O_i ; a gradient flowing into the returned LSE enters the same place.
         delta = (d_out * out).sum(dim=-1)
         if d_lse is not None:
-            delta = delta - d_lse.to(compute).unflatten(1, (H_kv, G))
+            delta = delta - d_lse.to(compute).reshape(B, H_kv, G, T)
         lse_safe = _finite_or_zero(lse)
 
-        dq = torch.zeros_like(qg)
-        dk = torch.zeros(B, H_kv, S, D, dtype=compute, device=q.device)
-        dv = torch.zeros(B, H_kv, S, Dv, dtype=compute, device=q.device)
+        dq = torch.zeros_like(q5)
+        dk = torch.zeros(BH, S, D, dtype=compute, device=device)
+        dv = torch.zeros(BH, S, Dv, dtype=compute, device=device)
         need_dbias = bias is not None and ctx.needs_input_grad[3]
         dbias5 = torch.zeros_like(tiles.bias5) if need_dbias else None
+        buf = _tile_buffer(tiles, BH * G, compute, device)
         for qs, qe in tiles.query_blocks():
-            qb, dob = qg[..., qs:qe, :], d_out[..., qs:qe, :]
-            lse_b, delta_b = lse_safe[..., qs:qe, None], delta[..., qs:qe, None]
+            bq = qe - qs
+            R = G * bq
+            qb = q5[..., qs:qe, :].reshape(BH, R, D)
+            dob = d_out[..., qs:qe, :].reshape(BH, R, Dv)
+            lse_b = lse_safe[..., qs:qe].reshape(BH, R, 1)
+            delta_b = delta[..., qs:qe].reshape(BH, R, 1)
+            dqb = torch.zeros(BH, R, D, dtype=compute, device=device)
             for ks, ke in tiles.key_blocks(qs, qe):
-                kb, vb = kg[..., ks:ke, :], vg[..., ks:ke, :]
-                s, t = tiles.scores(qb, kb, qs, qe, ks, ke, keep_tanh=True)
+                kb, vb = k3[:, ks:ke], v3[:, ks:ke]
+                s, t = tiles.scores(
+                    qb, kb, qs, qe, ks, ke, keep_tanh=True, out=_tile_view(buf, BH, R, ke - ks)
+                )
                 p = s.sub_(lse_b).exp_()
-                dv[:, :, ks:ke] += torch.matmul(p.transpose(-1, -2), dob).sum(dim=2)
-                ds = torch.matmul(dob, vb.transpose(-1, -2)).sub_(delta_b).mul_(p)
+                dv[:, ks:ke].baddbmm_(p.transpose(1, 2), dob)
+                ds = torch.bmm(dob, vb.transpose(1, 2)).sub_(delta_b).mul_(p)
                 if dbias5 is not None:
-                    _accumulate_tile(dbias5, ds, qs, qe, ks, ke)
+                    _accumulate_tile(dbias5, ds.view(B, H_kv, G, bq, ke - ks), qs, qe, ks, ke)
                 if t is not None:  # d tanh(x)/dx = 1 - tanh(x)^2
                     ds.mul_(1 - t * t)
-                dq[..., qs:qe, :] += torch.matmul(ds, kb).mul_(tiles.scale)
+                dqb.baddbmm_(ds, kb)
                 # qb is pre-scaled, so this is ds^T q * scale
-                dk[:, :, ks:ke] += torch.matmul(ds.transpose(-1, -2), qb).sum(dim=2)
+                dk[:, ks:ke].baddbmm_(ds.transpose(1, 2), qb)
+            dq[..., qs:qe, :] = dqb.mul_(tiles.scale).view(B, H_kv, G, bq, D)
+        tiles._causal_cache.clear()
 
         d_sinks = None
         if sinks is not None and ctx.needs_input_grad[4]:
@@ -189,8 +248,8 @@ class _ChunkedAttention(torch.autograd.Function):
         d_bias = None if dbias5 is None else dbias5.reshape(bias.shape).to(bias.dtype)
         return (
             dq.flatten(1, 2).to(q.dtype),
-            dk.to(k.dtype),
-            dv.to(v.dtype),
+            dk.view(B, H_kv, S, D).to(k.dtype),
+            dv.view(B, H_kv, S, Dv).to(v.dtype),
             d_bias,
             d_sinks,
             None,

@@ -166,11 +166,13 @@ def naive_attention(
 
     compute = compute_dtype(q.dtype)
     G = H // H_kv
-    # Group query heads onto their shared key/value head instead of copying K/V.
-    qg = q.to(compute).reshape(B, H_kv, G, T, -1)
-    kg = k.to(compute).unsqueeze(2)
-    vg = v.to(compute).unsqueeze(2)
-    scores = torch.matmul(qg, kg.transpose(-1, -2)).mul_(s).reshape(B, H, T, S)
+    # GQA without copying K/V: the G query heads sharing a key/value head are consecutive,
+    # so (B, H, T, D) is (B, H_kv, G * T, D) -- the groups become extra query rows of one
+    # plain batched matmul per key/value head. (Broadcasting a (B, H_kv, 1, S, D) key
+    # against (B, H_kv, G, T, D) queries makes torch.matmul materialise G copies of K.)
+    qg = q.to(compute).reshape(B, H_kv, G * T, -1)
+    kc, vc = k.to(compute), v.to(compute)
+    scores = torch.matmul(qg, kc.transpose(-1, -2)).mul_(s).reshape(B, H, T, S)
     if cap is not None:
         scores = torch.tanh(scores / cap) * cap
     if bias is not None:
@@ -188,7 +190,7 @@ def naive_attention(
     if sinks is not None:
         denom = denom + torch.exp(sink - row_max)
     weights = exp / torch.where(denom > 0, denom, torch.ones_like(denom))
-    out = torch.matmul(weights.reshape(B, H_kv, G, T, S), vg).reshape(B, H, T, Dv)
+    out = torch.matmul(weights.reshape(B, H_kv, G * T, S), vc).reshape(B, H, T, Dv)
     out = out.to(q.dtype)
     if return_weights:
         return out, weights.to(q.dtype)

@@ -26,7 +26,9 @@ METHODS = Registry("quantization method")
 """Registry of post-training quantization methods, name -> :class:`~llmref.RegistryEntry`.
 
 ``METHODS[name](weight, inputs, **options)`` returns a
-:class:`~llmref.quant.QuantizedTensor`. ``meta`` holds ``needs_inputs``
+:class:`~llmref.quant.QuantizedTensor`. ``meta`` holds ``target``
+(``"weight"`` for methods on a weight matrix, ``"kv"`` for KV-cache
+quantization, which takes keys and values instead), ``needs_inputs``
 (whether calibration activations are required) and ``formats`` (the format
 names it accepts, or ``None`` for any registered format).
 """

@@ -20,6 +20,7 @@ __all__ = ["rtn"]
     third_party="torchao.quantization.quant_primitives.quantize_affine",
     needs_inputs=False,
     formats=None,
+    target="weight",
 )
 def rtn(
     weight: torch.Tensor,
