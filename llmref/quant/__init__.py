@@ -9,6 +9,8 @@ and :func:`~llmref.quant.quantize_model` apply weight-only quantization to
 """
 
 from . import ggml as ggml
+from .calibration import calibration_text, evaluation_text, text_sequences, tokenize
+from .evaluate import embedding_cosine, layer_sqnr, perplexity
 from .formats import (
     BNB_FP4_VALUES,
     FORMATS,
@@ -19,7 +21,23 @@ from .formats import (
     quantize,
 )
 from .ggml import from_gguf, to_gguf
-from .methods import METHODS, rtn
+from .methods import (
+    METHODS,
+    Int8VectorwiseQuant,
+    OutlierStats,
+    QuantizedKV,
+    activation_outliers,
+    awq,
+    gptq,
+    gptq_hessian,
+    hqq,
+    int8_vectorwise_quant,
+    kivi,
+    kivi_dequantize,
+    llm_int8,
+    rtn,
+    smoothquant,
+)
 from .metrics import cosine_similarity, max_abs_error, model_size_bytes, mse, sqnr
 from .model import LayerReport, QuantConfig, quantize_model
 from .modules import QuantLinear
@@ -39,29 +57,49 @@ __all__ = [
     "FP4_E2M1_VALUES",
     "METHODS",
     "NF4_VALUES",
+    "Int8VectorwiseQuant",
     "LayerReport",
+    "OutlierStats",
     "QuantConfig",
     "QuantLinear",
+    "QuantizedKV",
     "QuantizedTensor",
+    "activation_outliers",
+    "awq",
+    "calibration_text",
     "choose_qparams",
     "cosine_similarity",
     "dequantize",
     "dequantize_affine",
+    "embedding_cosine",
+    "evaluation_text",
     "fake_quantize",
     "format_values",
     "from_bnb_4bit",
     "from_gguf",
+    "gptq",
+    "gptq_hessian",
+    "hqq",
+    "int8_vectorwise_quant",
+    "kivi",
+    "kivi_dequantize",
+    "layer_sqnr",
+    "llm_int8",
     "max_abs_error",
     "model_size_bytes",
     "mse",
     "pack_codes",
+    "perplexity",
     "quantize",
     "quantize_affine",
     "quantize_model",
     "round_values",
     "rtn",
+    "smoothquant",
     "sqnr",
+    "text_sequences",
     "to_bnb_4bit",
     "to_gguf",
+    "tokenize",
     "unpack_codes",
 ]

@@ -192,7 +192,12 @@ def dequantize(qt: QuantizedTensor, *, dtype: torch.dtype | None = None) -> torc
     Returns
     -------
     torch.Tensor
-        Of ``qt.shape``, on ``qt.device``.
+        Of ``qt.shape``, on ``qt.device``. When ``qt`` has an
+        ``input_scale`` ``s`` (AWQ, SmoothQuant: the codes store
+        :math:`W \\operatorname{diag}(s)`), the effective weight
+        :math:`\\operatorname{dequant}(\\text{codes}) \\operatorname{diag}(1/s)`,
+        for every format; ``qt.without_input_scale()`` dequantizes to the
+        stored :math:`W \\operatorname{diag}(s)`.
 
     Raises
     ------
@@ -213,6 +218,9 @@ def dequantize(qt: QuantizedTensor, *, dtype: torch.dtype | None = None) -> torc
         raise TypeError(f"qt must be a QuantizedTensor, got {type(qt).__name__}")
     fn: Callable[[QuantizedTensor], torch.Tensor] = FORMATS[qt.fmt].meta["dequantize"]
     out = fn(qt).reshape(qt.shape)
+    s = qt.input_scale
+    if s is not None:  # codes store W diag(s): the weight is dequant(codes) diag(1/s)
+        out = out.to(torch.float32) / s.to(device=out.device, dtype=torch.float32)
     return out.to(dtype or qt.dtype)
 
 

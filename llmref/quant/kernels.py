@@ -22,6 +22,13 @@ low-bit CPU kernels:
     ``torch._int_mm`` (int8 x int8 -> int32, VNNI/AMX through oneDNN), then
     rescaled: ``y = (x_q W_q^T) s_x s_w``. The activation rounding adds a
     relative error of about ``1/254`` per row (SmoothQuant-free W8A8).
+``llm_int8``
+    LLM.int8() (:cite:t:`dettmers2022llmint8`) for weights made by
+    :func:`~llmref.quant.llm_int8`: the feature columns of ``x`` holding a
+    value with ``|x| >= threshold`` are multiplied in float32 with the
+    int8-dequantized weight columns; the rest goes through
+    ``torch._int_mm`` with per-token int8 activations
+    (:func:`~llmref.quant.int8_vectorwise_quant`, bitsandbytes' arithmetic).
 ``int8_weight``
     ``torch._weight_int8pack_mm``: int8 weights, float activations; exact.
 ``int8_weight_bf16``
@@ -31,13 +38,27 @@ low-bit CPU kernels:
 
 Every kernel returns a 2-D ``(M, N)`` result; :class:`~llmref.quant.QuantLinear`
 reshapes and adds the bias.
+
+**Activation quantization.** A weight whose ``options["act_quant"]`` is set
+asks for quantized activations: ``"per_token_int8"`` (SmoothQuant's W8A8,
+one symmetric ``amax/127`` scale per row of ``x``) or ``"llm_int8"``
+(LLM.int8()'s decomposition, with ``options["threshold"]``). The reference
+kernel honours it in float (fake quantization: the exact semantics the
+integer kernels are tested against); ``backend="auto"`` picks the integer
+kernel of :data:`ACTIVATION_KERNELS` when it supports the weight, and the
+weight-only kernels refuse such weights.
+
+**Input scales.** Kernels never see ``input_scale`` (AWQ, SmoothQuant):
+:class:`~llmref.quant.QuantLinear` divides ``x`` by it and hands the kernel
+``qweight.without_input_scale()``; :func:`select_kernel` rejects a weight
+that still carries one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +66,125 @@ import torch.nn.functional as F
 from .formats import dequantize, int_codes
 from .tensor import QuantizedTensor
 
-__all__ = ["KERNELS", "Kernel", "select_kernel"]
+__all__ = [
+    "ACTIVATION_KERNELS",
+    "ACT_QUANT",
+    "KERNELS",
+    "Int8VectorwiseQuant",
+    "Kernel",
+    "int8_vectorwise_quant",
+    "select_kernel",
+]
 
 State = dict[str, Any]
+
+ACT_QUANT = ("per_token_int8", "llm_int8")
+"""Values of a weight's ``options["act_quant"]`` (absent or None: weight-only)."""
+
+
+def _act_quant(qt: QuantizedTensor) -> str | None:
+    act = qt.options.get("act_quant")
+    if act is not None and act not in ACT_QUANT:
+        known = ", ".join(map(repr, ACT_QUANT))
+        raise ValueError(f"options['act_quant'] must be None or one of {known}, got {act!r}")
+    return act
+
+
+class Int8VectorwiseQuant(NamedTuple):
+    """Per-row int8 activations with outlier columns, as from :func:`int8_vectorwise_quant`.
+
+    Parameters
+    ----------
+    codes : torch.Tensor
+        int8 ``(M, K)``; zero in every outlier column.
+    absmax : torch.Tensor
+        float32 ``(M,)``: each row's largest ``|x|`` outside the outlier
+        elements (bitsandbytes' ``row_stats``); the scale is ``absmax / 127``.
+    outlier_cols : torch.Tensor
+        int64 indices of the columns holding an outlier, ascending (empty
+        when there are none or ``threshold`` is 0).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from llmref.quant import int8_vectorwise_quant
+    >>> int8_vectorwise_quant(torch.tensor([[1.0, -0.5]])).codes
+    tensor([[127, -64]], dtype=torch.int8)
+    """
+
+    codes: torch.Tensor
+    absmax: torch.Tensor
+    outlier_cols: torch.Tensor
+
+
+def int8_vectorwise_quant(x: torch.Tensor, *, threshold: float = 0.0) -> Int8VectorwiseQuant:
+    """LLM.int8()'s activation quantization: int8 per row, outlier columns held out.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(M, K)`` floating activations (computed in float32).
+    threshold : float, default 0.0
+        Elements with ``|x| >= threshold`` are outliers (``0``: none). Their
+        columns are zeroed in ``codes`` (the caller multiplies them in float).
+
+    Returns
+    -------
+    Int8VectorwiseQuant
+        ``codes`` (int8), ``absmax`` (float32 per row) and ``outlier_cols``.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not 2-D or ``threshold`` is negative.
+
+    Notes
+    -----
+    Bit-exact to ``bitsandbytes.functional.int8_vectorwise_quant(A, threshold)``
+    (its reference CPU/default backend), including its details: the row
+    absmax is taken after zeroing only the outlier *elements* (the other
+    entries of an outlier column still count), codes are
+    :math:`\\operatorname{round}(x \\cdot (127 / a))` with round-half-even,
+    and whole outlier columns are then zeroed. bitsandbytes casts ``A`` to
+    float16 first (``MatMul8bitLt``); on float16 input both agree exactly.
+    A row with ``absmax = 0`` gets zero codes (bitsandbytes divides by zero).
+
+    References
+    ----------
+    :cite:t:`dettmers2022llmint8`
+
+    Examples
+    --------
+    >>> import torch
+    >>> from llmref.quant import int8_vectorwise_quant
+    >>> x = torch.tensor([[0.5, 8.0, -1.0], [0.25, -0.1, 0.5]])
+    >>> q = int8_vectorwise_quant(x, threshold=6.0)
+    >>> q.codes.tolist(), q.absmax.tolist(), q.outlier_cols.tolist()
+    ([[64, 0, -127], [64, 0, 127]], [1.0, 0.5], [1])
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim != 2:
+        raise ValueError(f"x must be a 2-D (M, K) tensor, got {getattr(x, 'shape', type(x))}")
+    if not isinstance(threshold, (int, float)) or not threshold >= 0:
+        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
+    xf = x.to(torch.float32)
+    cols = torch.zeros(0, dtype=torch.int64, device=x.device)
+    if threshold > 0:
+        outliers = xf.abs() >= threshold
+        cols = torch.nonzero(outliers.any(dim=0)).reshape(-1)
+        if cols.numel():
+            xf = xf.masked_fill(outliers, 0.0)
+    absmax = xf.abs().amax(dim=1)
+    inv = torch.where(absmax > 0, 127.0 / absmax, torch.zeros_like(absmax))
+    codes = torch.round(xf * inv.unsqueeze(-1)).clamp(-127, 127).to(torch.int8)
+    if cols.numel():
+        codes[:, cols] = 0
+    return Int8VectorwiseQuant(codes, absmax, cols)
+
+
+def _per_token_int8(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 codes and ``(M, 1)`` scales ``amax/127`` per row of float32 ``xf``."""
+    sx = (xf.abs().amax(dim=1, keepdim=True) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+    return torch.round(xf * (1.0 / sx)).clamp(-127, 127).to(torch.int8), sx
 
 
 @dataclass(frozen=True)
@@ -74,7 +211,7 @@ class Kernel:
     >>> from llmref.quant.kernels import KERNELS
     >>> sorted(KERNELS)  # doctest: +NORMALIZE_WHITESPACE
     ['int4_tinygemm', 'int4_tinygemm_bf16', 'int8_dynamic', 'int8_weight',
-     'int8_weight_bf16', 'reference']
+     'int8_weight_bf16', 'llm_int8', 'reference']
     """
 
     name: str
@@ -90,11 +227,24 @@ def _is_2d(qt: QuantizedTensor) -> bool:
 
 # ------------------------------------------------------------ reference
 def _ref_prepare(qt: QuantizedTensor) -> State:
-    return {"qweight": qt}
+    return {"qweight": qt, "act": _act_quant(qt), "threshold": qt.options.get("threshold")}
 
 
 def _ref_run(x: torch.Tensor, st: State) -> torch.Tensor:
-    return F.linear(x, dequantize(st["qweight"], dtype=x.dtype))
+    act = st["act"]
+    if act is None:
+        return F.linear(x, dequantize(st["qweight"], dtype=x.dtype))
+    # quantized activations, simulated in float32 (the integer kernels' exact semantics)
+    w = dequantize(st["qweight"], dtype=torch.float32)
+    xf = x.to(torch.float32)
+    if act == "per_token_int8":
+        xq, sx = _per_token_int8(xf)
+        return F.linear(xq.to(torch.float32) * sx, w).to(x.dtype)
+    q = int8_vectorwise_quant(xf, threshold=float(st["threshold"]))
+    y = F.linear(q.codes.to(torch.float32) * (q.absmax / 127).unsqueeze(-1), w)
+    if q.outlier_cols.numel():
+        y = y + F.linear(xf[:, q.outlier_cols], w[:, q.outlier_cols])
+    return y.to(x.dtype)
 
 
 # --------------------------------------------------------------- int4
@@ -105,6 +255,7 @@ def _int4_supports(qt: QuantizedTensor, device: torch.device) -> bool:
     o = qt.options
     return (
         device.type == "cpu"
+        and _act_quant(qt) is None
         and hasattr(torch, "_weight_int4pack_mm_for_cpu")
         and _is_2d(qt)
         and qt.fmt in ("int4", "int")
@@ -163,15 +314,37 @@ def _int8_prepare(qt: QuantizedTensor) -> State:
 
 
 def _int8_dynamic_run(x: torch.Tensor, st: State) -> torch.Tensor:
-    xf = x.to(torch.float32)
-    sx = (xf.abs().amax(dim=1, keepdim=True) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-    xq = torch.round(xf * (1.0 / sx)).clamp(-127, 127).to(torch.int8)
+    xq, sx = _per_token_int8(x.to(torch.float32))
     acc = torch._int_mm(xq, st["wt"])
     return (acc.to(torch.float32) * sx * st["scale"]).to(x.dtype)
 
 
 def _int8_dynamic_supports(qt: QuantizedTensor, device: torch.device) -> bool:
-    return _int8_supports(qt, device) and hasattr(torch, "_int_mm")
+    return (
+        _act_quant(qt) in (None, "per_token_int8")
+        and _int8_supports(qt, device)
+        and hasattr(torch, "_int_mm")
+    )
+
+
+def _llm_int8_supports(qt: QuantizedTensor, device: torch.device) -> bool:
+    return _act_quant(qt) == "llm_int8" and _int8_supports(qt, device) and hasattr(torch, "_int_mm")
+
+
+def _llm_int8_prepare(qt: QuantizedTensor) -> State:
+    return {**_int8_prepare(qt), "threshold": float(qt.options["threshold"])}
+
+
+def _llm_int8_run(x: torch.Tensor, st: State) -> torch.Tensor:
+    xf = x.to(torch.float32)
+    q = int8_vectorwise_quant(xf, threshold=st["threshold"])
+    acc = torch._int_mm(q.codes, st["wt"])
+    y = acc.to(torch.float32) * (q.absmax / 127).unsqueeze(-1) * st["scale"]
+    cols = q.outlier_cols
+    if cols.numel():  # outlier features in float32, times the int8-dequantized weight columns
+        w_cols = st["w"][:, cols].to(torch.float32) * st["scale"].unsqueeze(-1)
+        y = y + xf[:, cols] @ w_cols.t()
+    return y.to(x.dtype)
 
 
 def _int8_weight_run(x: torch.Tensor, st: State) -> torch.Tensor:
@@ -189,7 +362,11 @@ def _int8_weight_bf16_run(x: torch.Tensor, st: State) -> torch.Tensor:
 
 
 def _int8_weight_supports(qt: QuantizedTensor, device: torch.device) -> bool:
-    return _int8_supports(qt, device) and hasattr(torch, "_weight_int8pack_mm")
+    return (
+        _act_quant(qt) is None
+        and _int8_supports(qt, device)
+        and hasattr(torch, "_weight_int8pack_mm")
+    )
 
 
 KERNELS: dict[str, Kernel] = {
@@ -207,6 +384,7 @@ KERNELS: dict[str, Kernel] = {
         Kernel(
             "int8_dynamic", _int8_dynamic_supports, _int8_prepare, _int8_dynamic_run, exact=False
         ),
+        Kernel("llm_int8", _llm_int8_supports, _llm_int8_prepare, _llm_int8_run, exact=False),
         Kernel("int8_weight", _int8_weight_supports, _int8_prepare, _int8_weight_run),
         Kernel(
             "int8_weight_bf16",
@@ -230,6 +408,13 @@ to bfloat16) is below the weight quantization error itself. Pass
 ``backend="int8_weight"``, ``"int4_tinygemm"`` or ``"reference"`` for float32
 activations."""
 
+ACTIVATION_KERNELS: dict[str, str] = {"per_token_int8": "int8_dynamic", "llm_int8": "llm_int8"}
+"""The kernel ``backend="auto"`` picks for a weight with ``options["act_quant"]``.
+
+Where it does not support the weight (another device, no ``torch._int_mm``),
+``"auto"`` falls back to the reference, which fake-quantizes the activations
+in float32 with the same arithmetic."""
+
 
 def select_kernel(qweight: QuantizedTensor, device: torch.device, backend: str = "auto") -> Kernel:
     """Choose the kernel for a weight: a named one, or the first fast one that applies.
@@ -250,7 +435,9 @@ def select_kernel(qweight: QuantizedTensor, device: torch.device, backend: str =
     Raises
     ------
     ValueError
-        If ``backend`` is unknown or does not support this weight.
+        If ``backend`` is unknown or does not support this weight, if the
+        weight still carries an ``input_scale``, or if its
+        ``options["act_quant"]`` is unknown.
 
     Examples
     --------
@@ -263,8 +450,14 @@ def select_kernel(qweight: QuantizedTensor, device: torch.device, backend: str =
     >>> select_kernel(quantize(torch.randn(64, 256), "nf4"), torch.device("cpu")).name
     'reference'
     """
+    if qweight.input_scale is not None:
+        raise ValueError(
+            "qweight has an input_scale: kernels multiply by the stored codes only; divide x by "
+            "qweight.input_scale and pass qweight.without_input_scale() (QuantLinear does this)"
+        )
+    act = _act_quant(qweight)
     if backend == "auto":
-        for name in AUTO_ORDER:
+        for name in AUTO_ORDER if act is None else (ACTIVATION_KERNELS[act],):
             if KERNELS[name].supports(qweight, device):
                 return KERNELS[name]
         return KERNELS["reference"]

@@ -10,13 +10,13 @@ from torch import nn
 from .._checks import check_tensor
 from .formats import quantize
 from .kernels import KERNELS, Kernel, select_kernel
-from .tensor import QuantizedTensor
+from .tensor import INPUT_SCALE, QuantizedTensor
 
 __all__ = ["QuantLinear"]
 
 
 class QuantLinear(nn.Module):
-    """A linear layer with a quantized weight; activations stay floating point.
+    """A linear layer with a quantized weight (activations float unless the weight asks otherwise).
 
     Parameters
     ----------
@@ -53,6 +53,25 @@ class QuantLinear(nn.Module):
     module's extra state, so ``state_dict``/``load_state_dict`` round-trip
     bit-exactly. A fast kernel's repacked weight is built on first use and
     not saved.
+
+    **Input scales (AWQ, SmoothQuant).** When the weight has an
+    ``input_scale`` :math:`s` (its codes store :math:`W \\operatorname{diag}(s)`),
+    the layer computes :math:`\\operatorname{kernel}(x / s)` on the stored
+    codes, which equals :math:`x W^\\top` up to quantization error. The
+    division is *not* fused into the previous layer: it costs one
+    elementwise divide of the input (``M * in_features`` operations, plus
+    reading and writing ``x`` once) per call. Deployments fold :math:`1/s`
+    into the preceding RMSNorm/LayerNorm weight (and bias) or the previous
+    linear layer's output rows, as AWQ and SmoothQuant do, which makes it
+    free; that rewrites a neighbouring layer and is left to the model-level
+    code.
+
+    **Quantized activations.** A weight whose ``options["act_quant"]`` is set
+    (:func:`~llmref.quant.smoothquant`: ``"per_token_int8"``;
+    :func:`~llmref.quant.llm_int8`: ``"llm_int8"``) also quantizes the
+    activations: ``backend="auto"`` picks the matching integer kernel
+    (``"int8_dynamic"``, ``"llm_int8"``), and the reference kernel simulates
+    it in float.
 
     Examples
     --------
@@ -146,17 +165,22 @@ class QuantLinear(nn.Module):
         """The kernel the layer uses on the device of its buffers."""
         return self._prepared()[0]
 
+    @property
+    def input_scale(self) -> torch.Tensor | None:
+        """The weight's per-input-feature scale ``s`` (the input is divided by it), or None."""
+        return getattr(self, f"weight_{INPUT_SCALE}") if INPUT_SCALE in self._names else None
+
     def _prepared(self) -> tuple[Kernel, dict[str, Any]]:
         buffers = [getattr(self, f"weight_{n}") for n in self._names]
         key = (self.backend, *((t.device, t.data_ptr()) for t in buffers))
         if self._kernel_cache is None or self._kernel_cache[0] != key:
-            qw = self.qweight
+            qw = self.qweight.without_input_scale()  # kernels see the stored codes only
             kernel = select_kernel(qw, qw.device, self.backend)
             self._kernel_cache = (key, kernel, kernel.prepare(qw))
         return self._kernel_cache[1], self._kernel_cache[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply ``x W^T + b`` with the quantized ``W``.
+        """Apply ``x W^T + b`` with the quantized ``W`` (``x`` divided by ``input_scale`` first).
 
         Parameters
         ----------
@@ -178,6 +202,9 @@ class QuantLinear(nn.Module):
             )
         kernel, state = self._prepared()
         x2 = x.reshape(-1, self.in_features)
+        s = self.input_scale
+        if s is not None:  # codes store W diag(s): y = (x / s) dequant(codes)^T
+            x2 = x2 / s.to(x2.dtype)
         y = kernel.run(x2, state) if x2.shape[0] else x2.new_zeros(0, self.out_features)
         y = y.reshape(*x.shape[:-1], self.out_features)
         if self.bias is not None:

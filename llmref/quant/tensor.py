@@ -12,6 +12,7 @@ import torch
 __all__ = ["QuantizedTensor"]
 
 _META_KEY = "__meta__"
+INPUT_SCALE = "input_scale"
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -43,7 +44,10 @@ class QuantizedTensor:
     tensors : mapping of str to torch.Tensor
         The storage: packed ``codes`` and the format's scales (``scale``,
         ``absmax``, ``zero_point``, ``d`` ...). Every byte counts in
-        :attr:`~llmref.quant.QuantizedTensor.nbytes`.
+        :attr:`~llmref.quant.QuantizedTensor.nbytes`. An optional
+        ``input_scale`` (float32, ``(shape[-1],)``, positive) marks a weight
+        whose codes store :math:`W \\operatorname{diag}(s)` (AWQ,
+        SmoothQuant): see :attr:`~llmref.quant.QuantizedTensor.input_scale`.
     options : mapping of str to object
         JSON-serialisable options the tensors were made with
         (``group_size``, ``bits`` ...).
@@ -52,6 +56,15 @@ class QuantizedTensor:
     ----------
     fmt, shape, dtype, tensors, options
         As passed.
+
+    Raises
+    ------
+    ValueError
+        If ``fmt`` is empty, a tensor is named ``"__meta__"`` or
+        ``input_scale`` is not a positive, finite floating tensor of shape
+        ``(shape[-1],)``.
+    TypeError
+        If ``dtype`` is not a torch.dtype or a storage value is not a tensor.
 
     Notes
     -----
@@ -92,8 +105,19 @@ class QuantizedTensor:
                 raise TypeError(f"tensors[{name!r}] must be a torch.Tensor, got {type(t).__name__}")
             if name == _META_KEY:
                 raise ValueError(f"{_META_KEY!r} is reserved")
+        shape = tuple(int(s) for s in shape)
+        s_in = tensors.get(INPUT_SCALE)
+        if s_in is not None:
+            n = shape[-1] if shape else 0
+            if not s_in.is_floating_point() or tuple(s_in.shape) != (n,):
+                raise ValueError(
+                    f"tensors[{INPUT_SCALE!r}] must be a floating tensor of shape ({n},) "
+                    f"(one scale per input feature), got {s_in.dtype} {tuple(s_in.shape)}"
+                )
+            if not bool(torch.all(torch.isfinite(s_in) & (s_in > 0))):
+                raise ValueError(f"tensors[{INPUT_SCALE!r}] must be finite and positive")
         self.fmt = fmt
-        self.shape = tuple(int(s) for s in shape)
+        self.shape = shape
         self.dtype = dtype
         self.tensors: dict[str, torch.Tensor] = dict(tensors)
         self.options: dict[str, Any] = dict(options or {})
@@ -119,6 +143,58 @@ class QuantizedTensor:
         """Device of the storage tensors."""
         return next(iter(self.tensors.values())).device
 
+    @property
+    def input_scale(self) -> torch.Tensor | None:
+        """Per-input-feature scales ``s`` folded into the codes, or None.
+
+        When present (AWQ, SmoothQuant) the codes store :math:`W
+        \\operatorname{diag}(s)` and the weight the tensor stands for is
+        :math:`\\operatorname{dequant}(\\text{codes}) \\operatorname{diag}(1/s)`,
+        which is what :meth:`~llmref.quant.QuantizedTensor.dequantize` returns;
+        :class:`~llmref.quant.QuantLinear` instead divides its input by ``s``
+        and multiplies by the stored codes, :math:`(x/s) \\,
+        \\operatorname{dequant}(\\text{codes})^\\top`.
+        """
+        return self.tensors.get(INPUT_SCALE)
+
+    def without_input_scale(self) -> QuantizedTensor:
+        """The stored codes alone: a view of this tensor without ``input_scale``.
+
+        Returns
+        -------
+        QuantizedTensor
+            Sharing the storage tensors; its
+            :meth:`~llmref.quant.QuantizedTensor.dequantize` gives
+            :math:`W \\operatorname{diag}(s)` (itself when there is no
+            ``input_scale``).
+        """
+        if INPUT_SCALE not in self.tensors:
+            return self
+        tensors = {k: v for k, v in self.tensors.items() if k != INPUT_SCALE}
+        return QuantizedTensor(self.fmt, self.shape, self.dtype, tensors, self.options)
+
+    def with_input_scale(self, input_scale: torch.Tensor) -> QuantizedTensor:
+        """A copy whose codes are declared to store :math:`W \\operatorname{diag}(s)`.
+
+        Parameters
+        ----------
+        input_scale : torch.Tensor
+            ``s``, positive and finite, shape ``(shape[-1],)``; stored as
+            float32 under ``"input_scale"``.
+
+        Returns
+        -------
+        QuantizedTensor
+            Sharing the other storage tensors.
+
+        Raises
+        ------
+        ValueError
+            If ``input_scale`` has the wrong shape or a non-positive value.
+        """
+        tensors = {**self.tensors, INPUT_SCALE: input_scale.detach().to(torch.float32)}
+        return QuantizedTensor(self.fmt, self.shape, self.dtype, tensors, self.options)
+
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.tensors[name]
 
@@ -137,7 +213,8 @@ class QuantizedTensor:
         Returns
         -------
         torch.Tensor
-            Of shape ``shape``.
+            Of shape ``shape``: the effective weight, with ``1 / input_scale``
+            applied when the tensor has one.
         """
         from .formats import dequantize
 

@@ -1,4 +1,4 @@
-"""QuantLinear (reference and fast kernels), quantize_model, QuantConfig."""
+"""QuantLinear (reference and fast kernels); quantize_model is tested in test_model.py."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from torch import nn
 
 from llmref.quant import (
     FORMATS,
-    QuantConfig,
+    QuantizedTensor,
     QuantLinear,
     dequantize,
-    model_size_bytes,
     quantize,
-    quantize_model,
 )
 from llmref.quant.kernels import KERNELS, select_kernel
 from tests.quant.helpers import randn
@@ -147,40 +145,81 @@ def test_state_dict_round_trip_and_gradients_to_bias():
     assert torch.allclose(qlin.dequantized_linear()(x), qlin(x), atol=1e-5)
 
 
-def test_quantize_model_swaps_in_place_and_reports():
-    model = nn.Sequential(
-        nn.Linear(128, 256), nn.GELU(), nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 10))
-    )
-    x = randn(4, 128)
-    before = model_size_bytes(model)
-    with torch.no_grad():
-        y0 = model(x)
-    report = quantize_model(model, QuantConfig("int8"))
-    assert [r.name for r in report] == ["0", "2.0", "2.1"]
-    assert all(isinstance(m, QuantLinear) for m in (model[0], model[2][0], model[2][1]))
-    assert report[0].bytes_before == 128 * 256 * 4 and report[0].bytes_after == 128 * 256 + 256 * 4
-    assert model_size_bytes(model) < before / 3
-    with torch.no_grad():
-        assert torch.allclose(model(x), y0, atol=0.05, rtol=0.05)
+# ------------------------------------------------------------------ input_scale
+def with_scale(fmt, w, s, **options):
+    """A weight whose codes store W diag(s), as AWQ and SmoothQuant produce."""
+    return quantize(w * s, fmt, **options).with_input_scale(s)
 
 
-def test_quantize_model_filter_and_config_errors():
-    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 10))
-    report = quantize_model(model, "nf4", filter_fn=lambda name, m: m.out_features % 64 == 0)
-    assert [r.name for r in report] == ["0"] and type(model[1]) is nn.Linear
-    assert [r.name for r in quantize_model(model, "nf4")] == ["1"]  # QuantLinear is skipped
-    with pytest.raises(ValueError, match="cannot quantize layer '1'"):
-        quantize_model(
-            nn.Sequential(nn.Linear(64, 64), nn.Linear(48, 8)),
-            QuantConfig("int4", {"group_size": 64}),
-        )
-    with pytest.raises(TypeError, match="does not accept option"):
-        QuantConfig("nf4", {"bits": 4})
-    with pytest.raises(KeyError, match="unknown quantization format"):
-        QuantConfig("int5")
-    with pytest.raises(ValueError, match="backend must be one of"):
-        QuantConfig("int8", backend="gpu")
-    with pytest.raises(TypeError, match="format name or a QuantConfig"):
-        quantize_model(model, {"fmt": "int8"})
-    with pytest.raises(ValueError, match=r"itself an nn\.Linear"):
-        quantize_model(nn.Linear(8, 8), "int8")
+def input_scales(n, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    return torch.exp(torch.randn(n, generator=g, dtype=torch.float64)).to(torch.float32)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_input_scale_dequantize_and_reference_forward(fmt):
+    w, s = randn(96, 256, seed=2), input_scales(256)
+    qt = with_scale(fmt, w, s)
+    stored = qt.without_input_scale()
+    assert stored.input_scale is None and "input_scale" not in stored.tensors
+    # dequantize() returns the effective weight dequant(codes) diag(1/s), in every format
+    assert torch.equal(qt.dequantize(), stored.dequantize() / s)
+    assert torch.equal(dequantize(qt), qt.dequantize())
+    # the reference kernel multiplies x / s by the stored codes: 1/s applied once
+    layer = QuantLinear(qt, torch.zeros(96), backend="reference")
+    x = randn(5, 256, seed=3)
+    with torch.no_grad():
+        y = layer(x)
+    expected = x @ qt.dequantize().T
+    # float32 rounding only (x / s and the summation order differ): 1e-5 of max |y|
+    assert float((y - expected).abs().max() / expected.abs().max()) <= 1e-5
+    assert layer.kernel.name == "reference" and torch.equal(layer.input_scale, s)
+
+
+@pytest.mark.parametrize("fmt,options,kernel,tol", FAST, ids=lambda v: str(v))
+def test_fast_kernels_with_input_scale_equal_dequantize_then_matmul(fmt, options, kernel, tol):
+    w, s = randn(192, 512, seed=2), input_scales(512)
+    qt = with_scale(fmt, w, s, **options)
+    fast = QuantLinear(qt, backend=kernel)
+    x = randn(7, 512, seed=3)
+    expected = x @ qt.dequantize().T
+    if kernel == "int8_dynamic":  # W8A8: the activations entering the kernel are x / s
+        xs = x / s
+        sx = xs.abs().amax(dim=1, keepdim=True) / 127
+        expected = (
+            torch.round(xs / sx).clamp(-127, 127) * sx
+        ) @ qt.without_input_scale().dequantize().T
+    with torch.no_grad():
+        y = fast(x)
+    err = float((y - expected).abs().max() / expected.abs().max())
+    assert err <= max(tol, 1e-5), f"{kernel}: relative error {err:.2e}"
+
+
+def test_input_scale_round_trips_and_is_validated():
+    w, s = randn(64, 128), input_scales(128)
+    qt = with_scale("int4", w, s, group_size=32)
+    assert qt.nbytes == quantize(w * s, "int4", group_size=32).nbytes + 128 * 4
+    again = QuantizedTensor.from_state_dict(qt.state_dict(prefix="l."), prefix="l.")
+    assert again.equal(qt) and torch.equal(again.input_scale, s)
+    layer = QuantLinear(qt)
+    target = QuantLinear(quantize(randn(64, 128), "nf4"))
+    target.load_state_dict(layer.state_dict())
+    x = randn(3, 128)
+    with torch.no_grad():
+        assert torch.equal(target(x), layer(x)) and torch.equal(target.input_scale, s)
+        y_float = target.dequantized_linear()(x)  # the effective weight in an nn.Linear
+        assert float((layer(x) - y_float).abs().max() / y_float.abs().max()) <= 2e-2  # bf16
+    with pytest.raises(ValueError, match="input_scale"):
+        select_kernel(qt, CPU)  # kernels never see it
+    with pytest.raises(ValueError, match=r"shape \(128,\)"):
+        quantize(w, "int8").with_input_scale(torch.ones(64))
+    with pytest.raises(ValueError, match="positive"):
+        quantize(w, "int8").with_input_scale(torch.zeros(128))
+
+
+def test_input_scale_safetensors_round_trip(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    qt = with_scale("nf4", randn(32, 128), input_scales(128))
+    path = tmp_path / "w.safetensors"
+    safetensors_torch.save_file(qt.state_dict(), str(path))
+    assert QuantizedTensor.from_state_dict(safetensors_torch.load_file(str(path))).equal(qt)
