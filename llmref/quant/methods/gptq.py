@@ -8,7 +8,7 @@ import torch
 
 from ..._checks import check_int, check_positive_float
 from ..formats import int_tensor_from_codes
-from ..primitives import choose_qparams, dequantize_affine, quantize_affine
+from ..primitives import _code_range, choose_qparams, round_values
 from ..tensor import QuantizedTensor
 from .base import INT_FORMATS, METHODS, check_inputs, check_weight, int_format_bits
 
@@ -411,6 +411,8 @@ def gptq(
             device=w.device,
         )
 
+    per_group: dict[int, tuple[torch.Tensor, ...]] = {}  # 1/scale, scale[, zero] per group
+
     def set_params(k: int, cols: torch.Tensor) -> None:
         p = choose_qparams(
             cols.to(torch.float32),
@@ -421,9 +423,30 @@ def gptq(
             group_size=cols.shape[1],
         )
         scales[:, k] = p.scale
+        per_group.pop(k, None)
         if zps is not None:
             assert p.zero_point is not None
             zps[:, k] = p.zero_point
+
+    lo, hi = _code_range(bits, zps, grid["scale_convention"])
+    rounding = grid["rounding"]
+
+    def qdq(k: int, col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # quantize_affine / dequantize_affine for one column, same float32 arithmetic
+        if k not in per_group:
+            s = scales[:, k]
+            z = zps[:, k].to(torch.float32) if zps is not None else None
+            per_group[k] = (1.0 / s, s) if z is None else (1.0 / s, s, z)
+        inv, s, *z = per_group[k]
+        x = col.to(torch.float32)
+        if not z:
+            q = round_values(x * inv, rounding).clamp_(lo, hi)
+            return q.to(torch.int32), q * s
+        if zp_float:
+            q = round_values((x - z[0]) * inv, rounding).clamp_(lo, hi)
+            return q.to(torch.int32), q * s + z[0]
+        q = (round_values(x * inv, rounding) + z[0]).clamp_(lo, hi)
+        return q.to(torch.int32), (q - z[0]) * s
 
     dynamic = group_size is not None and not static_groups
     if not dynamic:
@@ -457,20 +480,10 @@ def gptq(
                     rest = W[:, i2 : j + g] - err1[:, :i] @ U[i1:j, i2 : j + g]
                     cols = torch.cat([cols, rest], dim=1)
                 set_params(j // g, cols)
-            k = group_of[j]
-            scale = scales[:, k]
-            zp = zps[:, k] if zps is not None else None
             col = W1[:, i]
-            q = quantize_affine(
-                col.unsqueeze(1),
-                scale,
-                zp,
-                bits=bits,
-                scale_convention=grid["scale_convention"],
-                rounding=grid["rounding"],
-            )
-            codes[:, j] = q[:, 0]
-            deq = dequantize_affine(q, scale, zp)[:, 0].to(compute)
+            q, deq = qdq(group_of[j], col)
+            codes[:, j] = q
+            deq = deq.to(compute)
             e = (col - deq) / U1[i, i]
             W1[:, i:] -= e.unsqueeze(1) * U1[i, i:].unsqueeze(0)
             err1[:, i] = e
