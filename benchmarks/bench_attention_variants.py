@@ -7,7 +7,7 @@ Groups (float32, inputs drawn with a fixed seed):
   :func:`torch.nn.functional.scaled_dot_product_attention` with
   ``is_causal=True`` (the baseline); ``"naive"``, ``"chunked"`` and
   ``"flex-compiled"`` are :func:`llmref.attention.naive_attention`,
-  :func:`llmref.attention.chunked_attention` (default ``block_size=512``) and
+  :func:`llmref.attention.chunked_attention` (default ``block_size=256``) and
   :func:`llmref.attention.flex_attention` with ``compiled=True``;
   ``"linear"`` is :func:`llmref.attention.linear_attention` (causal,
   ``elu + 1`` features): not the same function, but the one a linear-time

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from llmref.attention import (
+    LinearAttention,
     linear_attention,
     linear_attention_quadratic,
     linear_attention_step,
@@ -50,6 +51,27 @@ recurrent = torch.cat(outs, dim=2)
 print("max |parallel - quadratic| =", (parallel - quadratic).abs().max().item())
 print("max |recurrent - quadratic| =", (recurrent - quadratic).abs().max().item())
 print("state after", T, "tokens: S", tuple(state.S.shape), "z", tuple(state.z.shape))
+
+# %%
+# The same as a layer: prefill in parallel, decode as an RNN
+# ----------------------------------------------------------
+# :class:`~llmref.attention.LinearAttention` wraps the projections around these
+# functions. ``forward(x, is_causal=True, return_state=True)`` runs a prompt in
+# the parallel form and returns the state after it; ``step`` then continues one
+# token at a time from that state, at a cost that does not grow with the context.
+
+layer = LinearAttention(32, 4).double()
+x = torch.randn(1, 40, 32, dtype=torch.float64)
+full = layer(x, is_causal=True)
+prompt_out, layer_state = layer(x[:, :30], is_causal=True, return_state=True)
+decoded = []
+for t in range(30, 40):
+    y, layer_state = layer.step(x[:, t : t + 1], layer_state)
+    decoded.append(y)
+print(
+    "max |prefill + 10 steps - parallel| =",
+    (torch.cat([prompt_out, *decoded], dim=1) - full).abs().max().item(),
+)
 
 # %%
 # The weights each form implies

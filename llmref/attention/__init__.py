@@ -4,11 +4,12 @@ Tensors use the ``(B, H, T, D)`` layout; boolean masks mean ``True`` = may atten
 """
 
 from .chunked import chunked_attention
-from .differential import differential_attention
+from .differential import DifferentialAttention, differential_attention
 from .flex import flex_attention
 from .functional import ATTENTION, attention, naive_attention, sdpa_attention
 from .latent import MultiHeadLatentAttention
 from .linear import (
+    LinearAttention,
     LinearAttentionState,
     linear_attention,
     linear_attention_quadratic,
@@ -35,6 +36,8 @@ __all__ = [
     "ATTENTION",
     "MASKS",
     "VARIANTS",
+    "DifferentialAttention",
+    "LinearAttention",
     "LinearAttentionState",
     "MultiHeadAttention",
     "MultiHeadLatentAttention",

@@ -31,6 +31,8 @@ from .masks import causal_mask
 __all__ = ["chunked_attention"]
 
 _NEG_INF = float("-inf")
+_LOG2E = math.log2(math.e)
+_LN2 = math.log(2.0)
 
 
 def _grouped(x: torch.Tensor | None, shapes: AttentionShapes) -> torch.Tensor | None:
@@ -66,7 +68,10 @@ class _Tiles:
         self.shapes, self.scale, self.softcap = shapes, scale, softcap
         self.bias5, self.mask5, self.is_causal = bias5, mask5, is_causal
         self.block_q, self.block_k = block_q, block_k
-        self._causal_cache: dict[tuple[int, int, int], torch.Tensor] = {}
+        # Scores are in units of `unit` natural-log units: the forward pass works in base 2
+        # (unit = log2 e), the backward in base e (unit = 1).
+        self.unit = 1.0
+        self._causal_cache: dict[tuple, torch.Tensor] = {}
 
     def query_blocks(self):
         T = self.shapes.query_len
@@ -80,28 +85,47 @@ class _Tiles:
                 return  # every later key is in the future of every query in the block
             yield ks, min(ks + self.block_k, S)
 
-    def _hidden(self, qs: int, qe: int, ks: int, ke: int, device: torch.device) -> torch.Tensor:
-        """Causal tile: True where a key is in the future (the same few tiles recur)."""
-        key = (qe - qs, ke - ks, qs - ks)
+    def _future(self, qs: int, qe: int, ks: int, ke: int, device, dtype) -> torch.Tensor:
+        """Causal tile: ``-inf`` where a key is in the future of a query, else 0, for the
+        ``G * (qe - qs)`` rows of a tile (the same few diagonal tiles recur, so cache them)."""
+        key = (qe - qs, ke - ks, qs - ks, dtype)
         if key not in self._causal_cache:
-            self._causal_cache[key] = ~causal_mask(qe - qs, ke - ks, offset=qs - ks, device=device)
+            G = self.shapes.heads // self.shapes.kv_heads
+            hidden = ~causal_mask(qe - qs, ke - ks, offset=qs - ks, device=device)
+            tile = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill_(
+                hidden, _NEG_INF
+            )
+            self._causal_cache[key] = tile.repeat(G, 1).unsqueeze(0)
         return self._causal_cache[key]
 
     def scores(self, qb, kb, qs, qe, ks, ke, keep_tanh=False, out=None):
-        """Scores ``(B * H_kv, G * bq, bk)`` of one tile (``qb`` is pre-scaled) and, if asked,
-        tanh(raw / softcap).
+        """Scores ``(B * H_kv, G * bq, bk)`` of one tile (``qb`` is pre-scaled, by
+        ``scale * unit``) and, if asked, tanh(raw / softcap).
 
-        Works in place on the matmul result (written into ``out`` when given, a reused
-        buffer, so the hot loop allocates no tile): this tile is the hot loop. Masks are
-        built only for tiles that straddle the causal diagonal.
+        This tile is the hot loop: it works in place on the matmul result, written into
+        ``out`` when given (a reused buffer, so the loop allocates no tile). Only tiles
+        that straddle the causal diagonal are masked; without softcapping their ``-inf``
+        entries come with the matmul (``baddbmm`` from a cached additive tile).
         """
-        s = torch.bmm(qb, kb.transpose(1, 2), out=out)
+        future = self.is_causal and ke - 1 > qs  # some key is in some row's future
+        kt = kb.transpose(1, 2)
+        if future and self.softcap is None:
+            s = torch.baddbmm(
+                self._future(qs, qe, ks, ke, qb.device, qb.dtype).expand(qb.shape[0], -1, -1),
+                qb,
+                kt,
+                out=out,
+            )
+            future = False
+        else:
+            s = torch.bmm(qb, kt, out=out)
         t = None
         if self.softcap is not None:
-            s.div_(self.softcap).tanh_()
+            cap = self.softcap * self.unit  # cap * tanh(s / cap) in the same units as s
+            s.div_(cap).tanh_()
             t = s.clone() if keep_tanh else None
-            s.mul_(self.softcap)
-        if self.bias5 is None and self.mask5 is None and not self.is_causal:
+            s.mul_(cap)
+        if self.bias5 is None and self.mask5 is None and not future:
             return s, t
         B, H, H_kv = self.shapes.batch, self.shapes.heads, self.shapes.kv_heads
         s5 = s.view(B, H_kv, H // H_kv, qe - qs, ke - ks)
@@ -109,8 +133,8 @@ class _Tiles:
             s5.add_(_tile(self.bias5, qs, qe, ks, ke))
         if self.mask5 is not None:
             s5.masked_fill_(~_tile(self.mask5, qs, qe, ks, ke), _NEG_INF)
-        if self.is_causal and ke - 1 > qs:  # some key in this tile is in some row's future
-            s5.masked_fill_(self._hidden(qs, qe, ks, ke, s.device), _NEG_INF)
+        if future:
+            s.add_(self._future(qs, qe, ks, ke, s.device, s.dtype))
         return s, t
 
 
@@ -137,15 +161,17 @@ class _ChunkedAttention(torch.autograd.Function):
         G, BH = H // H_kv, B * H_kv
         compute = compute_dtype(q.dtype)
         device = q.device
-        q5 = (q.to(compute) * tiles.scale).view(B, H_kv, G, T, D)
+        # Work in base 2: every logit is multiplied by log2 e (through the query scale, the
+        # bias, the sinks and the softcap) and exp(x) becomes exp2(x log2 e), measured ~5%
+        # faster per call on an AVX-512 CPU; the LSE is converted back to base e below.
+        tiles.unit = _LOG2E
+        q5 = (q.to(compute) * (tiles.scale * _LOG2E)).unflatten(1, (H_kv, G))
         k3 = k.to(compute).reshape(BH, S, D)
-        # A column of ones after the values makes the second matmul also return the row
-        # sums of p: one pass over each tile fewer than a separate p.sum().
-        ones = torch.ones(*v.shape[:3], 1, dtype=compute, device=device)
-        v3 = torch.cat([v.to(compute), ones], dim=-1).view(BH, S, Dv + 1)
-        tiles.bias5 = _grouped(None if bias is None else bias.to(compute), tiles.shapes)
-        sink5 = None if sinks is None else sinks.to(compute).view(1, H_kv, G, 1)
+        v3 = v.to(compute).reshape(BH, S, Dv)
+        tiles.bias5 = _grouped(None if bias is None else bias.to(compute) * _LOG2E, tiles.shapes)
+        sink5 = None if sinks is None else (sinks.to(compute) * _LOG2E).view(1, H_kv, G, 1)
         buf = _tile_buffer(tiles, BH * G, compute, device)
+        lowest = torch.finfo(compute).min
 
         out = torch.empty(B, H_kv, G, T, Dv, dtype=compute, device=device)
         lse = torch.empty(B, H_kv, G, T, dtype=compute, device=device)
@@ -153,39 +179,41 @@ class _ChunkedAttention(torch.autograd.Function):
             bq = qe - qs
             R = G * bq  # rows of the tile: every query head of the group, every position
             qb = q5[..., qs:qe, :].reshape(BH, R, D)
-            # acc[..., :Dv] is the unnormalised output, acc[..., Dv] the normaliser l.
-            acc: torch.Tensor | None = None
-            m: torch.Tensor | None = None
+            # Running max m, normaliser l and unnormalised output acc of every row.
+            m = torch.full((BH, R), _NEG_INF, dtype=compute, device=device)
+            norm = torch.zeros(BH, R, dtype=compute, device=device)
+            acc = None
             if sink5 is not None:  # a sink is a key with logit `sink` and a zero value
                 m = sink5.expand(B, H_kv, G, bq).reshape(BH, R)
-                acc = torch.zeros(BH, R, Dv + 1, dtype=compute, device=device)
-                acc[..., Dv] = 1.0
+                norm.fill_(1.0)
             for ks, ke in tiles.key_blocks(qs, qe):
                 s, _ = tiles.scores(
                     qb, k3[:, ks:ke], qs, qe, ks, ke, out=_tile_view(buf, BH, R, ke - ks)
                 )
-                tile_max = s.amax(dim=-1)
-                m_new = tile_max if m is None else torch.maximum(m, tile_max)
-                m_safe = _finite_or_zero(m_new)  # rows with nothing visible yet stay at zero
-                p = s.sub_(m_safe.unsqueeze(-1)).exp_()
+                m_new = torch.maximum(m, s.amax(dim=-1))
+                # A row with nothing visible yet has m_new = -inf; any finite stand-in keeps
+                # its p and correction at exp2(-inf) = 0 (one op, unlike a where()).
+                m_safe = m_new.clamp(min=lowest)
+                p = s.sub_(m_safe.unsqueeze(-1)).exp2_()
+                correction = torch.exp2(m - m_safe)
+                norm.mul_(correction).add_(p.sum(dim=-1))
                 if acc is None:
                     acc = torch.bmm(p, v3[:, ks:ke])
                 else:
-                    assert m is not None
-                    acc.mul_(torch.exp(m - m_safe).unsqueeze(-1)).baddbmm_(p, v3[:, ks:ke])
+                    acc.mul_(correction.unsqueeze(-1)).baddbmm_(p, v3[:, ks:ke])
                 m = m_new
-            if acc is None or m is None:  # no keys at all
-                acc = torch.zeros(BH, R, Dv + 1, dtype=compute, device=device)
-                m = torch.full((BH, R), _NEG_INF, dtype=compute, device=device)
-            norm = acc[..., Dv]
             visible = norm > 0
-            safe_norm = torch.where(visible, norm, torch.ones_like(norm))
-            o = acc[..., :Dv] / safe_norm.unsqueeze(-1)
+            if acc is None:  # no keys at all
+                o = torch.zeros(BH, R, Dv, dtype=compute, device=device)
+            else:
+                o = acc.div_(torch.where(visible, norm, torch.ones_like(norm)).unsqueeze(-1))
             out[..., qs:qe, :] = o.view(B, H_kv, G, bq, Dv)
-            row_lse = torch.where(visible, _finite_or_zero(m) + torch.log(norm), _NEG_INF)
-            lse[..., qs:qe] = row_lse.view(B, H_kv, G, bq)
+            row_lse = (_finite_or_zero(m) + torch.log2(norm)) * _LN2  # back to base e
+            lse[..., qs:qe] = torch.where(visible, row_lse, _NEG_INF).view(B, H_kv, G, bq)
 
         tiles._causal_cache.clear()
+        tiles.unit = 1.0  # the backward works in base e, on the bias as given
+        tiles.bias5 = _grouped(None if bias is None else bias.to(compute), tiles.shapes)
         ctx.tiles = tiles
         ctx.save_for_backward(q, k, v, bias, sinks, out, lse)
         out_dtype = out.flatten(1, 2).to(q.dtype)
@@ -200,7 +228,7 @@ class _ChunkedAttention(torch.autograd.Function):
         G, BH = H // H_kv, B * H_kv
         compute = out.dtype
         device = q.device
-        q5 = (q.to(compute) * tiles.scale).view(B, H_kv, G, T, D)
+        q5 = (q.to(compute) * tiles.scale).unflatten(1, (H_kv, G))
         k3, v3 = k.to(compute).reshape(BH, S, D), v.to(compute).reshape(BH, S, Dv)
         d_out = d_out.to(compute).reshape(B, H_kv, G, T, Dv)
         # D_i = dO_i . O_i ; a gradient flowing into the returned LSE enters the same place.
@@ -298,7 +326,7 @@ def chunked_attention(
     bias: torch.Tensor | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
-    block_size: int | tuple[int, int] = 512,
+    block_size: int | tuple[int, int] = 256,
     return_lse: bool = False,
 ) -> Any:
     """Exact attention computed tile by tile with an online softmax (FlashAttention in PyTorch).
@@ -332,9 +360,10 @@ def chunked_attention(
     sinks : torch.Tensor, optional
         Learned per-head sink logits of shape ``(H,)``: an extra softmax entry
         with no value (gpt-oss), which lets a head attend to "nothing".
-    block_size : int or tuple of int, default 512
+    block_size : int or tuple of int, default 256
         Tile size, or ``(block_q, block_k)``. Any size >= 1; the last tile may
-        be partial.
+        be partial. A speed knob only: tiles of ``B * H * block_q * block_k``
+        scores that fit in the CPU's L2 cache are fastest.
     return_lse : bool, default False
         Also return the log-sum-exp of each row's scores (differentiable).
 

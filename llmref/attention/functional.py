@@ -293,7 +293,12 @@ def sdpa_attention(
 
 def resolve_backend(backend: str, features: set[str]) -> str:
     """The ATTENTION entry to use: ``backend`` itself, or for ``"auto"`` SDPA when it
-    supports every needed feature and the chunked (FlashAttention) kernel otherwise."""
+    supports every needed feature and the chunked (FlashAttention) kernel otherwise.
+
+    This rule knows features, not shapes. A module whose shapes SDPA cannot run
+    fused makes its own ``"auto"`` choice on top of it: MultiHeadLatentAttention's
+    absorbed path (query/key width != value width, one shared key/value head)
+    uses the chunked kernel (see its ``absorbed_backend``)."""
     if backend == "auto":
         return "sdpa" if features <= ATTENTION["sdpa"].meta["features"] else "chunked"
     if backend not in ATTENTION:

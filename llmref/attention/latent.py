@@ -58,7 +58,9 @@ class MultiHeadLatentAttention(nn.Module):
     norm_eps : float, default 1e-6
         Epsilon of the RMSNorms on the latents.
     backend : str, default "auto"
-        Attention backend (see :class:`MultiHeadAttention`).
+        Attention backend (see :class:`MultiHeadAttention`). With ``"auto"``,
+        :meth:`forward` uses SDPA and :meth:`forward_absorbed` the chunked
+        kernel (see :attr:`absorbed_backend`).
     device, dtype : optional
         Where and in which dtype to create the parameters.
 
@@ -75,6 +77,19 @@ class MultiHeadLatentAttention(nn.Module):
         ``kv_lora_rank -> H * (qk_nope_head_dim + v_head_dim)`` (``kv_b_proj``).
     out_proj : torch.nn.Linear
         ``H * v_head_dim -> d_model`` (``o_proj``).
+    backend, absorbed_backend : str
+        The :data:`~llmref.attention.ATTENTION` entries :meth:`forward` and
+        :meth:`forward_absorbed` call. They differ only for ``backend="auto"``:
+        the absorbed path is multi-query attention with key width
+        ``kv_lora_rank + qk_rope_head_dim`` and value width ``kv_lora_rank``
+        (576 and 512 in DeepSeek-V2), and PyTorch's CPU SDPA has a fused kernel
+        only for equal query/key/value widths. It falls back to its unfused
+        math path, which with ``enable_gqa`` first copies the shared latent
+        once per head (``repeat_interleave``). For one decode step of
+        DeepSeek-V2-Lite's sizes against 4096 cached tokens that is over ten
+        times slower than the chunked kernel, which treats the ``H`` heads
+        sharing the latent as extra query rows of one matmul (no copies) and
+        keeps memory linear when a long prompt goes through the latent cache.
 
     Raises
     ------
@@ -151,6 +166,7 @@ class MultiHeadLatentAttention(nn.Module):
         qk_head_dim = qk_nope_head_dim + qk_rope_head_dim
         self.scale = qk_head_dim**-0.5 if scale is None else check_positive_float("scale", scale)
         self.backend = resolve_backend(backend, set())
+        self.absorbed_backend = "chunked" if backend == "auto" else self.backend
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
         H = self.n_heads
         self.q_proj: nn.Linear | None = None
@@ -348,7 +364,7 @@ class MultiHeadLatentAttention(nn.Module):
         w_up = self.kv_up.weight.view(H, nope + self.v_head_dim, r)
         w_uk, w_uv = w_up[:, :nope], w_up[:, nope:]
         q_latent = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)
-        out_latent = ATTENTION[self.backend].fn(
+        out_latent = ATTENTION[self.absorbed_backend].fn(
             torch.cat([q_latent, q_rope], dim=-1),
             torch.cat([latent, k_rope], dim=-1),
             latent,

@@ -18,16 +18,18 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .._checks import AttentionShapes, check_int, check_qkv, check_tensor, compute_dtype
 from .masks import causal_mask
 from .variants import VARIANTS
 
 __all__ = [
+    "LinearAttention",
     "LinearAttentionState",
     "linear_attention",
     "linear_attention_quadratic",
@@ -502,3 +504,251 @@ def linear_attention_step(
     den = torch.matmul(phi_q5, z[:, :, None, :, None]) + eps
     out = num / torch.where(den != 0, den, torch.ones_like(den))
     return out.flatten(1, 2).to(q_t.dtype), LinearAttentionState(S, z)
+
+
+class LinearAttention(nn.Module):
+    """Linear-attention layer: projections around :func:`linear_attention`, and an RNN step.
+
+    The same weights run in two ways that give the same outputs: :meth:`forward`
+    processes a whole sequence in the parallel (chunked prefix-sum) form, and
+    :meth:`step` consumes one token at a time, carrying a
+    :class:`LinearAttentionState` whose size does not grow with the sequence
+    -- the "transformers are RNNs" view of :cite:t:`katharopoulos2020transformers`.
+
+    Parameters
+    ----------
+    d_model : int
+        Model width.
+    n_heads : int
+        Number of query heads ``H``.
+    n_kv_heads : int, optional
+        Key/value heads ``H_kv`` (GQA/MQA); default ``n_heads``.
+    head_dim : int, optional
+        Channels per head; default ``d_model // n_heads``.
+    bias : bool, default False
+        Whether the projections have biases.
+    feature_map : str or callable, default "elu_plus_one"
+        The positive feature map ``phi`` (see :func:`linear_attention`).
+    eps : float, default 1e-6
+        Added to every denominator; >= 0.
+    chunk_size : int, default 64
+        Chunk length of the causal parallel form (any value gives the same
+        result).
+    device, dtype : optional
+        Where and in which dtype to create the parameters.
+
+    Attributes
+    ----------
+    q_proj, k_proj, v_proj, out_proj : torch.nn.Linear
+        Projections: ``H`` query heads, ``H_kv`` key and value heads of
+        ``head_dim`` channels.
+
+    Raises
+    ------
+    TypeError
+        If a size is not an int, ``feature_map`` is neither a known name nor
+        callable, or ``eps`` is not a number.
+    ValueError
+        If a size is < 1, ``n_heads % n_kv_heads != 0``, ``d_model`` is not
+        divisible by ``n_heads`` when ``head_dim`` is not given,
+        ``feature_map`` is an unknown name, or ``eps < 0``.
+
+    Notes
+    -----
+    Self-attention with :math:`Q = x W_Q`, :math:`K = x W_K`, :math:`V = x W_V`
+    and, per head, :math:`o_t = \\phi(q_t)^\\top S_t / (\\phi(q_t)^\\top z_t + \\epsilon)`
+    with :math:`S_t = \\sum_{j \\le t} \\phi(k_j) v_j^\\top` and
+    :math:`z_t = \\sum_{j \\le t} \\phi(k_j)` when causal (all :math:`j`
+    otherwise), followed by ``out_proj``. Decoding a token costs
+    :math:`O(F D_v)` per head whatever the context length, where softmax
+    attention costs :math:`O(S D)` and a KV cache growing with :math:`S`.
+
+    References
+    ----------
+    :cite:t:`katharopoulos2020transformers`
+
+    Examples
+    --------
+    >>> import torch
+    >>> from llmref.attention import LinearAttention
+    >>> layer = LinearAttention(32, 4).double()
+    >>> x = torch.randn(2, 7, 32, dtype=torch.float64)
+    >>> full = layer(x, is_causal=True)
+    >>> state, steps = None, []
+    >>> for t in range(7):  # the same layer as an RNN
+    ...     y, state = layer.step(x[:, t : t + 1], state)
+    ...     steps.append(y)
+    >>> torch.allclose(torch.cat(steps, dim=1), full)
+    True
+    >>> state.S.shape  # (B, H_kv, F, Dv): constant size, whatever the length
+    torch.Size([2, 4, 8, 8])
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        bias: bool = False,
+        feature_map: str | FeatureMap = "elu_plus_one",
+        eps: float = 1e-6,
+        chunk_size: int = 64,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        d_model = check_int("d_model", d_model, minimum=1)
+        n_heads = check_int("n_heads", n_heads, minimum=1)
+        n_kv_heads = (
+            n_heads if n_kv_heads is None else check_int("n_kv_heads", n_kv_heads, minimum=1)
+        )
+        if n_heads % n_kv_heads != 0:
+            raise ValueError(
+                f"n_heads must be a multiple of n_kv_heads, got n_heads={n_heads} "
+                f"and n_kv_heads={n_kv_heads}"
+            )
+        if head_dim is None:
+            if d_model % n_heads != 0:
+                raise ValueError(
+                    f"d_model must be divisible by n_heads when head_dim is not given, "
+                    f"got d_model={d_model} and n_heads={n_heads}"
+                )
+            head_dim = d_model // n_heads
+        head_dim = check_int("head_dim", head_dim, minimum=1)
+        _resolve_feature_map(feature_map)  # fail early on a bad name
+        self.feature_map = feature_map
+        self.eps = _check_eps(eps)
+        self.chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+        self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
+        self.head_dim = head_dim
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias, **kw)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias, **kw)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias, **kw)
+        self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias, **kw)
+
+    def _qkv(self, x: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_tensor("x", x, ndim=3)
+        assert isinstance(x, torch.Tensor)
+        if x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"x must have last dim d_model={self.d_model}, got shape {tuple(x.shape)}"
+            )
+        B, T, _ = x.shape
+        H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, H_kv, D).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, H_kv, D).transpose(1, 2)
+        return q, k, v
+
+    def _project_out(self, heads: torch.Tensor) -> torch.Tensor:
+        B, _, T, _ = heads.shape
+        return self.out_proj(heads.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def forward(
+        self, x: torch.Tensor, *, is_causal: bool = False, return_state: bool = False
+    ) -> Any:
+        """Linear self-attention over a whole sequence (parallel form).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Input of shape ``(B, T, d_model)``.
+        is_causal : bool, default False
+            Token ``t`` sees tokens ``0..t`` only.
+        return_state : bool, default False
+            Also return the state after the last token, to continue with
+            :meth:`step` (a prefill); requires ``is_causal=True``.
+
+        Returns
+        -------
+        out : torch.Tensor
+            Shape ``(B, T, d_model)``.
+        state : LinearAttentionState
+            Only if ``return_state``: ``S`` of shape ``(B, H_kv, F, head_dim)``
+            and ``z`` of shape ``(B, H_kv, F)``, in float32 for 16-bit inputs.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If ``x`` is not a 3-D tensor with last dim ``d_model``, or
+            ``return_state`` is asked without ``is_causal``.
+        """
+        if return_state and not is_causal:
+            raise ValueError("return_state=True continues a causal sequence; pass is_causal=True")
+        q, k, v = self._qkv(x)
+        heads = linear_attention(
+            q,
+            k,
+            v,
+            is_causal=is_causal,
+            feature_map=self.feature_map,
+            eps=self.eps,
+            chunk_size=self.chunk_size,
+        )
+        out = self._project_out(heads)
+        if not return_state:
+            return out
+        _, phi_k = _qk_features(q, k, self.feature_map)
+        vc = v.to(phi_k.dtype)
+        state = LinearAttentionState(torch.matmul(phi_k.transpose(-1, -2), vc), phi_k.sum(-2))
+        return out, state
+
+    def step(
+        self, x_t: torch.Tensor, state: LinearAttentionState | None = None
+    ) -> tuple[torch.Tensor, LinearAttentionState]:
+        """Process one token as an RNN: update the state with it and read the output out.
+
+        Parameters
+        ----------
+        x_t : torch.Tensor
+            The new token, shape ``(B, 1, d_model)``.
+        state : LinearAttentionState, optional
+            The state after the previous tokens (from :meth:`step` or
+            ``forward(..., is_causal=True, return_state=True)``); None starts
+            an empty sequence.
+
+        Returns
+        -------
+        out : torch.Tensor
+            Shape ``(B, 1, d_model)``; equal to the last row of
+            ``forward(x, is_causal=True)`` over the whole sequence so far.
+        state : LinearAttentionState
+            The state including this token.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If ``x_t`` is not ``(B, 1, d_model)``, or ``state`` does not fit
+            (see :func:`linear_attention_step`).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from llmref.attention import LinearAttention
+        >>> layer = LinearAttention(16, 2)
+        >>> prompt = torch.randn(1, 5, 16)
+        >>> _, state = layer(prompt, is_causal=True, return_state=True)  # prefill
+        >>> y, state = layer.step(torch.randn(1, 1, 16), state)  # then decode
+        >>> y.shape
+        torch.Size([1, 1, 16])
+        """
+        check_tensor("x_t", x_t, ndim=3)
+        if x_t.shape[1] != 1:
+            raise ValueError(
+                f"x_t must hold one token, shape (B, 1, d_model), got {tuple(x_t.shape)}"
+            )
+        q, k, v = self._qkv(x_t)
+        heads, state = linear_attention_step(
+            q, k, v, state, feature_map=self.feature_map, eps=self.eps
+        )
+        return self._project_out(heads), state
+
+    def extra_repr(self) -> str:
+        fm = self.feature_map if isinstance(self.feature_map, str) else "<callable>"
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+            f"head_dim={self.head_dim}, feature_map={fm!r}, eps={self.eps}"
+        )

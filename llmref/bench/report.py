@@ -18,13 +18,41 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .results import Record, baseline_of, groups, implementations, load_dir, ratios, seq_lens
 
-__all__ = ["format_ms", "group_table", "main", "summary_markdown", "write_report"]
+__all__ = [
+    "describe_shapes",
+    "format_ms",
+    "group_table",
+    "main",
+    "summary_markdown",
+    "write_report",
+]
+
+# extra_info keys that describe a case's shapes, and how the summary names them.
+_SHAPE_KEYS = (
+    ("batch", "B"),
+    ("heads", "H"),
+    ("kv_heads", "H_kv"),
+    ("head_dim", "D"),
+    ("d_model", "d_model"),
+    ("kv_lora_rank", "kv_lora_rank"),
+    ("qk_nope_head_dim", "qk_nope_head_dim"),
+    ("qk_rope_head_dim", "qk_rope_head_dim"),
+    ("v_head_dim", "v_head_dim"),
+    ("mask", "mask"),
+    ("window", "window"),
+    ("in_features", "in_features"),
+    ("out_features", "out_features"),
+    ("tokens", "tokens"),
+    ("shape", "shape"),
+    ("model", "model"),
+    ("decode_tokens", "decode_tokens"),
+)
 
 
 def format_ms(seconds: float) -> str:
@@ -118,6 +146,72 @@ def group_table(records: Sequence[Record], group: str, *, transpose: bool | None
     return "\n".join(lines)
 
 
+def describe_shapes(infos: Sequence[Mapping[str, Any]]) -> str:
+    """One line stating the shapes of a group's cases, from their ``extra_info``.
+
+    Values shared by every implementation of the group are stated once; the
+    others are listed per implementation.
+
+    Parameters
+    ----------
+    infos : sequence of mapping
+        The ``extra_info`` of the group's benchmarks (each with an
+        ``"implementation"``).
+
+    Returns
+    -------
+    str
+        E.g. ``"B=1, H=16, D=128; gqa: H_kv=4; mla: kv_lora_rank=512"``; empty
+        if no shape is recorded.
+
+    Examples
+    --------
+    >>> describe_shapes([
+    ...     {"implementation": "gqa", "batch": 1, "heads": 16, "kv_heads": 4},
+    ...     {"implementation": "mla", "batch": 1, "heads": 16, "kv_lora_rank": 512},
+    ... ])
+    'B=1, H=16; gqa: H_kv=4; mla: kv_lora_rank=512'
+    """
+    per_impl: dict[str, dict[str, Any]] = {}
+    for info in infos:
+        impl = str(info.get("implementation", ""))
+        values = per_impl.setdefault(impl, {})
+        for key, _ in _SHAPE_KEYS:
+            if key in info:
+                values.setdefault(key, info[key])
+    label = dict(_SHAPE_KEYS)
+    common = [
+        key
+        for key, _ in _SHAPE_KEYS
+        if per_impl
+        and all(key in v for v in per_impl.values())
+        and len({json.dumps(v[key]) for v in per_impl.values()}) == 1
+    ]
+    first = next(iter(per_impl.values()), {})
+    parts = [", ".join(f"{label[k]}={first[k]}" for k in common)] if common else []
+    for impl, values in per_impl.items():
+        own = [f"{label[k]}={v}" for k, v in values.items() if k not in common]
+        if own:
+            parts.append(f"{impl}: " + ", ".join(own))
+    return "; ".join(parts)
+
+
+def _shapes_by_group(paths: Sequence[Path]) -> dict[str, str]:
+    """``describe_shapes`` of every group found in pytest-benchmark JSON files."""
+    infos: dict[str, list[Mapping[str, Any]]] = {}
+    for path in paths:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        for bench in data.get("benchmarks") or []:
+            group = str(bench.get("group") or "")
+            infos.setdefault(group, []).append(bench.get("extra_info") or {})
+    return {group: describe_shapes(group_infos) for group, group_infos in infos.items()}
+
+
 def _describe_sources(paths: Sequence[Path]) -> list[str]:
     """One line per JSON file: when, where and with which pytest-benchmark it ran."""
     lines = []
@@ -139,7 +233,11 @@ def _describe_sources(paths: Sequence[Path]) -> list[str]:
     return lines
 
 
-def summary_markdown(records: Sequence[Record], sources: Sequence[str] = ()) -> str:
+def summary_markdown(
+    records: Sequence[Record],
+    sources: Sequence[str] = (),
+    shapes: Mapping[str, str] | None = None,
+) -> str:
     """The whole ``summary.md``: a heading, the setup, one table per group.
 
     Parameters
@@ -147,31 +245,37 @@ def summary_markdown(records: Sequence[Record], sources: Sequence[str] = ()) -> 
     records : sequence of Record
     sources : sequence of str, optional
         Markdown lines describing where the records came from.
+    shapes : mapping of str to str, optional
+        Per group, the line stating its shapes (see :func:`describe_shapes`);
+        groups have different shapes (the decode-step group is not the
+        ``B=1, H=8, D=64`` of the attention sweeps), so each states its own.
 
     Returns
     -------
     str
     """
-    from .cases import BATCH, HEAD_DIM, HEADS
-
     dtypes = sorted({r.dtype for r in records if r.dtype})
     devices = sorted({r.device for r in records if r.device})
     threads = sorted({r.threads for r in records if r.threads is not None})
     out = [
         "# Benchmark summary",
         "",
-        f"Attention cases: B={BATCH}, H={HEADS}, D={HEAD_DIM}, causal self-attention; "
-        f"dtype {', '.join(dtypes) or '?'}; device {', '.join(devices) or '?'}"
+        f"Setup: dtype {', '.join(dtypes) or '?'}; device {', '.join(devices) or '?'}"
         + (f"; torch threads {', '.join(map(str, threads))}." if threads else "."),
         "Times are the median of the timed rounds, in milliseconds; a ratio is "
         "median / median of the group's baseline (< 1 is faster than the baseline). "
-        "IQR and round counts are in the JSON.",
+        "IQR and round counts are in the JSON. Each group states its own shapes; attention "
+        "cases are causal self-attention unless a mask is named, and in the decode-step "
+        "group T is the length of the cache one new token attends to.",
     ]
     if sources:
         out += ["", "Sources:", "", *sources]
     for group in groups(records):
         base = baseline_of(records, group)
         out += ["", f"## {group}", ""]
+        shape = (shapes or {}).get(group)
+        if shape:
+            out += [f"Shapes: {shape}.", ""]
         if base is not None:
             out += [f"Baseline: `{base}`.", ""]
         out.append(group_table(records, group))
@@ -217,8 +321,11 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
         fig.savefig(path, dpi=120)
         written.append(path)
     summary = out / "summary.md"
-    sources = _describe_sources(sorted(results_dir.glob("*.json")))
-    summary.write_text(summary_markdown(records, sources), encoding="utf-8")
+    paths = sorted(results_dir.glob("*.json"))
+    sources = _describe_sources(paths)
+    summary.write_text(
+        summary_markdown(records, sources, _shapes_by_group(paths)), encoding="utf-8"
+    )
     written.append(summary)
     return written
 

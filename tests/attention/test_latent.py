@@ -149,3 +149,35 @@ def test_bad_input():
         MultiHeadLatentAttention(48, 4, **{**SIZES, "qk_rope_head_dim": 1})
     with pytest.raises(ValueError, match="kv_lora_rank must be >= 1"):
         MultiHeadLatentAttention(48, 4, **{**SIZES, "kv_lora_rank": 0})
+
+
+def test_auto_backend_runs_the_absorbed_path_on_the_chunked_kernel(monkeypatch):
+    """CPU SDPA has no fused kernel when the value width (kv_lora_rank) differs from the
+    query/key width (kv_lora_rank + rope dim); "auto" must not send the absorbed path there."""
+    mla = make_mla(q_lora_rank=10)
+    assert mla.backend == "sdpa" and mla.absorbed_backend == "chunked"
+    explicit = make_mla(q_lora_rank=10, backend="sdpa")
+    assert explicit.absorbed_backend == "sdpa"  # an explicit choice is respected
+    x = torch.randn(2, 7, 48, dtype=torch.float64)
+    expected = explicit.forward_absorbed(x, is_causal=True)
+    import llmref.attention.chunked as chunked_module
+    import llmref.attention.functional as functional_module
+
+    calls = []
+    chunked_apply = chunked_module._ChunkedAttention.apply
+    sdpa = functional_module.F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        chunked_module._ChunkedAttention,
+        "apply",
+        lambda *a: calls.append("chunked") or chunked_apply(*a),
+    )
+    monkeypatch.setattr(
+        functional_module.F,
+        "scaled_dot_product_attention",
+        lambda *a, **k: calls.append("sdpa") or sdpa(*a, **k),
+    )
+    out = mla.forward_absorbed(x, is_causal=True)
+    assert calls == ["chunked"]
+    assert_close(out, expected, torch.float64)
+    mla(x, is_causal=True)  # the expanded path (equal widths per head) keeps SDPA
+    assert calls == ["chunked", "sdpa"]
