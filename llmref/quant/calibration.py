@@ -1,7 +1,7 @@
 """Fixed, offline calibration and evaluation text, and its tokenization into sequences.
 
 The text is the Python language reference's topic help that CPython ships in
-:mod:`pydoc_data.topics` (the pages ``help("FOR")``, ``help("class")`` ...
+``pydoc_data.topics`` (the pages ``help("FOR")``, ``help("class")`` ...
 print): English technical prose with code fragments, about 465,000
 characters (Python 3.11) on every machine with Python, no download. The topics are taken in
 sorted key order and dealt alternately: even positions form the calibration
@@ -36,14 +36,14 @@ def calibration_text() -> str:
     Returns
     -------
     str
-        The topics of :mod:`pydoc_data.topics` at even positions in sorted key
+        The topics of ``pydoc_data.topics`` at even positions in sorted key
         order, each stripped, joined by blank lines: 253,421 characters,
         61,784 SmolLM2-135M tokens with Python 3.11.7.
 
     Raises
     ------
     ImportError
-        If this Python was built without :mod:`pydoc_data` (unusual).
+        If this Python was built without ``pydoc_data`` (unusual).
 
     See Also
     --------
@@ -73,7 +73,7 @@ def evaluation_text() -> str:
     Returns
     -------
     str
-        The topics of :mod:`pydoc_data.topics` at odd positions in sorted key
+        The topics of ``pydoc_data.topics`` at odd positions in sorted key
         order, each stripped, joined by blank lines: 211,624 characters,
         51,321 SmolLM2-135M tokens with Python 3.11.7; no topic of
         :func:`calibration_text` is in it.
@@ -81,7 +81,7 @@ def evaluation_text() -> str:
     Raises
     ------
     ImportError
-        If this Python was built without :mod:`pydoc_data`.
+        If this Python was built without ``pydoc_data``.
 
     See Also
     --------
