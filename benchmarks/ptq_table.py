@@ -131,6 +131,9 @@ def variants(group: int) -> list[tuple[str, QuantConfig | None]]:
                     del opts["group_size"]
                 config = QuantConfig("int", opts, REFERENCE, method=method)
                 rows.append((f"{method} int{bits} {where}", config))
+                if method == "rtn":  # HQQ's starting point: min-max with a float zero
+                    config = QuantConfig("int", {**opts, "zero_point": "float"}, REFERENCE)
+                    rows.append((f"rtn float-zero int{bits} {where}", config))
     rows.append((f"nf4 g{group}", QuantConfig("nf4", {"group_size": group}, REFERENCE)))
     rows.append(("smoothquant W8A8", QuantConfig("int8", {}, REFERENCE, method="smoothquant")))
     rows.append(("llm_int8 W8A8", QuantConfig("int8", {}, REFERENCE, method="llm_int8")))
@@ -280,7 +283,7 @@ def write_outputs(cache: dict[str, Any], out: Path, command: str) -> None:
         "```",
         "",
         f"with Python {env.get('python', '?')}, torch {env.get('torch', '?')} on "
-        f"{env.get('machine', '?')} ({env.get('threads', '?')} threads);"
+        f"{env.get('machine', '?')} (torch threads: {env.get('threads', '?')});"
         " the full results are in `ptq-results.csv` next to this page.",
         "",
         "- **Text.** Evaluation and calibration text are the two disjoint halves of the Python",
