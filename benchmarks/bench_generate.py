@@ -14,18 +14,31 @@ Each case generates greedily from a prompt of ``PROMPT = 512`` random tokens for
 
 Implementations, per model and batch size (group ``"generate-<model>-b<batch>"``):
 ``"transformers"`` (the baseline: ``model.generate(do_sample=False)`` with its default
-dynamic cache and SDPA attention) and ``"llmref-<kind>"``
+dynamic cache and SDPA attention, float32 weights), ``"llmref-<kind>"``
 (:func:`llmref.models.generate` with ``cache=<kind>``, a name in
-:data:`llmref.cache.CACHES`). Both report each token to a streamer that records the
+:data:`llmref.cache.CACHES`, on the same float32 weights) and, for SmolLM2 only,
+``"llmref-<kind>+packed"``: the same generation on the model loaded with
+``from_gguf(..., keep_quantized=True)``, whose linear layers keep the file's ``q4_1``
+blocks as ``int4`` :class:`~llmref.quant.QuantLinear` layers (bfloat16-activation
+``int4_tinygemm_bf16`` kernel; the tied ``q8_0`` embedding / output head stays float32).
+So two ratios are reported, and they answer different questions: ``llmref-<kind>`` vs
+``transformers`` compares the libraries on identical float32 weights (both near the
+same memory-bandwidth floor at batch 1); ``llmref-<kind>+packed`` vs ``transformers``
+compares llmref running the checkpoint in its shipped 4-bit form against transformers
+running it dequantized to float32, transformers' only way to run a GGUF file. Both
+report each token to a streamer that records the
 time; *decode tokens/s* is ``batch * (NEW - 1)`` over the time from the first to the
 last new token, so it excludes the prefill, which is reported separately. pytest-benchmark's
-own statistics are those of the whole call (prefill + decode). Each llmref case
-checks that it produced the baseline's tokens (for exact cache kinds) and logs its
-speed-up over transformers; both numbers go into the JSON's ``extra_info``.
+own statistics are those of the whole call (prefill + decode). Each exact llmref case
+checks that it produced the baseline's tokens; the packed cases, whose kernel rounds
+activations to bfloat16, report the fraction of new tokens equal to the baseline's
+(``tokens_agree``) instead. Each case logs its speed-up over transformers; both numbers
+go into the JSON's ``extra_info``.
 
-Sweeps (``--sweep``): ``quick`` (batch 1; transformers and llmref's dynamic cache),
-``default`` (batch 1 and 8; dynamic and static caches, only dynamic for SmolLM2 at
-batch 8; about three minutes on 2 CPU cores) and ``full`` (adds the paged cache, whose
+Sweeps (``--sweep``): ``quick`` (batch 1; transformers and llmref's dynamic cache, for
+SmolLM2 also with packed weights), ``default`` (batch 1 and 8; dynamic and static caches,
+float32 and, for SmolLM2, packed weights; only dynamic for SmolLM2 at batch 8; about
+five minutes on 2 idle CPU cores) and ``full`` (adds the paged cache, whose
 reference gather is slow, and the 2-bit quantized cache, which is lossy).
 SmolLM2 cases are left out when its package or transformers is missing. Rounds: after
 one warm-up call, as many as fit in ``--benchmark-max-time``, at most
@@ -61,20 +74,25 @@ SMOLLM2 = (
 )
 LOSSY = {"quantized"}
 """Cache kinds whose tokens may differ from the baseline's (not checked)."""
+PACKED = "+packed"
+"""Suffix of the implementations that run SmolLM2 with its GGUF weights kept in int4."""
 
 SWEEP: dict[str, list[tuple[str, int, tuple[str, ...]]]] = {
-    "quick": [("llama-random", 1, ("dynamic",)), ("smollm2", 1, ("dynamic",))],
+    "quick": [
+        ("llama-random", 1, ("dynamic",)),
+        ("smollm2", 1, ("dynamic", "dynamic+packed")),
+    ],
     "default": [
         ("llama-random", 1, ("dynamic", "static")),
         ("llama-random", 8, ("dynamic", "static")),
-        ("smollm2", 1, ("dynamic", "static")),
-        ("smollm2", 8, ("dynamic",)),
+        ("smollm2", 1, ("dynamic", "static", "dynamic+packed", "static+packed")),
+        ("smollm2", 8, ("dynamic", "dynamic+packed")),
     ],
     "full": [
         ("llama-random", 1, ("dynamic", "static", "paged", "quantized")),
         ("llama-random", 8, ("dynamic", "static", "paged", "quantized")),
-        ("smollm2", 1, ("dynamic", "static", "paged", "quantized")),
-        ("smollm2", 8, ("dynamic", "static", "paged")),
+        ("smollm2", 1, ("dynamic", "static", "paged", "quantized", "dynamic+packed")),
+        ("smollm2", 8, ("dynamic", "static", "paged", "dynamic+packed")),
     ],
 }
 """Per sweep: (model, batch size, llmref cache kinds); transformers runs in every group."""
@@ -156,6 +174,15 @@ def _models(name: str, device: str) -> tuple[Any, Any]:
     return ours, hf.to(device).eval()
 
 
+@functools.lru_cache(maxsize=1)
+def _packed_smollm2(device: str) -> Any:
+    """SmolLM2 with its ``q4_1`` GGUF weights kept packed (``from_gguf(keep_quantized=True)``)."""
+    from llmref.models import from_gguf
+
+    assert SMOLLM2 is not None
+    return from_gguf(SMOLLM2, device=device, keep_quantized=True).eval()
+
+
 def _prompt(model: str, batch: int, device: Any) -> torch.Tensor:
     vocab = 8192 if model == "llama-random" else 49152
     g = torch.Generator().manual_seed(batch)
@@ -199,7 +226,10 @@ def _runner(case: GenerateCase, device: Any) -> Callable[[], tuple[torch.Tensor,
                 )
         else:
             kind = case.implementation.removeprefix("llmref-")
-            out = generate(ours, ids, NEW, cache=kind, streamer=clock)
+            model = ours
+            if kind.endswith(PACKED):
+                kind, model = kind.removesuffix(PACKED), _packed_smollm2(str(device))
+            out = generate(model, ids, NEW, cache=kind, streamer=clock)
         first, last = clock.times[1], clock.times[-1]
         assert out.shape == (case.batch, PROMPT + NEW) and len(clock.times) == NEW + 1
         return out, first - start, case.batch * (NEW - 1) / (last - first)
@@ -229,6 +259,9 @@ def test_generate(
         "model": case.model,
         "baseline": BASELINE,
         "dtype": "float32",
+        "weights": "gguf q4_1 kept as int4 (bf16 activations)"
+        if case.implementation.endswith(PACKED)
+        else "float32",
         "device": str(bench_device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -263,8 +296,16 @@ def test_generate(
     elif case.group in _baseline:
         expected, base_rate = _baseline[case.group]
         kind = case.implementation.removeprefix("llmref-")
-        if kind not in LOSSY:
+        if kind.endswith(PACKED):
+            agree = float((outputs[-1][:, PROMPT:] == expected[:, PROMPT:]).float().mean())
+            benchmark.extra_info["tokens_agree"] = agree
+            message += f", {agree:.0%} of tokens equal transformers'"
+        elif kind not in LOSSY:
             assert torch.equal(outputs[-1], expected), "llmref's greedy tokens differ"
         benchmark.extra_info["decode_speedup"] = rate / base_rate
-        message += f", {rate / base_rate:.2f}x transformers' decode tokens/s"
+        weights = "int4 packed" if kind.endswith(PACKED) else "float32"
+        message += (
+            f", {rate / base_rate:.2f}x transformers' decode tokens/s "
+            f"(llmref {weights} weights vs transformers float32)"
+        )
     bench_log(message)

@@ -83,6 +83,32 @@ n_new = out.shape[1] - prompt.shape[1]
 print(f"{n_new} tokens in {seconds:.1f} s ({n_new / seconds:.1f} tokens/s)")
 
 # %%
+# The same weights, kept in 4 bits
+# --------------------------------
+# The file stores every linear layer as ggml ``q4_1`` blocks: 32 weights share a
+# float16 scale ``d`` and minimum ``m`` and each weight is ``d q + m`` with a 4-bit
+# ``q`` — exactly llmref's asymmetric ``int4`` with group size 32 and a float
+# offset. ``from_gguf(..., keep_quantized=True)`` keeps them in that form as
+# :class:`~llmref.quant.QuantLinear` layers (same values, bit for bit), so a decode
+# step reads about 5 bits per weight instead of 32. Decoding at batch 1 is bound by
+# the bytes it reads, so it runs several times faster; the fast CPU kernel rounds
+# activations to bfloat16, so the text can drift from the float32 model's after a
+# while. (The tied ``q8_0`` embedding / output head stays float32.)
+
+packed = from_gguf(gguf, keep_quantized=True).eval()
+start = time.perf_counter()
+out_packed = generate(packed, prompt, 60, eos_token_id=2)
+seconds_packed = time.perf_counter() - start
+n_packed = out_packed.shape[1] - prompt.shape[1]
+print(tok.decode(out_packed[0, prompt.shape[1] :].tolist()))
+print(
+    f"{n_packed} tokens in {seconds_packed:.1f} s ({n_packed / seconds_packed:.1f} tokens/s, "
+    f"float32 weights: {n_new / seconds:.1f} tokens/s)"
+)
+same = out_packed.shape == out.shape and bool((out_packed == out).all())
+print("same tokens as the float32 model:", same)
+
+# %%
 # How sure was the model?
 # -----------------------
 # One forward pass over prompt + answer gives the log-probability the model

@@ -15,6 +15,12 @@ from .masks import sliding_window_mask
 __all__ = ["MultiHeadAttention"]
 
 
+def _plain_causal(cache: KVCache) -> bool:
+    """Whether ``cache.attention_mask`` is the causal mask over its positions in stream order
+    (the base rule, not a ring buffer's, a sink cache's or a padding wrapper's)."""
+    return type(cache).attention_mask is KVCache.attention_mask and cache.key_positions.ndim == 1
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with optional grouped key/value heads (MHA, GQA, MQA).
 
@@ -37,6 +43,10 @@ class MultiHeadAttention(nn.Module):
         divide exactly).
     bias : bool, default False
         Whether the projections have biases.
+    out_bias : bool, optional
+        Whether the output projection has a bias; default ``bias``. Qwen2 has
+        query/key/value biases but none on the output (``bias=True,
+        out_bias=False``).
     scale : float, optional
         Score scale; defaults to ``1 / sqrt(head_dim)`` (Gemma uses
         ``query_pre_attn_scalar ** -0.5``).
@@ -60,6 +70,9 @@ class MultiHeadAttention(nn.Module):
     position_bias : torch.nn.Module, optional
         Additive position bias called as ``position_bias(T, S, offset=offset)``
         and returning ``(H, T, S)``, e.g. :class:`~llmref.position.AlibiBias`.
+        With a cache it is evaluated over the span of cached positions and
+        gathered by the cache's ``key_positions``, so caches that return keys out
+        of time order (the sliding-window ring buffer) get the right bias.
     backend : str, default "auto"
         A name in :data:`~llmref.attention.ATTENTION`, or ``"auto"``: SDPA
         when it supports the options used, else the chunked kernel.
@@ -111,6 +124,9 @@ class MultiHeadAttention(nn.Module):
     >>> gemma_like = MultiHeadAttention(64, 8, qk_norm=True, softcap=50.0, window=4)
     >>> gemma_like(x, is_causal=True).shape
     torch.Size([3, 10, 64])
+    >>> qwen2_like = MultiHeadAttention(64, 8, n_kv_heads=2, bias=True, out_bias=False)
+    >>> qwen2_like.qkv_proj.bias is not None, qwen2_like.out_proj.bias is None
+    (True, True)
     """
 
     def __init__(
@@ -121,6 +137,7 @@ class MultiHeadAttention(nn.Module):
         n_kv_heads: int | None = None,
         head_dim: int | None = None,
         bias: bool = False,
+        out_bias: bool | None = None,
         scale: float | None = None,
         qk_norm: bool = False,
         norm_eps: float = 1e-6,
@@ -152,6 +169,9 @@ class MultiHeadAttention(nn.Module):
                 )
             head_dim = d_model // n_heads
         head_dim = check_int("head_dim", head_dim, minimum=1)
+        if out_bias is not None and not isinstance(out_bias, bool):
+            raise TypeError(f"out_bias must be a bool, got {type(out_bias).__name__}")
+        out_bias = bias if out_bias is None else out_bias
         self.scale = None if scale is None else check_positive_float("scale", scale)
         self.softcap = None if softcap is None else check_positive_float("softcap", softcap)
         self.window = None if window is None else check_int("window", window, minimum=1)
@@ -169,7 +189,7 @@ class MultiHeadAttention(nn.Module):
         self.head_dim = head_dim
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
         self.qkv_proj = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias, **kw)
-        self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias, **kw)
+        self.out_proj = nn.Linear(n_heads * head_dim, d_model, out_bias, **kw)
         self.q_norm = nn.RMSNorm(head_dim, eps=norm_eps, **kw) if qk_norm else None
         self.k_norm = nn.RMSNorm(head_dim, eps=norm_eps, **kw) if qk_norm else None
         self.sink_logits = nn.Parameter(torch.zeros(n_heads, **kw)) if sinks else None
@@ -251,15 +271,26 @@ class MultiHeadAttention(nn.Module):
                 )
             if position_ids is None:
                 position_ids = cache.positions_for(T).to(x.device)
+                if position_ids.ndim == 2 and position_ids.shape[0] != B:  # per-sequence cache
+                    raise ValueError(
+                        f"x has batch size {B} but the cache holds {position_ids.shape[0]} "
+                        "sequences"
+                    )
         if self.rope is not None:
             q = self.rope(q, position_ids, offset=offset)
             k = self.rope(k, position_ids, offset=offset)
         if cache is not None:
             k, v = cache.update(k, v)
             S = k.shape[2]
-            allowed = cache.attention_mask(T, window=self.window)
-            mask = allowed if mask is None else mask & allowed
-            is_causal = False
+            plain = self.window is None and _plain_causal(cache)
+            if plain and S == T == cache.seen_tokens:
+                pass  # a prefill: the causal mask, which the kernels apply unmaterialised
+            elif plain and T == 1:
+                is_causal = False  # one new token in stream order: every cached key is visible
+            else:
+                allowed = cache.attention_mask(T, window=self.window)
+                mask = allowed if mask is None else mask & allowed
+                is_causal = False
         elif self.window is not None:
             window = sliding_window_mask(T, S, window=self.window, offset=S - T, device=x.device)
             mask = window if mask is None else mask & window
@@ -269,11 +300,29 @@ class MultiHeadAttention(nn.Module):
         if self.sink_logits is not None:
             extra["sinks"] = self.sink_logits
         if self.position_bias is not None:
-            extra["bias"] = self.position_bias(T, S, offset=offset)
+            extra["bias"] = self._position_bias(T, S, offset, cache)
         out = ATTENTION[self.backend].fn(
             q, k, v, mask=mask, is_causal=is_causal, scale=self.scale, **extra
         )
         return self.out_proj(out.transpose(1, 2).reshape(B, T, q_rows))
+
+    def _position_bias(self, T: int, S: int, offset: int, cache: KVCache | None) -> torch.Tensor:
+        """``position_bias`` over the keys attended to, following the cache's key positions.
+
+        A cache may return its keys out of time order (the sliding-window ring buffer);
+        the bias is then computed over the span of positions it holds and gathered by
+        :attr:`~llmref.cache.KVCache.key_positions`. The new tokens are the newest keys.
+        """
+        assert self.position_bias is not None
+        keys = None if cache is None else cache.key_positions
+        if keys is None or keys.ndim != 1 or keys.numel() == 0:  # per-sequence: in order
+            return self.position_bias(T, S, offset=offset)
+        lo, hi = int(keys.min()), int(keys.max())
+        span = hi - lo + 1
+        if span == S and bool((keys[1:] > keys[:-1]).all()):  # in order: no gather needed
+            return self.position_bias(T, S, offset=S - T)
+        bias = self.position_bias(T, span, offset=span - T)
+        return bias[..., keys.to(bias.device) - lo]
 
     def _check_input(self, name: str, x: object) -> None:
         check_tensor(name, x, ndim=3)

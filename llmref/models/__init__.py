@@ -13,7 +13,7 @@ from .classifier import TextClassifier
 from .config import ATTENTION_KINDS, DecoderConfig, MLAConfig, MoEConfig
 from .decoder import DecoderLM
 from .generation import generate, make_caches, top_k_filter, top_p_filter
-from .gguf import from_gguf, gguf_tokenizer, load_gguf, read_gguf
+from .gguf import from_gguf, gguf_tokenizer, load_gguf, pack_gguf_linears, read_gguf
 from .hf import SUPPORTED_ARCHITECTURES, config_from_transformers, from_transformers
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "load_gguf",
     "make_caches",
     "moe",
+    "pack_gguf_linears",
     "read_gguf",
     "route_tokens",
     "swiglu",

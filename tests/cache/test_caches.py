@@ -22,8 +22,14 @@ from tests.tolerances import assert_close
 WINDOW, N_SINK = 4, 2
 
 
-def make_mha(window=None, seed=0):
+def make_mha(window=None, seed=0, position="rope"):
     torch.manual_seed(seed)
+    if position == "alibi":  # an additive bias over (query, key) positions instead of rotations
+        from llmref.position import AlibiBias
+
+        return MultiHeadAttention(
+            32, 4, n_kv_heads=2, position_bias=AlibiBias(4), window=window
+        ).double()
     rope = RotaryEmbedding(8, dtype=torch.float64)
     return MultiHeadAttention(32, 4, n_kv_heads=2, rope=rope, window=window).double()
 
@@ -48,11 +54,13 @@ def test_every_registered_kind_is_covered():
     assert set(CACHES) == {*KV_KINDS, "sink", "latent", "quantized"}
 
 
+@pytest.mark.parametrize("position", ["rope", "alibi"])
 @pytest.mark.parametrize("kind", KV_KINDS)
 @pytest.mark.parametrize("prefill", [1, 3, 9])
-def test_cached_decoding_equals_full_forward(kind, prefill):
+def test_cached_decoding_equals_full_forward(kind, prefill, position):
+    """With ALiBi the bias must follow the cache's key positions (the ring buffer's slot order)."""
     make_cache, window = KV_KINDS[kind]
-    layer = make_mha(window)
+    layer = make_mha(window, position=position)
     x = torch.randn(2, 12, 32, dtype=torch.float64)
     full = layer(x, is_causal=True)  # with `window`, the masked full forward
     assert_close(decode(layer, x, make_cache(), prefill), full, torch.float64)

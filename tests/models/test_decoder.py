@@ -104,13 +104,18 @@ def test_sink_cache_decoding_before_any_eviction_equals_full_forward():
     assert_close(torch.cat(steps, 1), model(ids), torch.float64)
 
 
-def test_sink_cache_renumbers_positions_after_eviction():
+SINK_VARIANTS = [v for v in VARIANTS if "mla" not in v and "window" not in v]
+"""Every position encoding (RoPE, scaled RoPE, ALiBi, none) on the MHA family."""
+
+
+@pytest.mark.parametrize("variant", SINK_VARIANTS)
+def test_sink_cache_renumbers_positions_after_eviction(variant):
     """StreamingLLM: each step equals a fresh forward over the kept tokens at positions 0..n-1.
 
     (One layer: deeper, the kept tokens' hidden states still carry what evicted tokens told them.)
     """
     torch.manual_seed(0)
-    model = DecoderLM(make_model("gqa-rope").config.replace(n_layers=1), dtype=torch.float64)
+    model = DecoderLM(make_model(variant).config.replace(n_layers=1), dtype=torch.float64)
     ids, _ = ids_and_mask(B=1)
     caches = make_caches(
         model, lambda i: SinkCache(2, 3, rope=model.layers[i].attn.rope), batch_size=1, max_len=11
@@ -248,3 +253,81 @@ def test_shared_rope_tables_give_the_plain_rotary_embeddings_results_bit_for_bit
     )
     for a, b in zip(shared, plain, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static", "paged", "quantized", "sink"])
+def test_a_batch_that_does_not_match_the_caches_is_refused(kind):
+    model = make_model("gqa-rope")
+    ids, _ = ids_and_mask()
+    factory = (lambda i: SinkCache(2, 4)) if kind == "sink" else kind
+    caches = make_caches(model, factory, batch_size=3, max_len=T_TOTAL)
+    model(ids[:, :T_PROMPT], caches=caches)
+    message = r"caches hold 3 sequences|k must match the cached \(B, H_kv, \*, D\) = \(3,"
+    with pytest.raises(ValueError, match=message):
+        model(ids[:2, T_PROMPT : T_PROMPT + 1], caches=caches)
+
+
+def _cross_configs():
+    """Every attention kind x every decoder position encoding x (full causal, sliding window),
+    as far as DecoderConfig accepts the combination."""
+    from llmref.models import ATTENTION_KINDS
+    from llmref.models.config import POSITIONS
+    from tests.models.helpers import MLA
+
+    out = {}
+    for attention in ATTENTION_KINDS:
+        for position in POSITIONS:
+            for window in (None, 3):
+                kw = dict(attention=attention, position=position, window=window)
+                kw["n_kv_heads"] = {"mha": 4, "gqa": 2, "mqa": 1, "mla": None}[attention]
+                if attention == "mla":
+                    kw.update(mla=MLA, rope_layout="interleaved")
+                try:
+                    cfg = DecoderConfig(
+                        vocab_size=VOCAB,
+                        d_model=32,
+                        n_layers=2,
+                        n_heads=4,
+                        d_ff=48,
+                        init_std=0.2,
+                        **kw,
+                    )
+                except ValueError:  # e.g. MLA with ALiBi or a window
+                    continue
+                out[f"{attention}-{position}" + ("-window" if window else "")] = cfg
+    return out
+
+
+def _cross_cases():
+    cases = []
+    for name, cfg in _cross_configs().items():
+        model = DecoderLM(cfg)
+        for kind in CACHES:
+            try:
+                make_caches(model, kind, batch_size=1, max_len=T_TOTAL)
+            except (TypeError, ValueError):
+                continue
+            cases.append((name, kind))
+    return cases
+
+
+CROSS_CASES = _cross_cases()
+
+
+def test_the_cross_product_covers_every_kind_and_encoding():
+    names = {name for name, _ in CROSS_CASES}
+    assert {"mha-alibi", "gqa-nope", "mqa-rope-window", "mla-rope"} <= names
+    assert {kind for _, kind in CROSS_CASES} == set(CACHES) - {"sink"}
+
+
+@pytest.mark.parametrize("name,kind", CROSS_CASES, ids=[f"{n}-{k}" for n, k in CROSS_CASES])
+def test_cached_decoding_equals_full_forward_for_every_combination(name, kind):
+    """attention kind x position encoding x window x cache kind, from the registries."""
+    torch.manual_seed(0)
+    model = DecoderLM(_cross_configs()[name], dtype=torch.float64).eval()
+    ids, _ = ids_and_mask()
+    caches = make_caches(model, kind, batch_size=3, max_len=T_TOTAL)
+    steps = [model(ids[:, :T_PROMPT], caches=caches)]
+    for t in range(T_PROMPT, T_TOTAL):
+        steps.append(model(ids[:, t : t + 1], caches=caches))
+    assert_close(torch.cat(steps, dim=1), model(ids), torch.float64)

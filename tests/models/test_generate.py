@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from llmref.cache import StaticCache
-from llmref.models import generate, make_caches, top_k_filter, top_p_filter
+from llmref.models import (
+    DecoderConfig,
+    DecoderLM,
+    generate,
+    make_caches,
+    top_k_filter,
+    top_p_filter,
+)
 from tests.models.helpers import VARIANTS, VOCAB, make_model
 
 
@@ -217,3 +224,49 @@ def test_wrong_cache_for_the_attention_kind_and_a_full_static_cache():
         generate(make_model("gqa-rope"), ids, 8, cache=lambda i: StaticCache(10))
     caches = make_caches(mla, None, batch_size=3, max_len=10)
     assert [type(c).__name__ for c in caches] == ["LatentCache", "LatentCache"]
+
+
+@pytest.mark.parametrize("kind", ["sliding_window", "sink"])
+def test_cache_memory_stays_constant_over_a_4000_token_generation(kind):
+    """Measured through generate(): the caches' bytes after 100, 1000, 2000 and 4000 tokens."""
+    from llmref.cache import SinkCache, SlidingWindowCache
+
+    window = 16
+    cfg = DecoderConfig(
+        vocab_size=32,
+        d_model=16,
+        n_layers=1,
+        n_heads=2,
+        d_ff=16,
+        window=window if kind == "sliding_window" else None,
+    )
+    torch.manual_seed(0)
+    model = DecoderLM(cfg).eval()
+    made: list = []
+
+    def factory(i):
+        made.append(
+            SlidingWindowCache(window) if kind == "sliding_window" else SinkCache(4, window)
+        )
+        return made[-1]
+
+    class Meter:
+        def __init__(self):
+            self.n, self.sizes = 0, {}
+
+        def put(self, value):
+            self.n += 1
+            if self.n - 1 in (100, 1000, 2000, 4000):
+                self.sizes[self.n - 1] = sum(c.nbytes for c in made)
+
+        def end(self):
+            pass
+
+    meter = Meter()
+    out = generate(model, torch.tensor([[1, 2, 3]]), 4000, cache=factory, streamer=meter)
+    assert out.shape == (1, 4003) and len(made) == 1
+    expected = 2 * cfg.n_kv_heads * window * cfg.head_dim * 4  # keys and values, float32
+    if kind == "sink":
+        expected = 2 * cfg.n_kv_heads * (4 + window - 1) * cfg.head_dim * 4
+    assert list(meter.sizes) == [100, 1000, 2000, 4000]
+    assert set(meter.sizes.values()) == {expected}, meter.sizes  # a dynamic cache: 250x more

@@ -33,8 +33,9 @@ def _bytes_to_unicode():
     return _bytes_to_unicode()
 
 
-def write_tiny_llama(path: Path, *, tied: bool) -> None:
-    """A 2-layer Llama GGUF with every tensor type llmref reads itself and a byte-level BPE."""
+def write_tiny_llama(path: Path, *, tied: bool, v_type: str = "F16") -> None:
+    """A 2-layer Llama GGUF with every tensor type llmref reads itself and a byte-level BPE
+    (``attn_v`` stored as ``v_type``)."""
     gguf = pytest.importorskip("gguf")
     rng = np.random.default_rng(0)
     tokens = list(_bytes_to_unicode().values())
@@ -76,7 +77,7 @@ def write_tiny_llama(path: Path, *, tied: bool) -> None:
         add(f"blk.{i}.attn_norm.weight", (D,), Q.F32)
         add(f"blk.{i}.attn_q.weight", (D, D), Q.Q4_1)
         add(f"blk.{i}.attn_k.weight", (KV_HEADS * D // HEADS, D), Q.Q4_0)
-        add(f"blk.{i}.attn_v.weight", (KV_HEADS * D // HEADS, D), Q.F16)
+        add(f"blk.{i}.attn_v.weight", (KV_HEADS * D // HEADS, D), getattr(Q, v_type))
         add(f"blk.{i}.attn_output.weight", (D, D), Q.Q8_0)
         add(f"blk.{i}.ffn_norm.weight", (D,), Q.F32)
         add(f"blk.{i}.ffn_gate.weight", (FF, D), Q.Q4_1)
@@ -146,6 +147,51 @@ def test_from_gguf_equals_transformers_model_loaded_from_gguf(tiny, hf_tiny):
         expected = hf_tiny(ids).logits
     assert_logits_close(model(ids), expected)
     assert_logits_close(from_transformers(hf_tiny)(ids), expected)
+
+
+@pytest.mark.parametrize("v_type", ["F16", "Q4_1"])
+def test_keep_quantized_holds_the_files_blocks_exactly(tmp_path, v_type):
+    """q4_0/q4_1 -> int4 and q8_0 -> int8 QuantLinear layers whose weights dequantize to the
+    float model's bit for bit (so the reference kernel gives its logits); a fused qkv_proj
+    only when q, k and v all map to one width (with v in f16 it stays float)."""
+    from llmref.quant import QuantLinear
+
+    path = tmp_path / "tiny.gguf"
+    write_tiny_llama(path, tied=False, v_type=v_type)
+    dense = from_gguf(path)
+    packed = from_gguf(path, keep_quantized=True, backend="reference")
+    kinds = {
+        name: (m.fmt, m.qweight.options["group_size"])
+        for name, m in packed.named_modules()
+        if isinstance(m, QuantLinear)
+    }
+    expected = {"attn.out_proj": "int8", "mlp.gate_proj": "int4", "mlp.up_proj": "int4"}
+    expected["mlp.down_proj"] = "int8"
+    if v_type == "Q4_1":  # q4_1 query, q4_0 key, q4_1 value: one int4 weight
+        expected["attn.qkv_proj"] = "int4"
+    want = {f"layers.{i}.{n}": (f, 32) for i in range(LAYERS) for n, f in expected.items()}
+    assert kinds == {**want, "lm_head": ("int4", 32)}
+    for name in kinds:
+        w = packed.get_submodule(name).qweight.dequantize()
+        assert torch.equal(w, dense.get_submodule(name).weight), name
+    assert isinstance(packed.embed, torch.nn.Embedding)
+    ids = torch.randint(
+        0, dense.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        assert_logits_close(packed(ids), dense(ids))
+        # auto: the bf16-activation int4 kernel, which needs out_features % 16 == 0 (the
+        # untied head has 263 rows): tie the head
+        write_tiny_llama(tmp_path / "tied.gguf", tied=True, v_type=v_type)
+        fast = from_gguf(tmp_path / "tied.gguf", keep_quantized=True)
+        assert fast.layers[0].mlp.gate_proj.kernel.name == "int4_tinygemm_bf16"
+        expected_logits = from_gguf(tmp_path / "tied.gguf")(ids)
+        error = (fast(ids) - expected_logits).norm() / expected_logits.norm()
+        assert 0 < error < 3e-2  # bfloat16 activations and scales: not exact, but close
+    with pytest.raises(TypeError, match="keep_quantized must be a bool, got str"):
+        from_gguf(path, keep_quantized="yes")
+    with pytest.raises(ValueError, match="backend 'int8_weight' does not support"):
+        from_gguf(path, keep_quantized=True, backend="int8_weight")
 
 
 def test_tokenizer_matches_transformers_gguf_tokenizer(tiny):
@@ -294,6 +340,27 @@ def test_smollm2_logits_match_transformers(smollm2):
     # the tolerance only allows for other BLAS builds
     assert_logits_close(ours, expected, rel=2e-5)
     assert torch.equal(ours.argmax(-1), expected.argmax(-1))
+
+
+def test_smollm2_kept_quantized_is_the_same_model_in_int4(smollm2):
+    """Every linear layer but the tied q8_0 head keeps its q4_1 blocks, exactly the float
+    model's weights; with the fast bf16-activation kernel the prompt's argmaxes still agree."""
+    from llmref.models import pack_gguf_linears
+    from llmref.quant import QuantLinear
+
+    model, _, tok = smollm2
+    packed = from_gguf(smollm2_path()).eval()
+    names = pack_gguf_linears(packed, smollm2_path())
+    assert len(names) == 5 * 30 and isinstance(packed.lm_head, torch.nn.Linear)
+    for name in names[:5]:
+        layer = packed.get_submodule(name)
+        assert isinstance(layer, QuantLinear) and layer.kernel.name == "int4_tinygemm_bf16"
+        assert torch.equal(layer.qweight.dequantize(), model.get_submodule(name).weight)
+    ids = torch.tensor([tok.encode(PROMPT).ids])
+    with torch.no_grad():
+        ours, expected = packed(ids), model(ids)
+    assert (ours.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.9
+    torch.testing.assert_close(ours, expected, atol=0.05 * float(expected.abs().max()), rtol=0)
 
 
 def test_smollm2_greedy_generation_matches_transformers(smollm2):
