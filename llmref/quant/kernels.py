@@ -262,6 +262,7 @@ def _int4_supports(qt: QuantizedTensor, device: torch.device) -> bool:
         and o.get("bits") == 4
         and int(o.get("group_size", 0)) in _TINYGEMM_GROUPS
         and qt.shape[1] % int(o["group_size"]) == 0
+        and qt.shape[0] % 16 == 0  # the packing interleaves output rows in 16s
     )
 
 

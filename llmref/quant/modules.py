@@ -171,8 +171,8 @@ class QuantLinear(nn.Module):
         return getattr(self, f"weight_{INPUT_SCALE}") if INPUT_SCALE in self._names else None
 
     def _prepared(self) -> tuple[Kernel, dict[str, Any]]:
-        buffers = [getattr(self, f"weight_{n}") for n in self._names]
-        key = (self.backend, *((t.device, t.data_ptr()) for t in buffers))
+        # .to()/load_state_dict reset the cache; the codes' address catches a swapped buffer
+        key = (self.backend, self.weight_codes.data_ptr())
         if self._kernel_cache is None or self._kernel_cache[0] != key:
             qw = self.qweight.without_input_scale()  # kernels see the stored codes only
             kernel = select_kernel(qw, qw.device, self.backend)
@@ -210,6 +210,10 @@ class QuantLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y
+
+    def _apply(self, fn: Any, recurse: bool = True) -> QuantLinear:
+        self._kernel_cache = None  # moved or cast: repack for the new buffers
+        return super()._apply(fn, recurse)
 
     def dequantized_linear(self) -> nn.Linear:
         """A float ``nn.Linear`` with the dequantized weight (for comparisons).

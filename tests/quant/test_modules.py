@@ -223,3 +223,27 @@ def test_input_scale_safetensors_round_trip(tmp_path):
     path = tmp_path / "w.safetensors"
     safetensors_torch.save_file(qt.state_dict(), str(path))
     assert QuantizedTensor.from_state_dict(safetensors_torch.load_file(str(path))).equal(qt)
+
+
+@pytest.mark.parametrize("out_features", [1, 8, 40, 263])
+def test_int4_kernel_needs_output_rows_in_sixteens(out_features):
+    """The CPU int4 packing interleaves rows in 16s: other sizes fall back, or refuse by name."""
+    lin = nn.Linear(64, out_features)
+    qlin = QuantLinear.from_linear(lin, "int4", group_size=32)
+    x = torch.randn(3, 64)
+    assert qlin.kernel.name == "reference"
+    torch.testing.assert_close(qlin(x), qlin.dequantized_linear()(x))
+    with pytest.raises(ValueError, match="'int4_tinygemm' does not support"):
+        QuantLinear.from_linear(lin, "int4", group_size=32, backend="int4_tinygemm")(x)
+
+
+def test_repacked_weight_follows_load_state_dict():
+    """The cached fast-kernel weight is rebuilt when new weights are loaded in place."""
+    a, b = nn.Linear(64, 32), nn.Linear(64, 32)
+    qa = QuantLinear.from_linear(a, "int4", group_size=32)
+    qb = QuantLinear.from_linear(b, "int4", group_size=32)
+    x = torch.randn(2, 64)
+    before = qa(x)
+    qa.load_state_dict(qb.state_dict())
+    torch.testing.assert_close(qa(x), qb(x))
+    assert not torch.allclose(before, qa(x))
