@@ -2,58 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from .._checks import check_int
+from ..quant.methods.kivi import QuantizedKV, kivi, kivi_dequantize
 from ._registry import CACHES
 from .base import KVCache, check_same_layout
 
 __all__ = ["QuantizedCache"]
-
-
-class _Chunk(NamedTuple):
-    """One quantized chunk of ``group_size`` tokens: packed codes, scales and offsets."""
-
-    packed: torch.Tensor
-    scale: torch.Tensor
-    offset: torch.Tensor
-
-
-def kivi_quantize(x: torch.Tensor, bits: int, *, per: str) -> _Chunk:
-    """Asymmetric min-max quantization of a ``(B, H, G, D)`` chunk, KIVI's way.
-
-    ``per="channel"`` (keys) gives each channel one scale over the chunk's
-    ``G`` tokens; ``per="token"`` (values) gives each token one scale over its
-    ``D`` channels. Codes are packed ``bits`` to a byte stream.
-    """
-    from ..quant.packing import pack_codes
-    from ..quant.primitives import choose_qparams, quantize_affine
-
-    grouped = x.transpose(-1, -2).contiguous() if per == "channel" else x.contiguous()
-    group = grouped.shape[-1]
-    params = choose_qparams(
-        grouped.float(), bits=bits, symmetric=False, zero_point="float", group_size=group
-    )
-    codes = quantize_affine(grouped.float(), params.scale, params.zero_point, bits=bits)
-    assert params.zero_point is not None
-    return _Chunk(pack_codes(codes, bits), params.scale, params.zero_point)
-
-
-def kivi_dequantize(
-    chunk: _Chunk, shape: tuple[int, ...], bits: int, *, per: str, dtype: torch.dtype
-) -> torch.Tensor:
-    """Inverse of :func:`kivi_quantize` for a chunk of ``shape`` ``(B, H, G, D)``."""
-    from ..quant.packing import unpack_codes
-    from ..quant.primitives import dequantize_affine
-
-    B, H, G, D = shape
-    grouped_shape = (B, H, D, G) if per == "channel" else (B, H, G, D)
-    n = B * H * G * D
-    codes = unpack_codes(chunk.packed, bits, n).reshape(grouped_shape)
-    x = dequantize_affine(codes, chunk.scale, chunk.offset).reshape(grouped_shape)
-    return (x.transpose(-1, -2) if per == "channel" else x).to(dtype)
 
 
 @CACHES.register("quantized", paper="liu2024kivi")
@@ -65,7 +21,8 @@ class QuantizedCache(KVCache):
     a group of tokens, and each value *token* its own scale across channels.
     The newest tokens stay in full precision in a residual window; whenever it
     holds ``residual_length + group_size`` tokens, the oldest ``group_size``
-    are quantized (asymmetric min-max, codes packed ``bits`` per number).
+    are quantized by :func:`llmref.quant.kivi` (asymmetric min-max, codes
+    packed ``bits`` per number).
 
     Parameters
     ----------
@@ -112,8 +69,7 @@ class QuantizedCache(KVCache):
             raise ValueError(f"bits must be 2, 4 or 8, got {bits}")
         self.group_size = check_int("group_size", group_size, minimum=1)
         self.residual_length = check_int("residual_length", residual_length, minimum=0)
-        self._chunks: list[tuple[_Chunk, _Chunk]] = []
-        self._shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+        self._chunks: list[QuantizedKV] = []
         self._k: torch.Tensor | None = None  # full-precision residual
         self._v: torch.Tensor | None = None
         self.n_quantized = 0
@@ -129,13 +85,9 @@ class QuantizedCache(KVCache):
         v_all = torch.cat([*v_parts, self._v], dim=2)
         G = self.group_size
         while self._k.shape[2] >= self.residual_length + G:
-            k_old, v_old = self._k[:, :, :G], self._v[:, :, :G]
-            chunk = (
-                kivi_quantize(k_old, self.bits, per="channel"),
-                kivi_quantize(v_old, self.bits, per="token"),
+            self._chunks.append(
+                kivi(self._k[:, :, :G], self._v[:, :, :G], bits=self.bits, group_size=G)
             )
-            self._chunks.append(chunk)
-            self._shapes.append((tuple(k_old.shape), tuple(v_old.shape)))
             self._k, self._v = self._k[:, :, G:], self._v[:, :, G:]
             self.n_quantized += G
         self.seen_tokens += k.shape[2]
@@ -143,17 +95,14 @@ class QuantizedCache(KVCache):
         return k_all, v_all
 
     def _dequantized(self, dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        ks, vs = [], []
-        for (kc, vc), (k_shape, v_shape) in zip(self._chunks, self._shapes, strict=True):
-            ks.append(kivi_dequantize(kc, k_shape, self.bits, per="channel", dtype=dtype))
-            vs.append(kivi_dequantize(vc, v_shape, self.bits, per="token", dtype=dtype))
-        return ks, vs
+        pairs = [kivi_dequantize(chunk, dtype=dtype) for chunk in self._chunks]
+        return [k for k, _ in pairs], [v for _, v in pairs]
 
     def __len__(self) -> int:
         return self.n_quantized + (0 if self._k is None else self._k.shape[2])
 
     def reset(self) -> None:
-        self._chunks, self._shapes = [], []
+        self._chunks = []
         self._k = self._v = None
         self.n_quantized = self.seen_tokens = 0
         self.key_positions = torch.zeros(0, dtype=torch.long)
@@ -161,7 +110,4 @@ class QuantizedCache(KVCache):
     @property
     def nbytes(self) -> int:
         total = sum(t.numel() * t.element_size() for t in (self._k, self._v) if t is not None)
-        for pair in self._chunks:
-            for chunk in pair:
-                total += sum(t.numel() * t.element_size() for t in chunk)
-        return total
+        return total + sum(c.keys.nbytes + c.values.nbytes for c in self._chunks)

@@ -1,12 +1,11 @@
-"""KIVI helper: bit-compatible with the quantized cache's chunks, error bound, errors."""
+"""KIVI helper: what the quantized cache stores, error bound, errors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from llmref.cache.quantized import kivi_dequantize as cache_dequantize
-from llmref.cache.quantized import kivi_quantize as cache_quantize
+from llmref.cache import QuantizedCache
 from llmref.quant import METHODS, QuantizedKV, kivi, kivi_dequantize
 from llmref.quant.formats import int_codes
 
@@ -20,26 +19,22 @@ def kv(B=2, H=3, T=32, D=16, *, seed=0, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_bit_compatible_with_the_quantized_cache(bits):
+def test_the_quantized_cache_stores_what_kivi_returns(bits):
+    """QuantizedCache quantizes each chunk of G tokens with kivi(); the rest stays exact."""
     G = 16
-    k, v = kv(T=3 * G)
-    out = kivi(k, v, bits=bits, group_size=G)
-    k2, v2 = kivi_dequantize(out)
-    # one chunk of G tokens: storage byte for byte
-    one = kivi(k[:, :, :G], v[:, :, :G], bits=bits, group_size=G)
-    for qt, x, per in ((one.keys, k[:, :, :G], "channel"), (one.values, v[:, :, :G], "token")):
-        chunk = cache_quantize(x, bits, per=per)
-        assert torch.equal(qt["codes"].reshape(-1), chunk.packed.reshape(-1))
-        assert torch.equal(qt["scale"], chunk.scale.reshape(-1))
-        assert torch.equal(qt["offset"], chunk.offset.reshape(-1))
-    # several chunks: each one dequantizes exactly as the cache's chunk does
+    k, v = kv(T=3 * G + 5)
+    cache = QuantizedCache(bits, group_size=G, residual_length=4)
+    cache.update(k[:, :, :-1], v[:, :, :-1])
+    k_all, v_all = cache.update(k[:, :, -1:], v[:, :, -1:])
+    assert cache.n_quantized == 3 * G
     for i in range(3):
         sl = slice(i * G, (i + 1) * G)
-        for x, per, mine in ((k, "channel", k2), (v, "token", v2)):
-            part = x[:, :, sl]
-            chunk = cache_quantize(part, bits, per=per)
-            ref = cache_dequantize(chunk, tuple(part.shape), bits, per=per, dtype=x.dtype)
-            assert torch.equal(mine[:, :, sl], ref)
+        k2, v2 = kivi_dequantize(kivi(k[:, :, sl], v[:, :, sl], bits=bits, group_size=G))
+        assert torch.equal(k_all[:, :, sl], k2) and torch.equal(v_all[:, :, sl], v2)
+    assert torch.equal(k_all[:, :, 3 * G :], k[:, :, 3 * G :])
+    one = kivi(k[:, :, :G], v[:, :, :G], bits=bits, group_size=G)
+    residual = 2 * k[:, :, 3 * G :].numel() * k.element_size()
+    assert cache.nbytes == 3 * (one.keys.nbytes + one.values.nbytes) + residual
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
