@@ -172,7 +172,8 @@ class QuantLinear(nn.Module):
 
     def _prepared(self) -> tuple[Kernel, dict[str, Any]]:
         # .to()/load_state_dict reset the cache; the codes' address catches a swapped buffer
-        key = (self.backend, self.weight_codes.data_ptr())
+        codes = self._buffers["weight_codes"]
+        key = (self.backend, None if codes is None else codes.data_ptr())
         if self._kernel_cache is None or self._kernel_cache[0] != key:
             qw = self.qweight.without_input_scale()  # kernels see the stored codes only
             kernel = select_kernel(qw, qw.device, self.backend)

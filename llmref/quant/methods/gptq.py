@@ -388,7 +388,9 @@ def gptq(
     if hessian is not None:
         h = _check_hessian(hessian, in_features).to(device=w.device, dtype=torch.float64)
     else:
-        h, _ = gptq_hessian(check_inputs(inputs, in_features))
+        x = check_inputs(inputs, in_features)
+        assert x is not None  # required=True
+        h, _ = gptq_hessian(x)
         h = h.to(w.device)
     h = h.clone()
 
@@ -434,9 +436,9 @@ def gptq(
     def qdq(k: int, col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # quantize_affine / dequantize_affine for one column, same float32 arithmetic
         if k not in per_group:
-            s = scales[:, k]
-            z = zps[:, k].to(torch.float32) if zps is not None else None
-            per_group[k] = (1.0 / s, s) if z is None else (1.0 / s, s, z)
+            sk = scales[:, k]
+            zk = zps[:, k].to(torch.float32) if zps is not None else None
+            per_group[k] = (1.0 / sk, sk) if zk is None else (1.0 / sk, sk, zk)
         inv, s, *z = per_group[k]
         x = col.to(torch.float32)
         if not z:
