@@ -47,6 +47,37 @@ def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
     return int(value)
 
 
+class HeadConfig(NamedTuple):
+    """Validated head layout of an attention module."""
+
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+
+
+def check_heads(
+    d_model: object, n_heads: object, n_kv_heads: object = None, head_dim: object = None
+) -> HeadConfig:
+    """Check a module's head layout; ``n_kv_heads`` defaults to ``n_heads`` and
+    ``head_dim`` to ``d_model // n_heads`` (which must then divide evenly)."""
+    d = check_int("d_model", d_model, minimum=1)
+    h = check_int("n_heads", n_heads, minimum=1)
+    h_kv = h if n_kv_heads is None else check_int("n_kv_heads", n_kv_heads, minimum=1)
+    if h % h_kv != 0:
+        raise ValueError(
+            f"n_heads must be a multiple of n_kv_heads, got n_heads={h} and n_kv_heads={h_kv}"
+        )
+    if head_dim is None:
+        if d % h != 0:
+            raise ValueError(
+                f"d_model must be divisible by n_heads when head_dim is not given, "
+                f"got d_model={d} and n_heads={h}"
+            )
+        head_dim = d // h
+    return HeadConfig(d, h, h_kv, check_int("head_dim", head_dim, minimum=1))
+
+
 def check_positive_float(name: str, value: object) -> float:
     """Check that ``value`` is a real number, finite and > 0."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .._checks import (
+    check_heads,
     check_int,
     check_positive_float,
     check_qkv,
@@ -344,25 +345,8 @@ class DifferentialAttention(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        d_model = check_int("d_model", d_model, minimum=1)
-        n_heads = check_int("n_heads", n_heads, minimum=1)
         layer_index = check_int("layer_index", layer_index, minimum=1)
-        n_kv_heads = (
-            n_heads if n_kv_heads is None else check_int("n_kv_heads", n_kv_heads, minimum=1)
-        )
-        if n_heads % n_kv_heads != 0:
-            raise ValueError(
-                f"n_heads must be a multiple of n_kv_heads, got n_heads={n_heads} "
-                f"and n_kv_heads={n_kv_heads}"
-            )
-        if head_dim is None:
-            if d_model % n_heads != 0:
-                raise ValueError(
-                    f"d_model must be divisible by n_heads when head_dim is not given, "
-                    f"got d_model={d_model} and n_heads={n_heads}"
-                )
-            head_dim = d_model // n_heads
-        head_dim = check_int("head_dim", head_dim, minimum=2)
+        d_model, n_heads, n_kv_heads, head_dim = check_heads(d_model, n_heads, n_kv_heads, head_dim)
         if head_dim % 2:
             raise ValueError(
                 f"head_dim must be even (two query/key halves of head_dim // 2), got {head_dim}"

@@ -24,7 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import AttentionShapes, check_int, check_qkv, check_tensor, compute_dtype
+from .._checks import (
+    AttentionShapes,
+    check_heads,
+    check_int,
+    check_qkv,
+    check_tensor,
+    compute_dtype,
+)
 from .masks import causal_mask
 from .variants import VARIANTS
 
@@ -599,24 +606,7 @@ class LinearAttention(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        d_model = check_int("d_model", d_model, minimum=1)
-        n_heads = check_int("n_heads", n_heads, minimum=1)
-        n_kv_heads = (
-            n_heads if n_kv_heads is None else check_int("n_kv_heads", n_kv_heads, minimum=1)
-        )
-        if n_heads % n_kv_heads != 0:
-            raise ValueError(
-                f"n_heads must be a multiple of n_kv_heads, got n_heads={n_heads} "
-                f"and n_kv_heads={n_kv_heads}"
-            )
-        if head_dim is None:
-            if d_model % n_heads != 0:
-                raise ValueError(
-                    f"d_model must be divisible by n_heads when head_dim is not given, "
-                    f"got d_model={d_model} and n_heads={n_heads}"
-                )
-            head_dim = d_model // n_heads
-        head_dim = check_int("head_dim", head_dim, minimum=1)
+        d_model, n_heads, n_kv_heads, head_dim = check_heads(d_model, n_heads, n_kv_heads, head_dim)
         _resolve_feature_map(feature_map)  # fail early on a bad name
         self.feature_map = feature_map
         self.eps = _check_eps(eps)
