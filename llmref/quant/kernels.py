@@ -181,12 +181,6 @@ def int8_vectorwise_quant(x: torch.Tensor, *, threshold: float = 0.0) -> Int8Vec
     return Int8VectorwiseQuant(codes, absmax, cols)
 
 
-def _per_token_int8(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 codes and ``(M, 1)`` scales ``amax/127`` per row of float32 ``xf``."""
-    sx = (xf.abs().amax(dim=1, keepdim=True) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-    return torch.round(xf * (1.0 / sx)).clamp(-127, 127).to(torch.int8), sx
-
-
 @dataclass(frozen=True)
 class Kernel:
     """A matmul implementation for quantized weights.
@@ -234,13 +228,12 @@ def _ref_run(x: torch.Tensor, st: State) -> torch.Tensor:
     act = st["act"]
     if act is None:
         return F.linear(x, dequantize(st["qweight"], dtype=x.dtype))
-    # quantized activations, simulated in float32 (the integer kernels' exact semantics)
+    # quantized activations, simulated in float32 (the integer kernels' exact semantics);
+    # per-token int8 is LLM.int8()'s vector-wise quantization without outlier columns
     w = dequantize(st["qweight"], dtype=torch.float32)
     xf = x.to(torch.float32)
-    if act == "per_token_int8":
-        xq, sx = _per_token_int8(xf)
-        return F.linear(xq.to(torch.float32) * sx, w).to(x.dtype)
-    q = int8_vectorwise_quant(xf, threshold=float(st["threshold"]))
+    threshold = float(st["threshold"]) if act == "llm_int8" else 0.0
+    q = int8_vectorwise_quant(xf, threshold=threshold)
     y = F.linear(q.codes.to(torch.float32) * (q.absmax / 127).unsqueeze(-1), w)
     if q.outlier_cols.numel():
         y = y + F.linear(xf[:, q.outlier_cols], w[:, q.outlier_cols])
@@ -314,12 +307,6 @@ def _int8_prepare(qt: QuantizedTensor) -> State:
     return {"w": w, "wt": w.t(), "scale": qt["scale"].to(torch.float32), "cache": {}}
 
 
-def _int8_dynamic_run(x: torch.Tensor, st: State) -> torch.Tensor:
-    xq, sx = _per_token_int8(x.to(torch.float32))
-    acc = torch._int_mm(xq, st["wt"])
-    return (acc.to(torch.float32) * sx * st["scale"]).to(x.dtype)
-
-
 def _int8_dynamic_supports(qt: QuantizedTensor, device: torch.device) -> bool:
     return (
         _act_quant(qt) in (None, "per_token_int8")
@@ -336,9 +323,11 @@ def _llm_int8_prepare(qt: QuantizedTensor) -> State:
     return {**_int8_prepare(qt), "threshold": float(qt.options["threshold"])}
 
 
-def _llm_int8_run(x: torch.Tensor, st: State) -> torch.Tensor:
+def _int8_activations_run(x: torch.Tensor, st: State) -> torch.Tensor:
+    """W8A8 through ``torch._int_mm``: per-token int8 activations, and with a
+    ``threshold`` in the state (LLM.int8()) outlier feature columns in float32."""
     xf = x.to(torch.float32)
-    q = int8_vectorwise_quant(xf, threshold=st["threshold"])
+    q = int8_vectorwise_quant(xf, threshold=st.get("threshold", 0.0))
     acc = torch._int_mm(q.codes, st["wt"])
     y = acc.to(torch.float32) * (q.absmax / 127).unsqueeze(-1) * st["scale"]
     cols = q.outlier_cols
@@ -383,9 +372,15 @@ KERNELS: dict[str, Kernel] = {
             exact=False,
         ),
         Kernel(
-            "int8_dynamic", _int8_dynamic_supports, _int8_prepare, _int8_dynamic_run, exact=False
+            "int8_dynamic",
+            _int8_dynamic_supports,
+            _int8_prepare,
+            _int8_activations_run,
+            exact=False,
         ),
-        Kernel("llm_int8", _llm_int8_supports, _llm_int8_prepare, _llm_int8_run, exact=False),
+        Kernel(
+            "llm_int8", _llm_int8_supports, _llm_int8_prepare, _int8_activations_run, exact=False
+        ),
         Kernel("int8_weight", _int8_weight_supports, _int8_prepare, _int8_weight_run),
         Kernel(
             "int8_weight_bf16",
