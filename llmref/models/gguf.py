@@ -644,11 +644,7 @@ def pack_gguf_linears(
         targets.append(("lm_head", ("output.weight",)))
     done = []
     for qualified, names in targets:
-        *path_, leaf = qualified.split(".")
-        parent: Any = model
-        for part in path_:
-            parent = getattr(parent, part)
-        old = getattr(parent, leaf)
+        old = model.get_submodule(qualified)
         if not isinstance(old, torch.nn.Linear):
             raise ValueError(f"{qualified} is a {type(old).__name__}, not a float nn.Linear")
         qweight = _packed_weight(
@@ -664,7 +660,7 @@ def pack_gguf_linears(
         bias = None if old.bias is None else old.bias.detach()
         new = QuantLinear(qweight, bias, backend=backend).to(old.weight.device)
         new.kernel  # noqa: B018 - choose the kernel (and fail on a bad backend) now
-        setattr(parent, leaf, new)
+        model.set_submodule(qualified, new)
         done.append(qualified)
     return done
 

@@ -324,14 +324,6 @@ class _Stop(Exception):
     pass
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent = model
-    *path, leaf = name.split(".")
-    for part in path:
-        parent = getattr(parent, part)
-    setattr(parent, leaf, new)
-
-
 def _call_method(
     config: QuantConfig, lin: nn.Linear, collector: _Collector | None, name: str
 ) -> QuantizedTensor:
@@ -528,7 +520,7 @@ def quantize_model(
             )
             if collector is not None:
                 stats.pop(name)  # free its rows and Hessian
-            _replace(model, name, qlin)
+            model.set_submodule(name, qlin)
             report.append(
                 LayerReport(
                     name,
