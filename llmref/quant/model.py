@@ -23,6 +23,7 @@ from torch import nn
 from .formats import FORMATS
 from .kernels import KERNELS
 from .methods import METHODS
+from .methods.base import even_rows
 from .modules import QuantLinear
 from .tensor import QuantizedTensor
 
@@ -257,10 +258,7 @@ class _Collector:
             xtx = x.T.to(torch.float64) @ x.to(torch.float64)
             self.xtx = xtx if self.xtx is None else self.xtx + xtx
         self.count += n
-        if n > self.per_batch:
-            idx = torch.linspace(0, n - 1, self.per_batch, device=x.device).round().long()
-            x = x[idx]
-        self.rows.append(x.clone())
+        self.rows.append(even_rows(x, self.per_batch).clone())
 
     def inputs(self) -> torch.Tensor | None:
         return torch.cat(self.rows) if self.rows else None

@@ -11,7 +11,15 @@ from ..._checks import check_int
 from ..formats import quantize
 from ..primitives import choose_qparams, dequantize_affine, quantize_affine
 from ..tensor import QuantizedTensor
-from .base import INT_FORMATS, METHODS, check_inputs, check_weight, int_format_bits
+from .base import (
+    INT_FORMATS,
+    METHODS,
+    check_group_size,
+    check_inputs,
+    check_weight,
+    even_rows,
+    int_format_bits,
+)
 
 __all__ = ["awq"]
 
@@ -28,15 +36,6 @@ def _check_fraction(name: str, value: object, *, closed_high: bool = False) -> f
         interval = "[0, 1]" if closed_high else "[0, 1)"
         raise ValueError(f"{name} must lie in {interval}, got {value}")
     return value
-
-
-def _subsample(x: torch.Tensor, max_tokens: int) -> torch.Tensor:
-    """At most ``max_tokens`` rows of ``x``, evenly spaced (deterministic)."""
-    n = x.shape[0]
-    if n <= max_tokens:
-        return x
-    idx = torch.arange(max_tokens, device=x.device) * n // max_tokens
-    return x[idx]
 
 
 class _IntGrid:
@@ -280,16 +279,11 @@ def awq(
         raise TypeError(f"clip must be a bool, got {type(clip).__name__}")
     if not isinstance(symmetric, bool):
         raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
-    if group_size is None:
-        group = in_f
-    else:
-        group = check_int("group_size", group_size, minimum=1)
-        if in_f % group:
-            raise ValueError(f"group_size must divide in_features={in_f}, got {group}")
+    group = check_group_size(group_size, in_f)
     qdq = _IntGrid(bits, group, symmetric, options)
 
     x_mean = x.abs().mean(dim=0)
-    xs = _subsample(x, max_tokens)
+    xs = even_rows(x, max_tokens)
     s, _, _ = _search_scale(w, x_mean, xs, qdq, n_grid)
     ws = w * s
     if clip:

@@ -16,11 +16,19 @@ from typing import Any
 
 import torch
 
+from ..._checks import check_int
 from ..._registry import Registry
 from ..formats import FORMATS
 from ..primitives import check_bits, check_float_input
 
-__all__ = ["METHODS", "check_inputs", "check_weight", "int_format_bits"]
+__all__ = [
+    "METHODS",
+    "check_group_size",
+    "check_inputs",
+    "check_weight",
+    "even_rows",
+    "int_format_bits",
+]
 
 METHODS = Registry("quantization method")
 """Registry of post-training quantization methods, name -> :class:`~llmref.RegistryEntry`.
@@ -157,3 +165,64 @@ def int_format_bits(fmt: object, options: dict[str, Any]) -> int:
     if "bits" in options:
         raise TypeError(f"format {fmt!r} has a fixed width; pass fmt='int' to choose bits")
     return int(str(fmt)[3:])
+
+
+def check_group_size(group_size: object, in_features: int) -> int:
+    """Columns per quantization group: ``in_features`` for None (per channel).
+
+    Parameters
+    ----------
+    group_size : int or None
+        Requested group size; must divide ``in_features``.
+    in_features : int
+        The weight's input size.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``group_size`` is not a positive int or does not divide ``in_features``.
+
+    Examples
+    --------
+    >>> from llmref.quant.methods.base import check_group_size
+    >>> check_group_size(None, 576), check_group_size(64, 576)
+    (576, 64)
+    """
+    if group_size is None:
+        return in_features
+    g = check_int("group_size", group_size, minimum=1)
+    if in_features % g:
+        raise ValueError(f"group_size must divide in_features={in_features}, got group_size={g}")
+    return g
+
+
+def even_rows(x: torch.Tensor, max_rows: int) -> torch.Tensor:
+    """At most ``max_rows`` rows of ``x``, evenly spaced (a deterministic subsample).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(N, ...)``.
+    max_rows : int
+        How many rows to keep at most.
+
+    Returns
+    -------
+    torch.Tensor
+        ``x`` itself when ``N <= max_rows``, else rows ``i * N // max_rows``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from llmref.quant.methods.base import even_rows
+    >>> even_rows(torch.arange(10), 4).tolist()
+    [0, 2, 5, 7]
+    """
+    n = x.shape[0]
+    if n <= max_rows:
+        return x
+    return x[torch.arange(max_rows, device=x.device) * n // max_rows]

@@ -10,7 +10,14 @@ from ..._checks import check_int, check_positive_float
 from ..formats import int_tensor_from_codes
 from ..primitives import _code_range, choose_qparams, round_values
 from ..tensor import QuantizedTensor
-from .base import INT_FORMATS, METHODS, check_inputs, check_weight, int_format_bits
+from .base import (
+    INT_FORMATS,
+    METHODS,
+    check_group_size,
+    check_inputs,
+    check_weight,
+    int_format_bits,
+)
 
 __all__ = ["gptq", "gptq_hessian"]
 
@@ -358,12 +365,7 @@ def gptq(
     w = check_weight(weight)
     out_features, in_features = w.shape
     bits, grid = _grid_options(fmt, format_options)
-    if group_size is not None:
-        group_size = check_int("group_size", group_size, minimum=1)
-        if in_features % group_size:
-            raise ValueError(
-                f"group_size must divide in_features={in_features}, got group_size={group_size}"
-            )
+    g = check_group_size(group_size, in_features)
     damp = check_positive_float("damp", damp)
     max_damp = check_positive_float("max_damp", max_damp)
     if damp > max_damp:
@@ -400,7 +402,6 @@ def gptq(
     h[dead, dead] = 1.0
     W[:, dead] = 0.0
 
-    g = in_features if group_size is None else group_size
     n_groups = in_features // g
     scales = torch.empty(out_features, n_groups, dtype=torch.float32, device=w.device)
     zp_float = not grid["symmetric"] and grid["zero_point"] == "float"

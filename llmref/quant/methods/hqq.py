@@ -11,7 +11,14 @@ from ..._checks import check_int, check_positive_float
 from ..formats import int_tensor_from_codes
 from ..primitives import _EPS, choose_qparams, dequantize_affine, quantize_affine
 from ..tensor import QuantizedTensor
-from .base import INT_FORMATS, METHODS, check_inputs, check_weight, int_format_bits
+from .base import (
+    INT_FORMATS,
+    METHODS,
+    check_group_size,
+    check_inputs,
+    check_weight,
+    int_format_bits,
+)
 
 __all__ = ["hqq"]
 
@@ -250,12 +257,7 @@ def hqq(
         raise ValueError(
             f"scale_convention must be 'qmax' or 'half_range', got {scale_convention!r}"
         )
-    if group_size is not None:
-        group_size = check_int("group_size", group_size, minimum=1)
-        if in_features % group_size:
-            raise ValueError(
-                f"group_size must divide in_features={in_features}, got group_size={group_size}"
-            )
+    g = check_group_size(group_size, in_features)
     iters = check_int("iters", iters, minimum=0)
     lp_norm = check_positive_float("lp_norm", lp_norm)
     if lp_norm > 1:
@@ -268,7 +270,6 @@ def hqq(
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
 
-    g = in_features if group_size is None else group_size
     wg = w.reshape(-1, g)
     scale, zp, _ = _hqq_solve(
         wg,
