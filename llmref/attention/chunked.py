@@ -1,9 +1,10 @@
 """FlashAttention's algorithm in PyTorch: tiled attention with an online softmax.
 
-The forward pass walks over key blocks keeping, per query row, a running max
-``m``, a running normaliser ``l`` (``norm`` below) and an unnormalised output; each new block
-rescales them by ``exp(m_old - m_new)``. Only one ``(block_q, block_k)`` tile of
-scores exists at a time. The backward pass recomputes each tile from the saved
+The forward pass walks over key blocks keeping, per query row, a running max ``m``, a
+running normaliser ``l`` (``norm`` below) and an unnormalised output; each new block
+rescales them by ``exp(m_old - m_new)``. A block of queries whose scores are provably
+small keeps a fixed shift of 0 instead (``_ScoreBound``). Only one ``(block_q, block_k)``
+tile of scores exists at a time. The backward pass recomputes each tile from the saved
 log-sum-exp instead of storing the ``T x S`` probabilities.
 """
 
@@ -69,8 +70,9 @@ class _Tiles:
         self.bias5, self.mask5, self.is_causal = bias5, mask5, is_causal
         self.block_q, self.block_k = block_q, block_k
         # Scores are in units of `unit` natural-log units: the forward pass works in base 2
-        # (unit = log2 e), the backward in base e (unit = 1).
+        # (unit = log2 e), the backward in base e (unit = 1); `alpha` = scale * unit.
         self.unit = 1.0
+        self.alpha = scale
         self._causal_cache: dict[tuple, torch.Tensor] = {}
 
     def query_blocks(self):
@@ -98,27 +100,26 @@ class _Tiles:
             self._causal_cache[key] = tile.repeat(G, 1).unsqueeze(0)
         return self._causal_cache[key]
 
-    def scores(self, qb, kb, qs, qe, ks, ke, keep_tanh=False, out=None):
-        """Scores ``(B * H_kv, G * bq, bk)`` of one tile (``qb`` is pre-scaled, by
-        ``scale * unit``) and, if asked, tanh(raw / softcap).
+    def scores(self, qb, kb, qs, qe, ks, ke, out, keep_tanh=False):
+        """Scores ``(B * H_kv, G * bq, bk)`` of one tile, ``alpha * qb @ kb^T`` plus softcap,
+        bias and mask, and, if asked, tanh(raw / softcap).
 
         This tile is the hot loop: it works in place on the matmul result, written into
-        ``out`` when given (a reused buffer, so the loop allocates no tile). Only tiles
-        that straddle the causal diagonal are masked; without softcapping their ``-inf``
-        entries come with the matmul (``baddbmm`` from a cached additive tile).
+        ``out`` (a reused buffer, so the loop allocates no tile). The scale enters as the
+        matmul's ``alpha`` (no scaled copy of the queries). Only tiles that straddle the
+        causal diagonal are masked; without softcapping their ``-inf`` entries come with
+        the matmul (``baddbmm`` from a cached additive tile).
         """
         future = self.is_causal and ke - 1 > qs  # some key is in some row's future
         kt = kb.transpose(1, 2)
         if future and self.softcap is None:
+            future_tile = self._future(qs, qe, ks, ke, qb.device, qb.dtype)
             s = torch.baddbmm(
-                self._future(qs, qe, ks, ke, qb.device, qb.dtype).expand(qb.shape[0], -1, -1),
-                qb,
-                kt,
-                out=out,
+                future_tile.expand(qb.shape[0], -1, -1), qb, kt, alpha=self.alpha, out=out
             )
             future = False
-        else:
-            s = torch.bmm(qb, kt, out=out)
+        else:  # beta=0: the buffer's old contents are ignored, NaN included
+            s = torch.baddbmm(out, qb, kt, beta=0.0, alpha=self.alpha, out=out)
         t = None
         if self.softcap is not None:
             cap = self.softcap * self.unit  # cap * tanh(s / cap) in the same units as s
@@ -136,6 +137,61 @@ class _Tiles:
         if future:
             s.add_(self._future(qs, qe, ks, ke, s.device, s.dtype))
         return s, t
+
+
+class _ScoreBound:
+    """Whether a query block's scores all lie where ``exp2`` needs no shift.
+
+    Softmax is shift-invariant, and the running max is only there to keep ``exp`` from
+    overflowing. By Cauchy-Schwarz every score of query row ``i`` satisfies
+    ``|s_ij| <= alpha |q_i| max_j |k_j|`` (at most the softcap after capping) plus the
+    largest finite ``|bias|``. When that bound is at most a quarter of the largest
+    binary exponent (32 in float32,
+    so ``2**s`` lies within ``[2**-32, 2**32]``) for every row of a block, the block can
+    use ``exp2(s)`` as is: no max, no subtraction, no rescaling, and no loss of relative
+    precision. Rows that may leave that range take the running-max path.
+    """
+
+    # The bound costs a pass over K and V; the fixed shift saves about three passes over
+    # every (rows x S) tile. So it is used only for at least this many query rows per
+    # key/value column (not for decoding a few tokens, where K and V dominate).
+    min_rows_per_column = 1.0
+
+    def __init__(self, tiles: _Tiles, key_norm: torch.Tensor, slack: float):
+        self.tiles, self.key_norm, self.slack = tiles, key_norm, slack
+
+    @classmethod
+    def of(cls, tiles, k3, v3, sink5) -> _ScoreBound | None:
+        """The bound for one call, or None when no block may skip the max (too few query
+        rows, no keys, huge values, sinks or bias)."""
+        _, H, H_kv, T, S, D, Dv = tiles.shapes
+        if S == 0 or H // H_kv * T < cls.min_rows_per_column * (D + Dv):
+            return None
+        max_exp = math.frexp(torch.finfo(k3.dtype).max)[1]  # 128 in float32
+        limit = max_exp // 4
+        if sink5 is not None and not bool(_max_abs(sink5) <= limit):
+            return None
+        # acc sums up to S terms 2**s * v with s <= limit: keep that clear of overflow.
+        if v3.numel() and not bool(_max_abs(v3) <= 2.0 ** (max_exp - 2 - limit) / S):
+            return None
+        slack = float(limit)
+        if tiles.bias5 is not None and tiles.bias5.numel():
+            bias = tiles.bias5.abs()
+            slack -= float(torch.where(torch.isfinite(bias), bias, 0.0).amax())
+        if not slack >= 0:  # also catches a NaN bias
+            return None
+        return cls(tiles, k3.norm(dim=-1).amax(dim=-1, keepdim=True), slack)
+
+    def fits(self, qb: torch.Tensor) -> bool:
+        """Whether every score of this query block ``(B * H_kv, R, D)`` is within bounds."""
+        bound = qb.norm(dim=-1).mul_(self.key_norm).mul_(abs(self.tiles.alpha))
+        if self.tiles.softcap is not None:
+            bound.clamp_(max=self.tiles.softcap * self.tiles.unit)
+        return bool(bound.amax() <= self.slack) if bound.numel() else True
+
+
+def _max_abs(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x, ord=math.inf)  # max |x| without an |x| copy
 
 
 def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
@@ -164,12 +220,13 @@ class _ChunkedAttention(torch.autograd.Function):
         # Work in base 2: every logit is multiplied by log2 e (through the query scale, the
         # bias, the sinks and the softcap) and exp(x) becomes exp2(x log2 e), measured ~5%
         # faster per call on an AVX-512 CPU; the LSE is converted back to base e below.
-        tiles.unit = _LOG2E
-        q5 = (q.to(compute) * (tiles.scale * _LOG2E)).unflatten(1, (H_kv, G))
+        tiles.unit, tiles.alpha = _LOG2E, tiles.scale * _LOG2E
+        q5 = q.to(compute).unflatten(1, (H_kv, G))
         k3 = k.to(compute).reshape(BH, S, D)
         v3 = v.to(compute).reshape(BH, S, Dv)
         tiles.bias5 = _grouped(None if bias is None else bias.to(compute) * _LOG2E, tiles.shapes)
         sink5 = None if sinks is None else (sinks.to(compute) * _LOG2E).view(1, H_kv, G, 1)
+        bound = _ScoreBound.of(tiles, k3, v3, sink5)
         buf = _tile_buffer(tiles, BH * G, compute, device)
         lowest = torch.finfo(compute).min
 
@@ -179,29 +236,43 @@ class _ChunkedAttention(torch.autograd.Function):
             bq = qe - qs
             R = G * bq  # rows of the tile: every query head of the group, every position
             qb = q5[..., qs:qe, :].reshape(BH, R, D)
-            # Running max m, normaliser l and unnormalised output acc of every row.
-            m = torch.full((BH, R), _NEG_INF, dtype=compute, device=device)
+            # Shift m, normaliser l and unnormalised output acc of every row. The shift is
+            # the running max, or a fixed 0 when no score of the block can leave exp2's
+            # safe range (see Notes); then no tile needs a max or a rescale.
+            fixed = bound is not None and bound.fits(qb)
+            m = torch.full((BH, R), 0.0 if fixed else _NEG_INF, dtype=compute, device=device)
             norm = torch.zeros(BH, R, dtype=compute, device=device)
             acc = None
             if sink5 is not None:  # a sink is a key with logit `sink` and a zero value
-                m = sink5.expand(B, H_kv, G, bq).reshape(BH, R)
-                norm.fill_(1.0)
+                sink = sink5.expand(B, H_kv, G, bq).reshape(BH, R)
+                if fixed:
+                    norm = torch.exp2(sink)
+                else:
+                    m = sink
+                    norm.fill_(1.0)
             for ks, ke in tiles.key_blocks(qs, qe):
                 s, _ = tiles.scores(
                     qb, k3[:, ks:ke], qs, qe, ks, ke, out=_tile_view(buf, BH, R, ke - ks)
                 )
-                m_new = torch.maximum(m, s.amax(dim=-1))
-                # A row with nothing visible yet has m_new = -inf; any finite stand-in keeps
-                # its p and correction at exp2(-inf) = 0 (one op, unlike a where()).
-                m_safe = m_new.clamp(min=lowest)
-                p = s.sub_(m_safe.unsqueeze(-1)).exp2_()
-                correction = torch.exp2(m - m_safe)
-                norm.mul_(correction).add_(p.sum(dim=-1))
+                correction = None
+                if fixed:
+                    p = s.exp2_()
+                    norm.add_(p.sum(dim=-1))
+                else:
+                    m_new = torch.maximum(m, s.amax(dim=-1))
+                    # A row with nothing visible yet has m_new = -inf; any finite stand-in
+                    # keeps its p and correction at exp2(-inf) = 0 (one op, unlike a where()).
+                    m_safe = m_new.clamp(min=lowest)
+                    p = s.sub_(m_safe.unsqueeze(-1)).exp2_()
+                    correction = torch.exp2(m - m_safe)
+                    norm.mul_(correction).add_(p.sum(dim=-1))
+                    m = m_new
                 if acc is None:
                     acc = torch.bmm(p, v3[:, ks:ke])
                 else:
-                    acc.mul_(correction.unsqueeze(-1)).baddbmm_(p, v3[:, ks:ke])
-                m = m_new
+                    if correction is not None:
+                        acc.mul_(correction.unsqueeze(-1))
+                    acc.baddbmm_(p, v3[:, ks:ke])
             visible = norm > 0
             if acc is None:  # no keys at all
                 o = torch.zeros(BH, R, Dv, dtype=compute, device=device)
@@ -212,7 +283,7 @@ class _ChunkedAttention(torch.autograd.Function):
             lse[..., qs:qe] = torch.where(visible, row_lse, _NEG_INF).view(B, H_kv, G, bq)
 
         tiles._causal_cache.clear()
-        tiles.unit = 1.0  # the backward works in base e, on the bias as given
+        tiles.unit, tiles.alpha = 1.0, tiles.scale  # the backward works in base e
         tiles.bias5 = _grouped(None if bias is None else bias.to(compute), tiles.shapes)
         ctx.tiles = tiles
         ctx.save_for_backward(q, k, v, bias, sinks, out, lse)
@@ -228,7 +299,7 @@ class _ChunkedAttention(torch.autograd.Function):
         G, BH = H // H_kv, B * H_kv
         compute = out.dtype
         device = q.device
-        q5 = (q.to(compute) * tiles.scale).unflatten(1, (H_kv, G))
+        q5 = q.to(compute).unflatten(1, (H_kv, G))
         k3, v3 = k.to(compute).reshape(BH, S, D), v.to(compute).reshape(BH, S, Dv)
         d_out = d_out.to(compute).reshape(B, H_kv, G, T, Dv)
         # D_i = dO_i . O_i ; a gradient flowing into the returned LSE enters the same place.
@@ -264,8 +335,7 @@ class _ChunkedAttention(torch.autograd.Function):
                 if t is not None:  # d tanh(x)/dx = 1 - tanh(x)^2
                     ds.mul_(1 - t * t)
                 dqb.baddbmm_(ds, kb)
-                # qb is pre-scaled, so this is ds^T q * scale
-                dk[:, ks:ke].baddbmm_(ds.transpose(1, 2), qb)
+                dk[:, ks:ke].baddbmm_(ds.transpose(1, 2), qb, alpha=tiles.scale)
             dq[..., qs:qe, :] = dqb.mul_(tiles.scale).view(B, H_kv, G, bq, D)
         tiles._causal_cache.clear()
 
@@ -392,7 +462,12 @@ def chunked_attention(
 
         o^{(j)} = e^{m^{(j-1)} - m^{(j)}} o^{(j-1)} + \\sum_k e^{s^{(j)}_k - m^{(j)}} v_k,
 
-    and finally :math:`O = o / \\ell`, :math:`\\mathrm{LSE} = m + \\log \\ell`. The
+    and finally :math:`O = o / \\ell`, :math:`\\mathrm{LSE} = m + \\log \\ell`. Any
+    shift :math:`m` gives the same result; the maximum only keeps ``exp`` in range. So a
+    block of queries whose scores are provably small (by Cauchy-Schwarz,
+    :math:`|s_{ij}| \\le \\text{scale}\\,\\lVert q_i\\rVert \\max_j \\lVert k_j\\rVert`, or the
+    softcap) keeps :math:`m = 0` and skips the max and the rescaling; other blocks use
+    the running max. The
     backward uses :math:`P = \\exp(S - \\mathrm{LSE})` and
     :math:`dS = P \\circ (dP - \\operatorname{rowsum}(dO \\circ O))`. Fully masked
     rows give zeros (and zero gradients), as everywhere in llmref.

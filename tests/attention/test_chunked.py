@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from llmref.attention import chunked_attention, naive_attention
+from llmref.attention import chunked, chunked_attention, naive_attention
 from tests.attention.test_functional import CONFIGS, make_qkv, random_mask
 from tests.tolerances import TOLERANCES, assert_close
 
@@ -35,10 +35,35 @@ def options(config, which, seed=3):
 FEATURES = ["plain", "mask", "causal", "bias", "softcap", "sinks", "all"]
 
 
+def spy_on_fixed_shift(monkeypatch, force=None):
+    """Record, per query block, whether the forward took the fixed-shift path; ``force``
+    False sends every block down the running-max path."""
+    taken: list[bool] = []
+    fits = chunked._ScoreBound.fits
+    monkeypatch.setattr(chunked._ScoreBound, "min_rows_per_column", 0.0)  # tiny test shapes
+
+    def spy(self, qb):
+        ok = fits(self, qb) if force is None else force
+        taken.append(ok)
+        return ok
+
+    monkeypatch.setattr(chunked._ScoreBound, "fits", spy)
+    return taken
+
+
+@pytest.fixture(params=["fixed-shift", "running-max"])
+def shift(request, monkeypatch):
+    """Run a test through both forward paths (and check the fixed one is really taken)."""
+    taken = spy_on_fixed_shift(monkeypatch, None if request.param == "fixed-shift" else False)
+    yield request.param
+    assert taken, "no query block was processed"
+    assert all(taken) == (request.param == "fixed-shift")
+
+
 @pytest.mark.parametrize("block_size", BLOCKS, ids=str)
 @pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
 @pytest.mark.parametrize("feature", FEATURES)
-def test_equals_naive_reference_float64(block_size, config, feature):
+def test_equals_naive_reference_float64(block_size, config, feature, shift):
     q, k, v = make_qkv(config)
     opts = options(config, feature)
     expected = naive_attention(q, k, v, **opts)
@@ -47,7 +72,7 @@ def test_equals_naive_reference_float64(block_size, config, feature):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-def test_low_precision_against_float64(dtype):
+def test_low_precision_against_float64(dtype, shift):
     config = CONFIGS["gqa"]
     q, k, v = make_qkv(config)
     opts = options(config, "all")
@@ -58,7 +83,7 @@ def test_low_precision_against_float64(dtype):
     assert_close(out, expected, dtype)
 
 
-def test_lse_is_the_log_sum_exp_of_the_scores():
+def test_lse_is_the_log_sum_exp_of_the_scores(shift):
     config = CONFIGS["cross"]
     q, k, v = make_qkv(config)
     mask = random_mask((2, 4, 3, 11))
@@ -93,7 +118,7 @@ def test_gradcheck_float64(feature):
 
 
 @pytest.mark.parametrize("feature", ["all", "causal", "sinks"])
-def test_gradients_equal_naive_autograd(feature):
+def test_gradients_equal_naive_autograd(feature, shift):
     config = CONFIGS["gqa"]
     base = make_qkv(config)
     opts = options(config, feature)
@@ -111,7 +136,7 @@ def test_gradients_equal_naive_autograd(feature):
         assert_close(got, want, torch.float64)
 
 
-def test_fully_masked_rows_are_zero_with_zero_gradients():
+def test_fully_masked_rows_are_zero_with_zero_gradients(shift):
     q, k, v = (t.requires_grad_(True) for t in make_qkv(CONFIGS["mha"]))
     mask = random_mask((7, 7))
     mask[3] = False
@@ -121,7 +146,7 @@ def test_fully_masked_rows_are_zero_with_zero_gradients():
     assert torch.all(q.grad[:, :, 3] == 0) and torch.isfinite(k.grad).all()
 
 
-def test_causal_skips_future_tiles_and_matches():
+def test_causal_skips_future_tiles_and_matches(shift):
     """With top-left causal alignment and T > S some rows see every key; T < S some see few."""
     for T, S in ((9, 4), (4, 9)):
         q, k, v = make_qkv((1, 2, 2, T, S, 8, 8))
@@ -164,6 +189,73 @@ def test_matches_gpt_oss_sinks_from_transformers():
     assert_close(
         naive_attention(q, k, v, is_causal=True, sinks=sinks).transpose(1, 2), ref, torch.float64
     )
+
+
+def test_scores_beyond_the_bound_take_the_running_max_path(monkeypatch):
+    """float32 scores of a few hundred nats would overflow exp2 without a shift: the block
+    whose bound is exceeded falls back to the running max and stays exact. Small integer
+    inputs and a power-of-two scale make every float32 score exact, so the float64
+    reference differs only by the softmax's own rounding."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(-1, 2, (1, 2, 64, 16), generator=g).float()
+    q[:, :, 32:] = torch.randint(-64, 65, (1, 2, 32, 16), generator=g).float()
+    k = torch.randint(-4, 5, (1, 2, 64, 16), generator=g).float()
+    v = torch.randn(1, 2, 64, 16, generator=g)
+    taken = spy_on_fixed_shift(monkeypatch)
+    out, lse = chunked_attention(
+        q, k, v, is_causal=True, scale=0.25, block_size=32, return_lse=True
+    )
+    assert taken == [True, False]
+    scores = (q.double() @ k.double().transpose(-1, -2) * 0.25).masked_fill(
+        torch.ones(64, 64, dtype=torch.bool).triu(1), float("-inf")
+    )
+    assert scores[..., 32:, :].amax() * chunked._LOG2E > 128  # 2**s overflows float32
+    expected = torch.softmax(scores, dim=-1) @ v.double()
+    assert_close(out, expected.float(), torch.float32)
+    torch.testing.assert_close(lse, torch.logsumexp(scores, -1).float())
+
+
+@pytest.mark.parametrize(
+    "which", ["huge values", "huge sinks", "huge bias", "huge softcap", "small softcap"]
+)
+def test_no_overflow_where_the_fixed_shift_would_overflow(monkeypatch, which):
+    """Each input that could push ``2**s * v`` or ``2**sink`` past float32's range
+    disables the fixed shift (without the checks these give inf or NaN); a small softcap
+    bounds even huge raw scores, so it keeps the fixed shift."""
+    config = (1, 2, 2, 8, 8, 16, 16)
+    q, k, v = make_qkv(config, torch.float32)
+    opts = {}
+    if which == "huge values":
+        v = v * 1e30
+    elif which == "huge sinks":
+        opts["sinks"] = torch.tensor([60.0, -1.0])
+    elif which == "huge bias":
+        opts["bias"] = torch.zeros(1, 2, 8, 8).index_fill_(-1, torch.tensor([3]), 80.0)
+    else:
+        q = q * 60.0  # raw scores of hundreds of nats
+        # softcapping bounds the scores by 50 nats = 72 in base 2, or by 10 = 14.4
+        opts["softcap"] = 50.0 if which == "huge softcap" else 10.0
+    taken = spy_on_fixed_shift(monkeypatch)
+    out = chunked_attention(q, k, v, block_size=4, **opts)
+    assert (bool(taken) and all(taken)) == (which == "small softcap")
+    assert torch.isfinite(out).all()
+    unit = 1e30 if which == "huge values" else 1.0  # compare at unit scale
+    expected = naive_attention(
+        *(t.double() for t in (q, k, v / unit)),
+        **{n: t.double() if isinstance(t, torch.Tensor) else t for n, t in opts.items()},
+    )
+    assert_close(out / unit, expected.float(), torch.float32)
+
+
+def test_decoding_few_tokens_skips_the_bound(monkeypatch):
+    """With fewer query rows than key/value columns the bound's pass over K and V would
+    cost more than the passes it saves: a single-token decode takes the running max."""
+    q, k, v = make_qkv((1, 4, 2, 1, 300, 64, 64), torch.float32)
+    checked = []
+    monkeypatch.setattr(chunked._ScoreBound, "fits", lambda self, qb: checked.append(qb))
+    out = chunked_attention(q, k, v, block_size=64)
+    assert not checked
+    assert_close(out, naive_attention(q, k, v), torch.float32)
 
 
 BAD = [
