@@ -107,6 +107,7 @@ class QuantLinear(nn.Module):
         self.backend = backend
         self._meta = qweight.metadata()
         self._names = list(qweight.tensors)
+        self._scaled = INPUT_SCALE in self._names
         for name, t in qweight.tensors.items():
             self.register_buffer(f"weight_{name}", t)
         if bias is not None:
@@ -193,24 +194,33 @@ class QuantLinear(nn.Module):
         torch.Tensor
             Shape ``(*, out_features)``, dtype of ``x``.
         """
+        # One condition on the hot path (this runs once per layer per token); the
+        # detailed checks only when it fails.
+        if not (
+            isinstance(x, torch.Tensor)
+            and x.is_floating_point()
+            and x.ndim
+            and x.shape[-1] == self.in_features
+        ):
+            self._reject_input(x)
+        kernel, state = self._prepared()
+        x2 = x if x.ndim == 2 else x.reshape(-1, self.in_features)
+        if self._scaled:  # codes store W diag(s): y = (x / s) dequant(codes)^T
+            x2 = x2 / self.input_scale.to(x2.dtype)  # type: ignore[union-attr]
+        y = kernel.run(x2, state) if x2.shape[0] else x2.new_zeros(0, self.out_features)
+        if x.ndim != 2:
+            y = y.reshape(*x.shape[:-1], self.out_features)
+        bias = self.bias
+        return y if bias is None else y + bias.to(y.dtype)
+
+    def _reject_input(self, x: object) -> None:
         check_tensor("x", x)
+        assert isinstance(x, torch.Tensor)
         if not x.is_floating_point():
             raise TypeError(f"x must be floating point, got {x.dtype}")
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"x must have last dimension in_features={self.in_features}, got shape "
-                f"{tuple(x.shape)}"
-            )
-        kernel, state = self._prepared()
-        x2 = x.reshape(-1, self.in_features)
-        s = self.input_scale
-        if s is not None:  # codes store W diag(s): y = (x / s) dequant(codes)^T
-            x2 = x2 / s.to(x2.dtype)
-        y = kernel.run(x2, state) if x2.shape[0] else x2.new_zeros(0, self.out_features)
-        y = y.reshape(*x.shape[:-1], self.out_features)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y
+        raise ValueError(
+            f"x must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}"
+        )
 
     def _apply(self, fn: Any, recurse: bool = True) -> QuantLinear:
         self._kernel_cache = None  # moved or cast: repack for the new buffers
@@ -240,6 +250,7 @@ class QuantLinear(nn.Module):
         """Restore the metadata saved by :meth:`~llmref.quant.QuantLinear.get_extra_state`."""
         self._meta = dict(state["meta"])
         self._names = list(state["names"])
+        self._scaled = INPUT_SCALE in self._names
         self._kernel_cache = None
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kw: Any) -> None:

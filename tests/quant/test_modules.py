@@ -113,8 +113,12 @@ def test_bias_dtype_shapes_and_errors():
     assert y16.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="in_features=64"):
         qlin(randn(5, 63))
+    with pytest.raises(ValueError, match="in_features=64"):
+        qlin(torch.tensor(1.0))  # 0-d
     with pytest.raises(TypeError, match="floating point"):
         qlin(torch.ones(5, 64, dtype=torch.int64))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        qlin([0.0] * 64)
     with pytest.raises(TypeError, match="QuantizedTensor"):
         QuantLinear(lin.weight)
     with pytest.raises(ValueError, match="2-D"):
