@@ -48,6 +48,23 @@ def _grouped(x: torch.Tensor | None, shapes: AttentionShapes) -> torch.Tensor | 
     return x.unsqueeze(2)
 
 
+def _block_reduce(x: torch.Tensor, block_q: int, block_k: int, reduce) -> torch.Tensor:
+    """Reduce a ``(T | 1, S | 1)`` tensor over each ``(block_q, block_k)`` tile (a
+    broadcast dimension of size 1 stays one block)."""
+    for dim, size in ((0, block_q), (1, block_k)):
+        n = x.shape[dim]
+        if n == 1:
+            continue
+        full = n // size * size
+        parts = []
+        if full:
+            parts.append(reduce(x.narrow(dim, 0, full).unflatten(dim, (n // size, size)), dim + 1))
+        if n > full:
+            parts.append(reduce(x.narrow(dim, full, n - full), dim, keepdim=True))
+        x = torch.cat(parts, dim)
+    return x
+
+
 def _tile(x: torch.Tensor, qs: int, qe: int, ks: int, ke: int) -> torch.Tensor:
     """The (query, key) tile of a broadcastable 5-D mask or bias."""
     rows = slice(None) if x.shape[-2] == 1 else slice(qs, qe)
@@ -74,6 +91,22 @@ class _Tiles:
         self.unit = 1.0
         self.alpha = scale
         self._causal_cache: dict[tuple, torch.Tensor] = {}
+        # Per (query block, key block) of a user mask: does it let anything through (else
+        # the tile is skipped, as block-sparse FlashAttention does), and everything (else
+        # the tile needs its masked_fill)?
+        self._mask_any = self._mask_all = None
+        if mask5 is not None:
+            seen = mask5.flatten(0, 2)  # (B * H_kv * G | 1, T | 1, S | 1)
+            self._mask_any = _block_reduce(seen.any(0), block_q, block_k, torch.any).tolist()
+            self._mask_all = _block_reduce(seen.all(0), block_q, block_k, torch.all).tolist()
+
+    def mask_tile(self, qs: int, ks: int) -> tuple[bool, bool]:
+        """Whether the user mask lets any / every score of a tile through."""
+        if self._mask_any is None or self._mask_all is None:
+            return True, True
+        i = qs // self.block_q if len(self._mask_any) > 1 else 0
+        j = ks // self.block_k if len(self._mask_any[0]) > 1 else 0
+        return self._mask_any[i][j], self._mask_all[i][j]
 
     def query_blocks(self):
         T = self.shapes.query_len
@@ -85,7 +118,8 @@ class _Tiles:
         for ks in range(0, S, self.block_k):
             if self.is_causal and ks > qe - 1:
                 return  # every later key is in the future of every query in the block
-            yield ks, min(ks + self.block_k, S)
+            if self.mask_tile(qs, ks)[0]:
+                yield ks, min(ks + self.block_k, S)
 
     def _future(self, qs: int, qe: int, ks: int, ke: int, device, dtype) -> torch.Tensor:
         """Causal tile: ``-inf`` where a key is in the future of a query, else 0, for the
@@ -126,13 +160,14 @@ class _Tiles:
             s.div_(cap).tanh_()
             t = s.clone() if keep_tanh else None
             s.mul_(cap)
-        if self.bias5 is None and self.mask5 is None and not future:
+        masked = self.mask5 is not None and not self.mask_tile(qs, ks)[1]
+        if self.bias5 is None and not masked and not future:
             return s, t
         B, H, H_kv = self.shapes.batch, self.shapes.heads, self.shapes.kv_heads
         s5 = s.view(B, H_kv, H // H_kv, qe - qs, ke - ks)
         if self.bias5 is not None:
             s5.add_(_tile(self.bias5, qs, qe, ks, ke))
-        if self.mask5 is not None:
+        if masked:
             s5.masked_fill_(~_tile(self.mask5, qs, qe, ks, ke), _NEG_INF)
         if future:
             s.add_(self._future(qs, qe, ks, ke, s.device, s.dtype))
@@ -417,6 +452,9 @@ def chunked_attention(
         Values of shape ``(B, H_kv, S, Dv)``.
     mask : torch.Tensor, optional
         Boolean mask broadcasting to ``(B, H, T, S)``; ``True`` = may attend.
+        Tiles it hides completely (in every batch row and head) are skipped,
+        forward and backward, so sliding windows and block-sparse layouts cost
+        only the tiles they touch.
     is_causal : bool, default False
         Top-left aligned causal mask (as in SDPA); tiles entirely in the future
         are skipped, which halves the work.

@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from llmref.attention import chunked, chunked_attention, naive_attention
+from llmref.attention import chunked, chunked_attention, naive_attention, sliding_window_mask
 from tests.attention.test_functional import CONFIGS, make_qkv, random_mask
 from tests.tolerances import TOLERANCES, assert_close
 
@@ -256,6 +256,61 @@ def test_decoding_few_tokens_skips_the_bound(monkeypatch):
     out = chunked_attention(q, k, v, block_size=64)
     assert not checked
     assert_close(out, naive_attention(q, k, v), torch.float32)
+
+
+def test_tiles_the_mask_hides_are_skipped(monkeypatch):
+    """Block-sparse FlashAttention: a tile where the mask hides every score is never
+    computed, forward or backward, and the result and gradients still equal the reference."""
+    T, block = 64, 8
+    mask = sliding_window_mask(T, window=10)
+    tiles = mask.unflatten(0, (T // block, block)).unflatten(2, (T // block, block))
+    visible_tiles = int(tiles.any(dim=(1, 3)).sum())
+    computed = []
+    scores = chunked._Tiles.scores
+
+    def spy(self, *args, **kwargs):
+        computed.append(args[2:6])
+        return scores(self, *args, **kwargs)
+
+    monkeypatch.setattr(chunked._Tiles, "scores", spy)
+    q, k, v = (t.requires_grad_(True) for t in make_qkv((1, 4, 2, T, T, 8, 8)))
+    out = chunked_attention(q, k, v, mask=mask, block_size=block)
+    # query block i sees key blocks i-2, i-1 and i: 1 + 2 + 6 * 3 of the 36 causal tiles
+    assert len(computed) == visible_tiles == 21
+    out.sum().backward()
+    assert len(computed) == 2 * visible_tiles
+    grads = [t.grad for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    naive_attention(q, k, v, mask=mask).sum().backward()
+    assert_close(out, naive_attention(q, k, v, mask=mask), torch.float64)
+    for got, t in zip(grads, (q, k, v), strict=True):
+        assert_close(got, t.grad, torch.float64)
+
+
+def test_key_padding_skips_only_tiles_hidden_in_every_batch():
+    """A (B, 1, 1, S) padding mask: a key tile is skipped only if every sequence hides it."""
+    q, k, v = make_qkv((2, 4, 2, 12, 24, 8, 8))
+    keep = torch.ones(2, 1, 1, 24, dtype=torch.bool)
+    keep[0, ..., 8:] = False  # sequence 0 has 8 keys, sequence 1 all 24
+    keep[:, ..., 20:] = False  # both pad the last 4
+    tiles = chunked._Tiles(
+        chunked.check_qkv(q, k, v),
+        1.0,
+        None,
+        None,
+        chunked._grouped(keep, chunked.check_qkv(q, k, v)),
+        False,
+        4,
+        4,
+    )
+    assert [ks for ks, _ in tiles.key_blocks(0, 4)] == [0, 4, 8, 12, 16]
+    assert tiles.mask_tile(0, 4) == (True, True) and tiles.mask_tile(0, 8) == (True, False)
+    assert_close(
+        chunked_attention(q, k, v, mask=keep, block_size=4),
+        naive_attention(q, k, v, mask=keep),
+        torch.float64,
+    )
 
 
 BAD = [
