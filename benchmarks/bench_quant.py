@@ -10,7 +10,10 @@ number of tokens). Implementations:
   ``backend="auto"`` (int8 per channel; int4 symmetric, ``group_size=128``).
 * ``llmref-<kernel>``: the same layers pinned to one kernel of
   :mod:`llmref.quant.kernels` (``int8_weight``, ``int8_dynamic``,
-  ``int4_tinygemm`` ...) and ``llmref-nf4-reference`` (dequantize + matmul).
+  ``int4_tinygemm``, ``int4_w4a8`` ...) and ``llmref-nf4-reference``
+  (dequantize + matmul). ``int4_w4a8`` quantizes the activations to int8 per
+  group of 128 inside the kernel; it is skipped where it cannot be built (no C
+  compiler, no AVX512-VNNI).
 * ``torchao-int8wo`` / ``torchao-int4wo``: torchao's ``Int8WeightOnlyConfig``
   and ``IntxWeightOnlyConfig(int4, PerGroup(128))`` (torchao's own int4
   weight-only config needs CUDA or the ``mslk`` package on CPU).
@@ -42,7 +45,7 @@ import torch
 from torch import nn
 
 from llmref.bench.measure import plan_rounds
-from llmref.quant import FORMATS, QuantLinear, quantize
+from llmref.quant import FORMATS, QuantLinear, _w4a8, quantize
 
 SIZES = {"quick": (2048,), "default": (2048, 4096), "full": (2048, 4096)}
 TOKENS = {"quick": (1,), "default": (1, 16, 256), "full": (1, 16, 256, 1024)}
@@ -67,6 +70,8 @@ def _weight(n: int) -> nn.Linear:
 
 def _llmref(fmt: str, backend: str, **options: Any) -> Callable[[int], nn.Module]:
     def build(n: int) -> nn.Module:
+        if backend == "int4_w4a8" and _w4a8.library() is None:
+            pytest.skip(f"the W4A8 kernel is unavailable: {_w4a8.unavailable_reason()}")
         return QuantLinear.from_linear(_weight(n), fmt, backend=backend, **options)
 
     return build
@@ -113,6 +118,7 @@ IMPLEMENTATIONS: dict[str, Callable[[int], nn.Module]] = {
     "llmref-int8_dynamic": _llmref("int8", "int8_dynamic"),
     "llmref-int4": _llmref("int4", "auto", group_size=128),
     "llmref-int4_tinygemm": _llmref("int4", "int4_tinygemm", group_size=128),
+    "llmref-int4_w4a8": _llmref("int4", "int4_w4a8", group_size=128),
     "llmref-nf4-reference": _llmref("nf4", "reference"),
     "torchao-int8wo": _torchao("int8"),
     "torchao-int4wo": _torchao("int4"),

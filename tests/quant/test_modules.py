@@ -49,6 +49,9 @@ FAST = [
         1e-5,
     ),
     ("int4", {"group_size": 64}, "int4_tinygemm_bf16", 2e-2),
+    ("int4", {"group_size": 128}, "int4_w4a8", 2e-2),
+    ("int4", {"group_size": 256, "symmetric": False}, "int4_w4a8", 2e-2),
+    ("int4", {}, "int4_w4a8", 2e-2),  # per channel: one group of 512
     ("int8", {}, "int8_weight", 1e-5),
     ("int8", {}, "int8_dynamic", 2e-2),
     ("int8", {}, "int8_weight_bf16", 2e-2),
@@ -68,6 +71,15 @@ def test_fast_kernels_equal_the_reference(fmt, options, kernel, tol, M):
     assert y.dtype == x.dtype and y.shape == (M, 192)
     err = (y - y_ref).abs().max() / y_ref.abs().max()
     assert err <= tol, f"{kernel}: relative error {err:.2e}"
+
+
+def int8_blocks(x, block):
+    """Activations as the W4A8 kernel sees them: int8 per block of ``block`` inputs,
+    ``round(x * 127 / a) * a / 127`` with ``a = max|x|`` (int8_vectorwise_quant's arithmetic)."""
+    xb = x.unflatten(-1, (-1, block))
+    a = xb.abs().amax(-1, keepdim=True)
+    q = torch.round(xb * (127 / a)).clamp(-127, 127)
+    return torch.where(a > 0, q * (a / 127), 0.0).flatten(-2)
 
 
 def test_int8_dynamic_error_is_the_activation_rounding():
@@ -92,11 +104,22 @@ def test_auto_backend_choice():
         ("nf4", {}),
         ("int4", {"group_size": 16}),
         ("int8", {"group_size": 64}),
-        ("int4", {}),
+        ("int4", {"group_size": 64, "symmetric": False, "zero_point": "float"}),
         ("q4_0", {}),
-        ("int4", {"group_size": 512}),
     ]:
+        if fmt == "int4" and opts.get("zero_point") == "float":
+            w512 = randn(60, 512)  # tinygemm needs out_features % 16 == 0, W4A8 an integer zero
         assert select_kernel(quantize(w512, fmt, **opts), CPU).name == "reference"
+    # int4 groups that are multiples of 128 (per channel included): the W4A8 kernel
+    # only when asked by name or by the weight's act_quant; auto stays weight-only
+    for opts in [{}, {"group_size": 128}, {"group_size": 256, "symmetric": False}]:
+        qt = quantize(w512, "int4", **opts)
+        assert select_kernel(qt, CPU).name != "int4_w4a8"
+        assert select_kernel(qt, CPU, "int4_w4a8").name == "int4_w4a8"
+        w4a8 = QuantizedTensor(
+            qt.fmt, qt.shape, qt.dtype, qt.tensors, {**qt.options, "act_quant": "per_token_int8"}
+        )
+        assert select_kernel(w4a8, CPU).name == "int4_w4a8"
     with pytest.raises(ValueError, match="does not support"):
         select_kernel(quantize(w, "nf4"), CPU, "int4_tinygemm")
     with pytest.raises(ValueError, match="backend must be one of"):
@@ -117,7 +140,7 @@ def test_bias_dtype_shapes_and_errors():
         qlin(torch.tensor(1.0))  # 0-d
     with pytest.raises(TypeError, match="floating point"):
         qlin(torch.ones(5, 64, dtype=torch.int64))
-    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"x must be a torch\.Tensor"):
         qlin([0.0] * 64)
     with pytest.raises(TypeError, match="QuantizedTensor"):
         QuantLinear(lin.weight)
@@ -193,6 +216,10 @@ def test_fast_kernels_with_input_scale_equal_dequantize_then_matmul(fmt, options
         expected = (
             torch.round(xs / sx).clamp(-127, 127) * sx
         ) @ qt.without_input_scale().dequantize().T
+    if kernel == "int4_w4a8":  # int8 activations x / s, per weight group
+        expected = int8_blocks(x / s, options.get("group_size", 512)) @ (
+            qt.without_input_scale().dequantize().T
+        )
     with torch.no_grad():
         y = fast(x)
     err = float((y - expected).abs().max() / expected.abs().max())

@@ -1,0 +1,118 @@
+"""Build, load and call the W4A8 AVX512-VNNI kernel in ``w4a8.c``.
+
+The C source ships with the package and is compiled on first use with the
+system's C compiler (``$CC``, else ``gcc``) into a cache folder
+(``$LLMREF_KERNEL_CACHE``, else ``<tmp>/llmref-kernels``), keyed by a hash of
+the source, then loaded with :mod:`ctypes`. It links ``libgomp.so.1``, which
+resolves to the copy PyTorch has already loaded, so the kernel's threads are
+PyTorch's. Without a compiler or without AVX512-VNNI the kernel is simply not
+available (:func:`unavailable_reason` says why) and ``backend="auto"`` skips it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("w4a8.c")
+CHUNK = 128  # inputs per packed run: two nibble planes of 64 (see w4a8.c)
+
+_reason: list[str] = []
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, or None when it cannot be built or this CPU lacks VNNI."""
+    try:
+        lib = ctypes.CDLL(str(_build()))
+    except (OSError, RuntimeError) as err:
+        _reason.append(str(err))
+        return None
+    if not lib.llmref_w4a8_supported():
+        _reason.append("this CPU lacks AVX512-VNNI")
+        return None
+    lib.llmref_w4a8_linear.restype = ctypes.c_int
+    lib.llmref_w4a8_linear.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int]
+    return lib
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`library` is None (no compiler, failed build, no VNNI), else None."""
+    return None if library() is not None else (_reason[-1] if _reason else "unknown")
+
+
+def _build() -> Path:
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()[:16]
+    cache = Path(
+        os.environ.get("LLMREF_KERNEL_CACHE", Path(tempfile.gettempdir()) / "llmref-kernels")
+    )
+    target = cache / f"w4a8-{digest}.so"
+    if target.exists():
+        return target
+    cc = shutil.which(os.environ.get("CC", "gcc"))
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC or install gcc)")
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+    os.close(fd)
+    cmd = [cc, "-O3", "-fopenmp", "-shared", "-fPIC", "-o", tmp, str(SOURCE)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        os.unlink(tmp)
+        raise RuntimeError(f"building {SOURCE.name} failed: {done.stderr.strip()[-500:]}")
+    os.replace(tmp, target)  # atomic: concurrent builders all end with a whole file
+    return target
+
+
+def pack(codes: torch.Tensor) -> torch.Tensor:
+    """Unsigned 4-bit codes ``(N, K)`` (``K % 128 == 0``) into the kernel's ``(N, K / 2)`` bytes."""
+    N, K = codes.shape
+    runs = codes.to(torch.uint8).reshape(N, K // CHUNK, 2, CHUNK // 2)
+    return (runs[:, :, 0] | (runs[:, :, 1] << 4)).reshape(N, K // 2).contiguous()
+
+
+def linear(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    group: int,
+    per_token: bool,
+) -> torch.Tensor:
+    """``y = x_q W^T`` for float32 ``x (M, K)``, with ``W = (codes - zero) * scale`` per group.
+
+    ``scale`` is float32 and ``zero`` int32, both ``(N, K / group)`` and contiguous.
+    ``x`` is quantized to int8 with one scale per row (``per_token``) or per group.
+    """
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the W4A8 kernel is unavailable: {unavailable_reason()}")
+    x = x.contiguous()
+    M, K = x.shape
+    N = packed.shape[0]
+    y = torch.empty(M, N, dtype=torch.float32)
+    status = lib.llmref_w4a8_linear(
+        x.data_ptr(),
+        packed.data_ptr(),
+        scale.data_ptr(),
+        zero.data_ptr(),
+        y.data_ptr(),
+        M,
+        N,
+        K,
+        group,
+        K if per_token else group,
+        torch.get_num_threads(),
+    )
+    if status:
+        raise RuntimeError(f"llmref_w4a8_linear failed with status {status}")
+    return y
