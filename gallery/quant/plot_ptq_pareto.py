@@ -76,7 +76,9 @@ def pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[in
     return sorted(front, key=lambda i: points[i][0])
 
 
-def draw(ax, metric: str, bits: str, ylabel: str, higher_is_better: bool) -> None:
+def draw(ax, metric: str, bits: str, ylabel: str, higher_is_better: bool, key_at) -> None:
+    """One panel; the Pareto rows are numbered on the plot and named in a key at
+    ``key_at`` (axes fraction), since their labels would overlap at the points."""
     labelled, points, base = [], [], math.nan
     for row in rows:
         value, bpw = number(row[metric]), number(row[bits])
@@ -102,10 +104,17 @@ def draw(ax, metric: str, bits: str, ylabel: str, higher_is_better: bool) -> Non
     front = pareto(points, higher_is_better)
     if front:
         ax.plot(*zip(*(points[i] for i in front), strict=True), "k--", lw=1, label="Pareto front")
-        for i in front:
-            ax.annotate(
-                labelled[i], points[i], fontsize=7, xytext=(4, 4), textcoords="offset points"
-            )
+        for n, i in enumerate(front, start=1):
+            ax.annotate(str(n), points[i], fontsize=7, xytext=(3, 3), textcoords="offset points")
+        key = "\n".join(f"{n}  {labelled[i]}" for n, i in enumerate(front, start=1))
+        ax.text(
+            *key_at,
+            "Pareto front\n" + key,
+            transform=ax.transAxes,
+            fontsize=7,
+            va="top",
+            bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.9},
+        )
     if not math.isnan(base):
         ax.axhline(base, color="k", lw=1, label="float32")
     ax.set(xlabel="bits per weight (quantized linear layers)", ylabel=ylabel)
@@ -122,10 +131,10 @@ def draw(ax, metric: str, bits: str, ylabel: str, higher_is_better: bool) -> Non
 
 if rows:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    draw(ax1, "smollm2_perplexity", "smollm2_bits_per_weight", "perplexity", False)
+    draw(ax1, "smollm2_perplexity", "smollm2_bits_per_weight", "perplexity", False, (0.3, 0.97))
     ax1.set_yscale("log")
     ax1.set_title("SmolLM2-135M (lower is better)")
-    draw(ax2, "minilm_cosine", "minilm_bits_per_weight", "cosine with float32", True)
+    draw(ax2, "minilm_cosine", "minilm_bits_per_weight", "cosine with float32", True, (0.3, 0.75))
     ax2.set_title("all-MiniLM-L6-v2 (higher is better)")
     handles = [
         plt.Line2D([], [], color=c, marker="o", ls="", label=m) for m, c in METHOD_COLOURS.items()
