@@ -23,7 +23,17 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("w4a8.c")
-CHUNK = 128  # inputs per packed run: two nibble planes of 64 (see w4a8.c)
+RUN = 128  # inputs per packed run: two nibble planes of 64 (see w4a8.c)
+
+
+def fits(in_features: int, group_size: int) -> bool:
+    """Whether the kernel takes this shape: groups of 32, 64 or a multiple of 128, and
+    ``in_features`` a multiple of 64 and of the group size."""
+    g = group_size
+    return (
+        g > 0 and (g in (32, 64) or g % RUN == 0) and in_features % 64 == 0 and in_features % g == 0
+    )
+
 
 _reason: list[str] = []
 
@@ -74,10 +84,17 @@ def _build() -> Path:
 
 
 def pack(codes: torch.Tensor) -> torch.Tensor:
-    """Unsigned 4-bit codes ``(N, K)`` (``K % 128 == 0``) into the kernel's ``(N, K / 2)`` bytes."""
+    """Unsigned 4-bit codes ``(N, K)`` (``K % 64 == 0``) into the kernel's ``(N, K / 2)`` bytes:
+    runs of 128 inputs as two planes of 64, a last run of 64 as two planes of 32."""
     N, K = codes.shape
-    runs = codes.to(torch.uint8).reshape(N, K // CHUNK, 2, CHUNK // 2)
-    return (runs[:, :, 0] | (runs[:, :, 1] << 4)).reshape(N, K // 2).contiguous()
+    c = codes.to(torch.uint8)
+    full = K // RUN * RUN
+    runs = c[:, :full].reshape(N, full // RUN, 2, RUN // 2)
+    body = (runs[:, :, 0] | (runs[:, :, 1] << 4)).reshape(N, full // 2)
+    if full == K:
+        return body.contiguous()
+    tail = c[:, full:].reshape(N, 2, 32)
+    return torch.cat([body, tail[:, 0] | (tail[:, 1] << 4)], dim=1).contiguous()
 
 
 def linear(

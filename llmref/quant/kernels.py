@@ -25,8 +25,9 @@ low-bit CPU kernels:
     when the weight asks for ``act_quant="per_token_int8"`` (then ``auto``
     picks this kernel and it equals the reference), otherwise, when named as
     a backend for a weight-only layer, per weight group (the finer choice:
-    about 0.7 % relative error on Gaussian inputs). Group sizes that are
-    multiples of 128; symmetric codes or an integer zero point.
+    about 0.7 % relative error on Gaussian inputs). Groups of 32, 64 or a
+    multiple of 128, ``in_features`` a multiple of 64; symmetric codes or an
+    integer zero point.
 ``int8_dynamic``
     Per-channel int8 weights times dynamically quantized int8 activations
     (symmetric, one scale per row of ``x``, ``amax/127``) with
@@ -311,9 +312,7 @@ def _w4a8_supports(qt: QuantizedTensor, device: torch.device) -> bool:
         and _is_2d(qt)
         and qt.fmt in ("int4", "int")
         and o.get("bits") == 4
-        and g > 0
-        and g % _w4a8.CHUNK == 0
-        and qt.shape[1] % g == 0
+        and _w4a8.fits(qt.shape[1], g)
         and (o.get("symmetric") is True or "zero_point" in qt.tensors)
         and _w4a8.library() is not None
     )

@@ -13,7 +13,9 @@
  * Packing (llmref's own): row n of the weight is K / 2 bytes; in each run of 128
  * inputs starting at k0, byte j holds c[n, k0 + j] in its low nibble and
  * c[n, k0 + 64 + j] in its high nibble, so both nibble planes line up with 64
- * consecutive activations. The group size must be a multiple of 128.
+ * consecutive activations; when K % 128 == 64 the last 64 inputs are 32 bytes,
+ * byte j = c[j] | c[j + 32] << 4. Group sizes: 32, 64 or a multiple of 128; K a
+ * multiple of 64 and of the group size.
  *
  * Built and loaded at run time by llmref/quant/_w4a8.py (gcc -O3 -fopenmp).
  */
@@ -22,12 +24,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#define TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
 int llmref_w4a8_supported(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vnni");
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
 /* One block of n activations (n a multiple of 16) to int8 codes and its scale. */
@@ -65,36 +67,102 @@ TARGET static int32_t code_sum(const int8_t *q, int64_t n) {
     return _mm512_reduce_add_epi32(total);
 }
 
-/* RB rows of activations against one weight row; RB is a constant at each call site. */
+/* Add an integer accumulator to a float one. Lanes 0-7 belong to group a, lanes 8-15 to
+ * group b (the same group for a whole vector); `zs` is a group's zero-point term
+ * z * sum(xq), subtracted from the first lane of each half (`lanes`) while still an
+ * integer, and `sc` its scale ws * xs. */
+TARGET static inline __attribute__((always_inline)) __m512 flush(__m512 facc, __m512i acc,
+                                                                 __mmask16 lanes, int32_t zsa,
+                                                                 int32_t zsb, float sca,
+                                                                 float scb) {
+    __m512i zs = _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(zsa), _mm512_set1_epi32(zsb));
+    __m512 sc = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(sca), _mm512_set1_ps(scb));
+    __m512i exact = _mm512_mask_sub_epi32(acc, lanes, acc, zs);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), sc, facc);
+}
+
+/* RB rows of activations against one weight row; RB is a constant at each call site.
+ * A 128-input run gives two planes of 64 codes: one group each for g = 64, two halves
+ * of 32 (lanes 0-7 and 8-15) each for g = 32, part of one group for g >= 128. A final
+ * run of 64 inputs (K % 128 == 64, only with g = 32 or 64) is 32 bytes, planes of 32. */
 TARGET static inline __attribute__((always_inline)) void dot_rows(
     const uint8_t *w, const float *ws, const int32_t *wz, const int8_t *xq, const float *xs,
     const int32_t *xsum, int64_t K, int64_t g, const int RB, float *out) {
     const int64_t G = K / g;
     const __m512i low4 = _mm512_set1_epi8(0x0F);
+#define ZS(r, gi) (wz[gi] * xsum[(r) * G + (gi)])
+#define SC(r, gi) (ws[gi] * xs[(r) * G + (gi)])
     __m512 facc[4];
     for (int r = 0; r < RB; ++r) facc[r] = _mm512_setzero_ps();
-    for (int64_t gi = 0; gi < G; ++gi) {
-        __m512i acc[4];
-        for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_si512();
-        for (int64_t k0 = gi * g; k0 < (gi + 1) * g; k0 += 128) {
+    if (g >= 128) {
+        for (int64_t gi = 0; gi < G; ++gi) {
+            __m512i acc[4];
+            for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_si512();
+            for (int64_t k0 = gi * g; k0 < (gi + 1) * g; k0 += 128) {
+                __m512i b = _mm512_loadu_si512((const void *)(w + k0 / 2));
+                __m512i c0 = _mm512_and_si512(b, low4);
+                __m512i c1 = _mm512_and_si512(_mm512_srli_epi16(b, 4), low4);
+                for (int r = 0; r < RB; ++r) {
+                    const int8_t *xr = xq + r * K + k0;
+                    acc[r] = _mm512_dpbusd_epi32(acc[r], c0, _mm512_loadu_si512((const void *)xr));
+                    acc[r] = _mm512_dpbusd_epi32(acc[r], c1,
+                                                 _mm512_loadu_si512((const void *)(xr + 64)));
+                }
+            }
+            for (int r = 0; r < RB; ++r)
+                facc[r] = flush(facc[r], acc[r], 1, ZS(r, gi), ZS(r, gi), SC(r, gi), SC(r, gi));
+        }
+    } else {
+        const int64_t full = K / 128 * 128;
+        for (int64_t k0 = 0; k0 < full; k0 += 128) {
             __m512i b = _mm512_loadu_si512((const void *)(w + k0 / 2));
             __m512i c0 = _mm512_and_si512(b, low4);
             __m512i c1 = _mm512_and_si512(_mm512_srli_epi16(b, 4), low4);
+            const int64_t gi = k0 / g;
             for (int r = 0; r < RB; ++r) {
                 const int8_t *xr = xq + r * K + k0;
-                acc[r] = _mm512_dpbusd_epi32(acc[r], c0, _mm512_loadu_si512((const void *)xr));
-                acc[r] =
-                    _mm512_dpbusd_epi32(acc[r], c1, _mm512_loadu_si512((const void *)(xr + 64)));
+                __m512i a0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c0,
+                                                 _mm512_loadu_si512((const void *)xr));
+                __m512i a1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c1,
+                                                 _mm512_loadu_si512((const void *)(xr + 64)));
+                if (g == 64) {
+                    facc[r] = flush(facc[r], a0, 1, ZS(r, gi), ZS(r, gi), SC(r, gi), SC(r, gi));
+                    facc[r] = flush(facc[r], a1, 1, ZS(r, gi + 1), ZS(r, gi + 1), SC(r, gi + 1),
+                                    SC(r, gi + 1));
+                } else {
+                    facc[r] = flush(facc[r], a0, 0x0101, ZS(r, gi), ZS(r, gi + 1), SC(r, gi),
+                                    SC(r, gi + 1));
+                    facc[r] = flush(facc[r], a1, 0x0101, ZS(r, gi + 2), ZS(r, gi + 3),
+                                    SC(r, gi + 2), SC(r, gi + 3));
+                }
             }
         }
-        for (int r = 0; r < RB; ++r) {
-            /* the zero point, -z * sum(xq), goes into lane 0 while still an integer */
-            __m512i zs = _mm512_set1_epi32(wz[gi] * xsum[r * G + gi]);
-            __m512i exact = _mm512_mask_sub_epi32(acc[r], 1, acc[r], zs);
-            __m512 sc = _mm512_set1_ps(ws[gi] * xs[r * G + gi]);
-            facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), sc, facc[r]);
+        if (full < K) {
+            const __m256i low4h = _mm256_set1_epi8(0x0F);
+            __m256i b = _mm256_loadu_si256((const __m256i *)(w + full / 2));
+            __m256i c0 = _mm256_and_si256(b, low4h);
+            __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(b, 4), low4h);
+            const int64_t gi = full / g;
+            for (int r = 0; r < RB; ++r) {
+                const int8_t *xr = xq + r * K + full;
+                __m256i a0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), c0,
+                                                 _mm256_loadu_si256((const __m256i *)xr));
+                __m256i a1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), c1,
+                                                 _mm256_loadu_si256((const __m256i *)(xr + 32)));
+                if (g == 64) {
+                    __m512i a = _mm512_zextsi256_si512(_mm256_add_epi32(a0, a1));
+                    facc[r] = flush(facc[r], a, 1, ZS(r, gi), ZS(r, gi), SC(r, gi), SC(r, gi));
+                } else {
+                    facc[r] = flush(facc[r], _mm512_zextsi256_si512(a0), 1, ZS(r, gi), ZS(r, gi),
+                                    SC(r, gi), SC(r, gi));
+                    facc[r] = flush(facc[r], _mm512_zextsi256_si512(a1), 1, ZS(r, gi + 1),
+                                    ZS(r, gi + 1), SC(r, gi + 1), SC(r, gi + 1));
+                }
+            }
         }
     }
+#undef ZS
+#undef SC
     for (int r = 0; r < RB; ++r) out[r] = _mm512_reduce_add_ps(facc[r]);
 }
 
@@ -102,7 +170,9 @@ TARGET static inline __attribute__((always_inline)) void dot_rows(
 TARGET int llmref_w4a8_linear(const float *x, const uint8_t *packed, const float *ws,
                               const int32_t *wz, float *y, int64_t M, int64_t N, int64_t K,
                               int64_t g, int64_t ablock, int nthreads) {
-    if (g <= 0 || g % 128 || K % g || ablock <= 0 || ablock % g || K % ablock) return 1;
+    if (g <= 0 || (g % 128 && g != 32 && g != 64) || K % 64 || K % g || ablock <= 0 ||
+        ablock % g || K % ablock)
+        return 1;
     const int64_t G = K / g, A = K / ablock;
     int8_t *xq = aligned_alloc(64, ((M * K + 63) / 64) * 64);
     float *xa = malloc(sizeof(float) * M * A);  /* one scale per activation block */

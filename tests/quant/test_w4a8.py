@@ -44,12 +44,22 @@ def test_unavailable_without_a_compiler_says_why(monkeypatch, tmp_path):
 
 
 def test_pack_puts_two_runs_of_64_in_the_nibble_planes():
-    codes = (torch.arange(256) % 16).view(1, 256)
+    codes = (torch.arange(320) * 7 % 16).view(1, 320)  # two runs of 128, a last run of 64
     packed = w4a8.pack(codes)
-    assert packed.shape == (1, 128) and packed.dtype == torch.uint8
+    assert packed.shape == (1, 160) and packed.dtype == torch.uint8
     for j in (0, 5, 63, 64, 127):
         k0 = j // 64 * 128 + j % 64  # byte j of run j // 64
         assert packed[0, j] == codes[0, k0] | codes[0, k0 + 64] << 4
+    for j in (0, 31):  # the last 64 inputs: planes of 32
+        assert packed[0, 128 + j] == codes[0, 256 + j] | codes[0, 288 + j] << 4
+
+
+def test_shapes_the_kernel_takes():
+    assert w4a8.fits(576, 64) and w4a8.fits(576, 32) and w4a8.fits(4096, 128)
+    assert w4a8.fits(384, 384)  # per channel
+    assert not w4a8.fits(576, 576)  # a group of 576 is not a multiple of 128
+    assert not w4a8.fits(96, 32)  # in_features not a multiple of 64
+    assert not w4a8.fits(512, 16) and not w4a8.fits(512, 96)
 
 
 def _weight(N, K, group, symmetric, seed=0):
@@ -61,6 +71,10 @@ CASES = [  # (N, K, group, symmetric); N = 40 leaves a partial block of 16 outpu
     (40, 384, 128, True),
     (40, 384, 384, True),  # per channel
     (48, 512, 256, False),  # integer zero point
+    (40, 256, 64, True),  # one group per nibble plane
+    (40, 576, 64, False),  # K % 128 == 64: a last run of 64 inputs
+    (40, 576, 32, True),  # two groups per plane, in lanes 0-7 and 8-15
+    (16, 320, 32, False),
 ]
 
 
@@ -118,4 +132,4 @@ def test_bad_group_is_refused_by_the_c_entry_point():
     qt = _weight(32, 256, 128, True)
     st = QuantLinear(qt, backend="int4_w4a8")._prepared()[1]
     with pytest.raises(RuntimeError, match="status 1"):
-        w4a8.linear(torch.randn(1, 256), st["packed"], st["scale"], st["zero"], 64, False)
+        w4a8.linear(torch.randn(1, 256), st["packed"], st["scale"], st["zero"], 96, False)
