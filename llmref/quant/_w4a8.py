@@ -1,9 +1,9 @@
 """Build, load and call the W4A8 AVX512-VNNI kernel in ``w4a8.c``.
 
 The C source ships with the package and is compiled on first use with the
-system's C compiler (``$CC``, else ``gcc``) into a cache folder
-(``$LLMREF_KERNEL_CACHE``, else ``<tmp>/llmref-kernels``), keyed by a hash of
-the source, then loaded with :mod:`ctypes`. It links ``libgomp.so.1``, which
+system's C compiler (``$CC``, else ``gcc``) into a cache folder of the user's
+(``$LLMREF_KERNEL_CACHE``, else ``~/.cache/llmref/kernels``), keyed by a hash
+of the source, then loaded with :mod:`ctypes`. It links ``libgomp.so.1``, which
 resolves to the copy PyTorch has already loaded, so the kernel's threads are
 PyTorch's. Without a compiler or without AVX512-VNNI the kernel is simply not
 available (:func:`unavailable_reason` says why) and ``backend="auto"`` skips it.
@@ -59,19 +59,30 @@ def unavailable_reason() -> str | None:
     return None if library() is not None else (_reason[-1] if _reason else "unknown")
 
 
+def _cache_dir() -> Path:
+    """``$LLMREF_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/llmref/kernels`` (``~/.cache``):
+    a folder of this user's, so no one else can plant the library it loads."""
+    env = os.environ.get("LLMREF_KERNEL_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llmref" / "kernels"
+
+
 def _build() -> Path:
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source).hexdigest()[:16]
-    cache = Path(
-        os.environ.get("LLMREF_KERNEL_CACHE", Path(tempfile.gettempdir()) / "llmref-kernels")
-    )
+    cache = _cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:
+        cache = Path(tempfile.mkdtemp(prefix="llmref-kernels-"))  # private, this process only
     target = cache / f"w4a8-{digest}.so"
-    if target.exists():
+    if target.exists() and target.stat().st_uid == os.getuid():
         return target
     cc = shutil.which(os.environ.get("CC", "gcc"))
     if cc is None:
         raise RuntimeError("no C compiler found (set CC or install gcc)")
-    cache.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
     os.close(fd)
     cmd = [cc, "-O3", "-fopenmp", "-shared", "-fPIC", "-o", tmp, str(SOURCE)]

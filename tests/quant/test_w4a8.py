@@ -43,6 +43,20 @@ def test_unavailable_without_a_compiler_says_why(monkeypatch, tmp_path):
         w4a8.library.cache_clear()
 
 
+@pytest.mark.skipif(not (_cpu_has_vnni() and shutil.which("gcc")), reason="needs gcc and VNNI")
+def test_builds_into_a_private_cache_of_the_user(monkeypatch, tmp_path):
+    monkeypatch.delenv("LLMREF_KERNEL_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    w4a8.library.cache_clear()
+    try:
+        assert w4a8.library() is not None
+        cache = tmp_path / "llmref" / "kernels"
+        assert len(list(cache.glob("w4a8-*.so"))) == 1
+        assert cache.stat().st_mode & 0o777 == 0o700
+    finally:
+        w4a8.library.cache_clear()
+
+
 def test_pack_puts_two_runs_of_64_in_the_nibble_planes():
     codes = (torch.arange(320) * 7 % 16).view(1, 320)  # two runs of 128, a last run of 64
     packed = w4a8.pack(codes)
