@@ -6,7 +6,7 @@ system's C compiler (``$CC``, else ``gcc``) into a cache folder of the user's
 of the source, then loaded with :mod:`ctypes`. It links ``libgomp.so.1``, which
 resolves to the copy PyTorch has already loaded, so the kernel's threads are
 PyTorch's. Without a compiler or without AVX512-VNNI the kernel is simply not
-available (:func:`unavailable_reason` says why) and ``backend="auto"`` skips it.
+available (:func:`unavailable_reason` says why) and kernel selection skips it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def library() -> ctypes.CDLL | None:
         _reason.append(str(err))
         return None
     if not lib.llmref_w4a8_supported():
-        _reason.append("this CPU lacks AVX512-VNNI")
+        _reason.append("this CPU lacks AVX-512 (F, BW, VL) with VNNI")
         return None
     lib.llmref_w4a8_linear.restype = ctypes.c_int
     lib.llmref_w4a8_linear.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int]

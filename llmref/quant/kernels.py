@@ -322,10 +322,10 @@ def _w4a8_prepare(qt: QuantizedTensor) -> State:
     N, K = qt.shape
     g = int(qt.options["group_size"])
     q = int_codes(qt)
-    if qt.options["symmetric"]:  # signed codes -8..7 as unsigned 0..15, zero point 8
+    if qt.options.get("symmetric") is True:  # signed codes -8..7 as 0..15, zero point 8
         codes, zero = q + 8, torch.full((N, K // g), 8, dtype=torch.int32)
-    else:
-        codes, zero = q, qt["zero_point"].reshape(N, K // g).round().to(torch.int32)
+    else:  # unsigned codes, uint8 zero points
+        codes, zero = q, qt["zero_point"].reshape(N, K // g).to(torch.int32)
     scale = qt["scale"].to(torch.float32).reshape(N, K // g).contiguous()
     return {
         "packed": _w4a8.pack(codes),
