@@ -181,10 +181,10 @@ class _ScoreBound:
     overflowing. By Cauchy-Schwarz every score of query row ``i`` satisfies
     ``|s_ij| <= alpha |q_i| max_j |k_j|`` (at most the softcap after capping) plus the
     largest finite ``|bias|``. When that bound is at most a quarter of the largest
-    binary exponent (32 in float32,
-    so ``2**s`` lies within ``[2**-32, 2**32]``) for every row of a block, the block can
-    use ``exp2(s)`` as is: no max, no subtraction, no rescaling, and no loss of relative
-    precision. Rows that may leave that range take the running-max path.
+    binary exponent (32 in float32, so ``2**s`` lies within ``[2**-32, 2**32]``) for
+    every row of a block, the block can use ``exp2(s)`` as is: no max, no subtraction,
+    no rescaling, and no loss of relative precision. Rows that may leave that range
+    take the running-max path.
     """
 
     # The bound costs a pass over K and V; the fixed shift saves about three passes over
