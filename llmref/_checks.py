@@ -31,6 +31,14 @@ def check_tensor(name: str, x: object, *, ndim: int | None = None) -> torch.Tens
     return x
 
 
+def check_model_input(name: str, x: object, d_model: int) -> torch.Tensor:
+    """Check a module input of shape ``(B, T, d_model)``."""
+    x = check_tensor(name, x, ndim=3)
+    if x.shape[-1] != d_model:
+        raise ValueError(f"{name} must have last dim d_model={d_model}, got shape {tuple(x.shape)}")
+    return x
+
+
 def check_float_dtype(name: str, x: torch.Tensor) -> None:
     """Check that ``x`` holds one of the floating dtypes llmref supports."""
     if x.dtype not in FLOAT_DTYPES:

@@ -18,9 +18,9 @@ from torch import nn
 from .._checks import (
     check_heads,
     check_int,
+    check_model_input,
     check_positive_float,
     check_qkv,
-    check_tensor,
     compute_dtype,
     resolve_scale,
 )
@@ -447,12 +447,7 @@ class DifferentialAttention(nn.Module):
             If ``x`` is not a 3-D tensor with last dim ``d_model``; for a bad
             ``mask`` as :func:`differential_attention`.
         """
-        check_tensor("x", x, ndim=3)
-        if x.shape[-1] != self.d_model:
-            raise ValueError(
-                f"x must have last dim d_model={self.d_model}, got shape {tuple(x.shape)}"
-            )
-        B, T, _ = x.shape
+        B, T, _ = check_model_input("x", x, self.d_model).shape
         H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)
         k = self.k_proj(x).view(B, T, H_kv, D).transpose(1, 2)

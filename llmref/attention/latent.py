@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_int, check_positive_float, check_tensor
+from .._checks import check_int, check_model_input, check_positive_float, check_tensor
 from ..cache.base import KVCache
 from .functional import ATTENTION, resolve_backend
 
@@ -189,15 +189,6 @@ class MultiHeadLatentAttention(nn.Module):
             rope = RotaryEmbedding(qk_rope_head_dim, layout="interleaved", device=device)
         self.rope = rope
 
-    def _check_x(self, x: object) -> torch.Tensor:
-        check_tensor("x", x, ndim=3)
-        assert isinstance(x, torch.Tensor)
-        if x.shape[-1] != self.d_model:
-            raise ValueError(
-                f"x must have last dim d_model={self.d_model}, got shape {tuple(x.shape)}"
-            )
-        return x
-
     def _queries(
         self, x: torch.Tensor, position_ids: torch.Tensor | None, offset: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,7 +223,7 @@ class MultiHeadLatentAttention(nn.Module):
         k_rope : torch.Tensor
             Rotated shared key, shape ``(B, 1, T, qk_rope_head_dim)``.
         """
-        x = self._check_x(x)
+        x = check_model_input("x", x, self.d_model)
         latent, k_rope = self.kv_down(x).split([self.kv_lora_rank, self.qk_rope_head_dim], -1)
         latent = self.kv_norm(latent).unsqueeze(1)
         return latent, self.rope(k_rope.unsqueeze(1), position_ids, offset=offset)
@@ -278,7 +269,7 @@ class MultiHeadLatentAttention(nn.Module):
         ValueError
             If ``cache`` is given without ``is_causal=True``.
         """
-        x = self._check_x(x)
+        x = check_model_input("x", x, self.d_model)
         B, T, _ = x.shape
         if cache is not None:
             if cache.stores != "latent":
@@ -347,7 +338,7 @@ class MultiHeadLatentAttention(nn.Module):
             If only one of ``latent`` and ``k_rope`` is given, or their shapes
             do not match the module.
         """
-        x = self._check_x(x)
+        x = check_model_input("x", x, self.d_model)
         B, T, _ = x.shape
         H, nope, r = self.n_heads, self.qk_nope_head_dim, self.kv_lora_rank
         if (latent is None) != (k_rope is None):

@@ -28,6 +28,7 @@ from .._checks import (
     AttentionShapes,
     check_heads,
     check_int,
+    check_model_input,
     check_qkv,
     check_tensor,
     compute_dtype,
@@ -620,12 +621,7 @@ class LinearAttention(nn.Module):
         self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias, **kw)
 
     def _qkv(self, x: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        check_tensor("x", x, ndim=3)
-        assert isinstance(x, torch.Tensor)
-        if x.shape[-1] != self.d_model:
-            raise ValueError(
-                f"x must have last dim d_model={self.d_model}, got shape {tuple(x.shape)}"
-            )
+        x = check_model_input("x", x, self.d_model)
         B, T, _ = x.shape
         H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_heads, check_int, check_positive_float, check_tensor
+from .._checks import check_heads, check_int, check_model_input, check_positive_float
 from ..cache.base import KVCache
 from .functional import ATTENTION, resolve_backend
 from .masks import sliding_window_mask
@@ -221,7 +221,7 @@ class MultiHeadAttention(nn.Module):
         torch.Tensor
             Shape ``(B, T, d_model)``.
         """
-        self._check_input("x", x)
+        check_model_input("x", x, self.d_model)
         B, T, _ = x.shape
         H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q_rows = H * D
@@ -229,7 +229,7 @@ class MultiHeadAttention(nn.Module):
             q, k, v = self.qkv_proj(x).split((q_rows, H_kv * D, H_kv * D), dim=-1)
             S = T
         else:
-            self._check_input("context", context)
+            check_model_input("context", context, self.d_model)
             if context.shape[0] != B:
                 raise ValueError(f"context batch size must equal x's ({B}), got {context.shape[0]}")
             S = context.shape[1]
@@ -306,14 +306,6 @@ class MultiHeadAttention(nn.Module):
             return self.position_bias(T, S, offset=S - T)
         bias = self.position_bias(T, span, offset=span - T)
         return bias[..., keys.to(bias.device) - lo]
-
-    def _check_input(self, name: str, x: object) -> None:
-        check_tensor(name, x, ndim=3)
-        assert isinstance(x, torch.Tensor)
-        if x.shape[-1] != self.d_model:
-            raise ValueError(
-                f"{name} must have last dim d_model={self.d_model}, got shape {tuple(x.shape)}"
-            )
 
     @classmethod
     def from_torch(cls, module: nn.MultiheadAttention, **options: Any) -> MultiHeadAttention:
