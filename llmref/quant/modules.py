@@ -107,7 +107,6 @@ class QuantLinear(nn.Module):
         self.backend = backend
         self._meta = qweight.metadata()
         self._names = list(qweight.tensors)
-        self._scaled = INPUT_SCALE in self._names
         for name, t in qweight.tensors.items():
             self.register_buffer(f"weight_{name}", t)
         if bias is not None:
@@ -205,8 +204,9 @@ class QuantLinear(nn.Module):
             self._reject_input(x)
         kernel, state = self._prepared()
         x2 = x if x.ndim == 2 else x.reshape(-1, self.in_features)
-        if self._scaled:  # codes store W diag(s): y = (x / s) dequant(codes)^T
-            x2 = x2 / self.input_scale.to(x2.dtype)  # type: ignore[union-attr]
+        s = self.input_scale
+        if s is not None:  # codes store W diag(s): y = (x / s) dequant(codes)^T
+            x2 = x2 / s.to(x2.dtype)
         y = kernel.run(x2, state) if x2.shape[0] else x2.new_zeros(0, self.out_features)
         if x.ndim != 2:
             y = y.reshape(*x.shape[:-1], self.out_features)
@@ -250,7 +250,6 @@ class QuantLinear(nn.Module):
         """Restore the metadata saved by :meth:`~llmref.quant.QuantLinear.get_extra_state`."""
         self._meta = dict(state["meta"])
         self._names = list(state["names"])
-        self._scaled = INPUT_SCALE in self._names
         self._kernel_cache = None
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kw: Any) -> None:
