@@ -81,6 +81,21 @@ TARGET static inline __attribute__((always_inline)) __m512 flush(__m512 facc, __
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), sc, facc);
 }
 
+/* The two planes of 64 codes of a 128-input run (64 bytes at p). */
+TARGET static inline __attribute__((always_inline)) void planes(const uint8_t *p, __m512i *c0,
+                                                                __m512i *c1) {
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    __m512i b = _mm512_loadu_si512((const void *)p);
+    *c0 = _mm512_and_si512(b, low4);
+    *c1 = _mm512_and_si512(_mm512_srli_epi16(b, 4), low4);
+}
+
+/* c . x over 64 codes and activations, into acc. */
+TARGET static inline __attribute__((always_inline)) __m512i dot64(__m512i acc, __m512i c,
+                                                                  const int8_t *x) {
+    return _mm512_dpbusd_epi32(acc, c, _mm512_loadu_si512((const void *)x));
+}
+
 /* RB rows of activations against one weight row; RB is a constant at each call site.
  * A 128-input run gives two planes of 64 codes: one group each for g = 64, two halves
  * of 32 (lanes 0-7 and 8-15) each for g = 32, part of one group for g >= 128. A final
@@ -89,51 +104,47 @@ TARGET static inline __attribute__((always_inline)) void dot_rows(
     const uint8_t *w, const float *ws, const int32_t *wz, const int8_t *xq, const float *xs,
     const int32_t *xsum, int64_t K, int64_t g, const int RB, float *out) {
     const int64_t G = K / g;
-    const __m512i low4 = _mm512_set1_epi8(0x0F);
-#define ZS(r, gi) (wz[gi] * xsum[(r) * G + (gi)])
-#define SC(r, gi) (ws[gi] * xs[(r) * G + (gi)])
+    const __m512i zero = _mm512_setzero_si512();
     __m512 facc[4];
     for (int r = 0; r < RB; ++r) facc[r] = _mm512_setzero_ps();
+/* flush a vector holding one group gi, or the two groups gi, gi + 1 in its halves */
+#define ONE(r, acc, gi)                                                                           \
+    facc[r] = flush(facc[r], acc, 0x0001, wz[gi] * xsum[(r) * G + (gi)],                          \
+                    wz[gi] * xsum[(r) * G + (gi)], ws[gi] * xs[(r) * G + (gi)],                   \
+                    ws[gi] * xs[(r) * G + (gi)])
+#define TWO(r, acc, gi)                                                                           \
+    facc[r] = flush(facc[r], acc, 0x0101, wz[gi] * xsum[(r) * G + (gi)],                          \
+                    wz[(gi) + 1] * xsum[(r) * G + (gi) + 1], ws[gi] * xs[(r) * G + (gi)],         \
+                    ws[(gi) + 1] * xs[(r) * G + (gi) + 1])
     if (g >= 128) {
         for (int64_t gi = 0; gi < G; ++gi) {
             __m512i acc[4];
-            for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_si512();
+            for (int r = 0; r < RB; ++r) acc[r] = zero;
             for (int64_t k0 = gi * g; k0 < (gi + 1) * g; k0 += 128) {
-                __m512i b = _mm512_loadu_si512((const void *)(w + k0 / 2));
-                __m512i c0 = _mm512_and_si512(b, low4);
-                __m512i c1 = _mm512_and_si512(_mm512_srli_epi16(b, 4), low4);
+                __m512i c0, c1;
+                planes(w + k0 / 2, &c0, &c1);
                 for (int r = 0; r < RB; ++r) {
                     const int8_t *xr = xq + r * K + k0;
-                    acc[r] = _mm512_dpbusd_epi32(acc[r], c0, _mm512_loadu_si512((const void *)xr));
-                    acc[r] = _mm512_dpbusd_epi32(acc[r], c1,
-                                                 _mm512_loadu_si512((const void *)(xr + 64)));
+                    acc[r] = dot64(dot64(acc[r], c0, xr), c1, xr + 64);
                 }
             }
-            for (int r = 0; r < RB; ++r)
-                facc[r] = flush(facc[r], acc[r], 1, ZS(r, gi), ZS(r, gi), SC(r, gi), SC(r, gi));
+            for (int r = 0; r < RB; ++r) ONE(r, acc[r], gi);
         }
     } else {
         const int64_t full = K / 128 * 128;
         for (int64_t k0 = 0; k0 < full; k0 += 128) {
-            __m512i b = _mm512_loadu_si512((const void *)(w + k0 / 2));
-            __m512i c0 = _mm512_and_si512(b, low4);
-            __m512i c1 = _mm512_and_si512(_mm512_srli_epi16(b, 4), low4);
+            __m512i c0, c1;
+            planes(w + k0 / 2, &c0, &c1);
             const int64_t gi = k0 / g;
             for (int r = 0; r < RB; ++r) {
                 const int8_t *xr = xq + r * K + k0;
-                __m512i a0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c0,
-                                                 _mm512_loadu_si512((const void *)xr));
-                __m512i a1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c1,
-                                                 _mm512_loadu_si512((const void *)(xr + 64)));
+                __m512i a0 = dot64(zero, c0, xr), a1 = dot64(zero, c1, xr + 64);
                 if (g == 64) {
-                    facc[r] = flush(facc[r], a0, 1, ZS(r, gi), ZS(r, gi), SC(r, gi), SC(r, gi));
-                    facc[r] = flush(facc[r], a1, 1, ZS(r, gi + 1), ZS(r, gi + 1), SC(r, gi + 1),
-                                    SC(r, gi + 1));
+                    ONE(r, a0, gi);
+                    ONE(r, a1, gi + 1);
                 } else {
-                    facc[r] = flush(facc[r], a0, 0x0101, ZS(r, gi), ZS(r, gi + 1), SC(r, gi),
-                                    SC(r, gi + 1));
-                    facc[r] = flush(facc[r], a1, 0x0101, ZS(r, gi + 2), ZS(r, gi + 3),
-                                    SC(r, gi + 2), SC(r, gi + 3));
+                    TWO(r, a0, gi);
+                    TWO(r, a1, gi + 2);
                 }
             }
         }
@@ -150,19 +161,16 @@ TARGET static inline __attribute__((always_inline)) void dot_rows(
                 __m256i a1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), c1,
                                                  _mm256_loadu_si256((const __m256i *)(xr + 32)));
                 if (g == 64) {
-                    __m512i a = _mm512_zextsi256_si512(_mm256_add_epi32(a0, a1));
-                    facc[r] = flush(facc[r], a, 1, ZS(r, gi), ZS(r, gi), SC(r, gi), SC(r, gi));
+                    ONE(r, _mm512_zextsi256_si512(_mm256_add_epi32(a0, a1)), gi);
                 } else {
-                    facc[r] = flush(facc[r], _mm512_zextsi256_si512(a0), 1, ZS(r, gi), ZS(r, gi),
-                                    SC(r, gi), SC(r, gi));
-                    facc[r] = flush(facc[r], _mm512_zextsi256_si512(a1), 1, ZS(r, gi + 1),
-                                    ZS(r, gi + 1), SC(r, gi + 1), SC(r, gi + 1));
+                    ONE(r, _mm512_zextsi256_si512(a0), gi);
+                    ONE(r, _mm512_zextsi256_si512(a1), gi + 1);
                 }
             }
         }
     }
-#undef ZS
-#undef SC
+#undef ONE
+#undef TWO
     for (int r = 0; r < RB; ++r) out[r] = _mm512_reduce_add_ps(facc[r]);
 }
 
