@@ -295,7 +295,7 @@ def assert_low_precision(
         :data:`GRADIENT_FACTOR` (3) for gradients.
     floor : float, optional
         Absolute slack; default :data:`LOW_PRECISION_FLOOR_ULPS` times
-        ``eps(actual.dtype) * max|reference|``.
+        ``eps(reference_lp.dtype) * max|reference|``.
     what : str, optional
         What is compared, for the failure message.
 
@@ -322,10 +322,10 @@ def assert_low_precision(
     base = float((reference_lp.detach().double() - ref).abs().max()) if ref.numel() else 0.0
     if floor is None:
         magnitude = float(ref.abs().max()) if ref.numel() else 0.0
-        floor = LOW_PRECISION_FLOOR_ULPS * eps(actual.dtype) * magnitude
+        floor = LOW_PRECISION_FLOOR_ULPS * eps(reference_lp.dtype) * magnitude
     if not math.isfinite(err) or err > k * base + floor:
         raise AssertionError(
-            f"{what}: max|error| {err:.3g} > {k} x naive {actual.dtype} error {base:.3g} "
+            f"{what}: max|error| {err:.3g} > {k} x naive {reference_lp.dtype} error {base:.3g} "
             f"+ floor {floor:.3g}"
         )
 
