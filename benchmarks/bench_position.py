@@ -28,11 +28,12 @@ with a fixed seed, the same shapes as the attention benchmarks):
   same weights.
 
 Cases that need transformers are left out when it is not installed. Each case
-is timed like the attention cases: one warmup and one probe call size the run,
-then it runs as many rounds as fit in ``--benchmark-max-time``, at least
-``--benchmark-min-rounds``. The sequence lengths depend on ``--sweep``
+is timed like the attention cases (the ``bench_time`` fixture of
+``conftest.py``). The sequence lengths depend on ``--sweep``
 (:data:`POSITION_SWEEPS`); the default sweep has 45 cases and runs in under two
 minutes on 2 idle CPU cores (the T5 and ALiBi cases at ``T = 2048`` dominate).
+Each kind of case declares its own layout: applying RoPE and building its tables
+grow like ``T`` (a linear guide), the ``(H, T, T)`` biases like ``T**2``.
 """
 
 from __future__ import annotations
@@ -43,15 +44,15 @@ from typing import Any
 
 import pytest
 
-from llmref.bench.cases import Case, resolve_device, sweep_name, synchronizer
-from llmref.bench.measure import plan_rounds
+from llmref.bench.cases import SEQ_LEN, Case, resolve_device, sweep_name, synchronizer
+from llmref.bench.layout import TIME_PER_CALL, Axis, Layout
 
 B, H, D = 1, 8, 64
 SEED = 0
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 
 POSITION_SWEEPS: dict[str, dict[str, tuple[int, ...]]] = {
-    "quick": {"apply": (256, 2048), "cache": (1024,), "bias": (256, 1024)},
+    "quick": {"apply": (256,), "cache": (1024,), "bias": (256,)},
     "default": {"apply": (256, 1024, 4096), "cache": (1024, 16384), "bias": (256, 1024, 2048)},
     "full": {
         "apply": (128, 256, 512, 1024, 2048, 4096, 8192),
@@ -84,6 +85,27 @@ ROPE_CONFIGS: dict[str, dict[str, Any]] = {
 longer cases exercise dynamic NTK's recomputation and LongRoPE's long factors)."""
 
 MAX_POSITION_EMBEDDINGS = 4096
+
+APPLY_LAYOUT = Layout(
+    SEQ_LEN,
+    TIME_PER_CALL,
+    guide="linear",
+    description="Rotating q and k of shape (1, 8, T, 64) with precomputed cos/sin tables.",
+)
+CACHE_LAYOUT = Layout(
+    Axis("seq_len", "positions T", "tokens", symbol="T"),
+    TIME_PER_CALL,
+    guide="linear",
+    description="Building the rotary module and the cos/sin tables of T positions "
+    "(trained length 4096).",
+)
+BIAS_LAYOUT = Layout(
+    SEQ_LEN,
+    TIME_PER_CALL,
+    guide="quadratic",
+    description="Building the attention bias of T positions for 8 heads; the dashed "
+    "guide grows like T².",
+)
 
 
 def _tensors(shape: tuple[int, ...], n: int, device: Any) -> list[Any]:
@@ -290,36 +312,53 @@ def position_cases(name: str | None = None) -> list[Case]:
     ]
 
 
+KINDS = {
+    "apply_case": ("rope-apply",),
+    "cache_case": ("rope-cache-",),
+    "bias_case": ("alibi-", "t5-"),
+}
+"""Fixture name -> group prefixes of the cases it runs (one test, one layout per kind)."""
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "position_case" in metafunc.fixturenames:
-        cases = position_cases(metafunc.config.getoption("sweep"))
-        metafunc.parametrize(
-            "position_case",
-            cases,
-            ids=[f"{c.group}-{c.implementation}-T{c.seq_len:06d}" for c in cases],
-        )
+    for fixture, prefixes in KINDS.items():
+        if fixture in metafunc.fixturenames:
+            cases = [
+                c
+                for c in position_cases(metafunc.config.getoption("sweep"))
+                if c.group.startswith(prefixes)
+            ]
+            metafunc.parametrize(
+                fixture,
+                cases,
+                ids=[f"{c.group}-{c.implementation}-T{c.seq_len:06d}" for c in cases],
+            )
 
 
-def test_position(
-    benchmark: Any,
-    position_case: Case,
-    bench_device: Any,
-    bench_options: dict[str, float],
-    bench_log: Callable[[str], None],
-) -> None:
-    case = position_case
-    device = resolve_device(bench_device)
+def _run(benchmark: Any, case: Case, device: Any, bench_time: Callable[..., Any]) -> None:
+    device = resolve_device(device)
     fn = case.make(device)
     benchmark.group = case.group
     benchmark.extra_info.update(case.extra_info(device))
-    benchmark.extra_info["kind"] = "position"
-    if benchmark.disabled:  # --benchmark-disable: run once, as a smoke test
-        assert benchmark.pedantic(fn) is not None
-        return
-    rounds = plan_rounds(
-        fn, max_time=bench_options["max_time"], min_rounds=int(bench_options["min_rounds"])
-    )
-    out = benchmark.pedantic(fn, rounds=rounds, warmup_rounds=0, iterations=1)
-    assert out is not None
-    stats = benchmark.stats.stats
-    bench_log(f"median {stats.median * 1e3:.3f} ms, iqr {stats.iqr * 1e3:.3f} ms, {rounds} rounds")
+    assert bench_time(fn) is not None
+
+
+@pytest.mark.bench(APPLY_LAYOUT)
+def test_rope_apply(
+    benchmark: Any, apply_case: Case, bench_device: Any, bench_time: Callable[..., Any]
+) -> None:
+    _run(benchmark, apply_case, bench_device, bench_time)
+
+
+@pytest.mark.bench(CACHE_LAYOUT)
+def test_rope_cache(
+    benchmark: Any, cache_case: Case, bench_device: Any, bench_time: Callable[..., Any]
+) -> None:
+    _run(benchmark, cache_case, bench_device, bench_time)
+
+
+@pytest.mark.bench(BIAS_LAYOUT)
+def test_position_bias(
+    benchmark: Any, bias_case: Case, bench_device: Any, bench_time: Callable[..., Any]
+) -> None:
+    _run(benchmark, bias_case, bench_device, bench_time)

@@ -2,8 +2,8 @@
 
 Group ``"quant-linear-<N>"`` times ``y = layer(x)`` for a square ``N x N``
 layer (no bias) on float32 activations ``x`` of shape ``(M, N)`` under
-:func:`torch.inference_mode`; ``M`` is stored as the case's ``seq_len`` (the
-number of tokens). Implementations:
+:func:`torch.inference_mode`, against the number of tokens ``M``
+(:data:`LINEAR_LAYOUT`). Implementations:
 
 * ``fp32-linear`` (the baseline): :class:`torch.nn.Linear`.
 * ``llmref-int8`` / ``llmref-int4``: :class:`llmref.quant.QuantLinear` with
@@ -20,12 +20,14 @@ number of tokens). Implementations:
 * ``bnb-int8`` / ``bnb-nf4``: bitsandbytes' ``Linear8bitLt`` (LLM.int8
   without outliers, ``threshold=0``) and ``Linear4bit`` (NF4, float32 compute).
 
-Group ``"quant-quantize"`` times :func:`llmref.quant.quantize` of a float32
-``(256, 4096)`` weight for every registered format (``seq_len`` = 256 rows).
+Group ``"quant-quantize"`` measures the throughput of
+:func:`llmref.quant.quantize` on a float32 ``(256, 4096)`` weight for every
+registered format, in millions of weights per second (:data:`QUANTIZE_LAYOUT`).
 
 A few pinned kernels are slow beyond a few tokens and are capped
-(:data:`MAX_TOKENS`): ``int4_tinygemm`` with float32 activations, the
-``int8_weight`` kernel, the NF4 reference and torchao's unpacked int4.
+(:data:`MAX_TOKENS`, with the reason the summary prints): ``int4_tinygemm``
+with float32 activations, the ``int8_weight`` kernel, the NF4 reference and
+torchao's unpacked int4.
 
 Third-party implementations are skipped when their package is missing.
 Sweeps: ``quick`` (N = 2048, M = 1), ``default`` (N in 2048, 4096; M in 1, 16,
@@ -44,7 +46,7 @@ import pytest
 import torch
 from torch import nn
 
-from llmref.bench.measure import plan_rounds
+from llmref.bench.layout import STOP_KEY, TIME_PER_CALL, Axis, Extra, Layout, Metric
 from llmref.quant import FORMATS, QuantLinear, _w4a8, quantize
 
 SIZES = {"quick": (2048,), "default": (2048, 4096), "full": (2048, 4096)}
@@ -59,6 +61,28 @@ MAX_TOKENS = {
     "llmref-nf4-reference": 16,
     "torchao-int4wo": 16,
 }
+STOP_REASONS = {
+    "llmref-int8_weight": "torch's int8 weight-only kernel is slow on CPU beyond a few tokens",
+    "llmref-int4_tinygemm": "the tinygemm kernel rounds float32 activations through bfloat16 "
+    "and is slow beyond one token",
+    "llmref-nf4-reference": "it dequantizes the whole weight on every call",
+    "torchao-int4wo": "torchao's CPU int4 weight-only layer unpacks the weight on every call",
+}
+
+LINEAR_LAYOUT = Layout(
+    Axis("tokens", "tokens M (rows of x)", "tokens", symbol="M"),
+    TIME_PER_CALL,
+    extras=(Extra("bits_per_weight", "bits per weight"),),
+    description="y = layer(x) for a square N x N layer without bias, float32 activations "
+    "x of shape (M, N).",
+)
+QUANTIZE_LAYOUT = Layout(
+    Axis("rows", "weight rows", symbol="rows"),
+    Metric("quantize throughput", "Mweights/s", per="elements", scale=1e-6, higher_is_better=True),
+    series="format",
+    extras=(Extra("bits_per_weight", "bits per weight"),),
+    description="llmref.quant.quantize of a float32 (256, 4096) weight, per format.",
+)
 
 
 @functools.lru_cache(maxsize=2)
@@ -156,8 +180,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         cases = [
             LinearCase(impl, n, m)
             for n in SIZES[name]
-            for m in TOKENS[name]
             for impl in IMPLEMENTATIONS
+            for m in TOKENS[name]
             if m <= MAX_TOKENS.get(impl, m)
         ]
         metafunc.parametrize("linear_case", cases, ids=[c.id for c in cases])
@@ -170,19 +194,22 @@ def _module(implementation: str, size: int, device: str) -> nn.Module:
     return IMPLEMENTATIONS[implementation](size).to(device)
 
 
-def _timed(benchmark: Any, fn: Callable[[], Any], options: dict[str, float]) -> Any:
-    if benchmark.disabled:  # --benchmark-disable: run once, as a smoke test
-        return benchmark.pedantic(fn)
-    rounds = plan_rounds(fn, max_time=options["max_time"], min_rounds=int(options["min_rounds"]))
-    return benchmark.pedantic(fn, rounds=rounds, warmup_rounds=0, iterations=1)
+def _stop_reason(implementation: str, tokens: int, sweep: str) -> str:
+    """Why a capped implementation has no case beyond ``tokens`` (empty if it has)."""
+    cap = MAX_TOKENS.get(implementation)
+    kept = [m for m in TOKENS[sweep] if cap is None or m <= cap]
+    if cap is None or tokens != max(kept) or tokens == max(TOKENS[sweep]):
+        return ""
+    return f"capped at M = {cap}: {STOP_REASONS[implementation]}"
 
 
+@pytest.mark.bench(LINEAR_LAYOUT)
 def test_quant_linear(
     benchmark: Any,
     linear_case: LinearCase,
     bench_device: Any,
-    bench_options: dict[str, float],
-    bench_log: Callable[[str], None],
+    bench_time: Callable[..., Any],
+    pytestconfig: pytest.Config,
 ) -> None:
     from llmref.bench.cases import synchronizer
 
@@ -201,7 +228,6 @@ def test_quant_linear(
     benchmark.group = linear_case.group
     info: dict[str, Any] = {
         "implementation": linear_case.implementation,
-        "seq_len": linear_case.tokens,
         "tokens": linear_case.tokens,
         "in_features": linear_case.size,
         "out_features": linear_case.size,
@@ -211,6 +237,9 @@ def test_quant_linear(
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+    stop = _stop_reason(linear_case.implementation, linear_case.tokens, _sweep(pytestconfig))
+    if stop:
+        info[STOP_KEY] = stop
     if isinstance(module, QuantLinear):
         info.update(
             fmt=module.fmt,
@@ -218,18 +247,16 @@ def test_quant_linear(
             bits_per_weight=module.qweight.bits_per_weight,
         )
     benchmark.extra_info.update(info)
-    out = _timed(benchmark, run, bench_options)
+    out = bench_time(run)
     assert out.shape == (linear_case.tokens, linear_case.size)
-    if not benchmark.disabled:
-        stats = benchmark.stats.stats
-        bench_log(f"median {stats.median * 1e3:.3f} ms, {stats.rounds} rounds")
 
 
+@pytest.mark.bench(QUANTIZE_LAYOUT)
 def test_quantize_throughput(
     benchmark: Any,
     fmt: str,
     bench_device: Any,
-    bench_options: dict[str, float],
+    bench_time: Callable[..., Any],
     bench_log: Callable[[str], None],
 ) -> None:
     g = torch.Generator().manual_seed(0)
@@ -237,18 +264,18 @@ def test_quantize_throughput(
     benchmark.group = "quant-quantize"
     benchmark.extra_info.update(
         {
-            "implementation": fmt,
-            "seq_len": QUANTIZE_SHAPE[0],
+            "format": fmt,
+            "rows": QUANTIZE_SHAPE[0],
+            "elements": w.numel(),
             "shape": list(QUANTIZE_SHAPE),
             "dtype": "float32",
             "device": str(bench_device),
             "baseline": "int8",
             "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
         }
     )
-    qt = _timed(benchmark, lambda: quantize(w, fmt), bench_options)
+    qt = bench_time(lambda: quantize(w, fmt))
     benchmark.extra_info["bits_per_weight"] = qt.bits_per_weight
     if not benchmark.disabled:
-        stats = benchmark.stats.stats
-        n = w.numel()
-        bench_log(f"{n / stats.median / 1e6:.1f} Melem/s")
+        bench_log(f"{w.numel() / benchmark.stats.stats.median / 1e6:.1f} Mweights/s")

@@ -27,12 +27,17 @@ the activations alone are 1 GiB). Each case runs once (quantizing is
 deterministic and slow); its peak memory (RSS high-water mark above the
 baseline, :func:`llmref.bench.memory.measure_peak`; the allocator's peak on an
 accelerator) is in ``extra_info["peak_bytes"]``.
+
+Both groups are measured at one size per sweep, so they declare (:data:`LAYER_LAYOUT`,
+:data:`MODEL_LAYOUT`) one series per method and show as bars: time to quantize, its
+ratio to RTN, and the peak memory and bits per weight beside it.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +45,34 @@ import pytest
 import torch
 from torch import nn
 
+from llmref.bench.layout import Axis, Extra, Layout, Metric
 from llmref.bench.memory import measure_peak, supports_rss_reset
 from llmref.quant import METHODS, QuantConfig, quantize_model
 
 LAYER_SIZES = {"quick": (512, 8, 128), "default": (1024, 16, 256), "full": (4096, 128, 512)}
 MODEL_SIZES = {"quick": None, "default": (4, 4, 128), "full": (30, 32, 512)}
 W8A8 = ("smoothquant", "llm_int8")
+BASELINE = "rtn"
+
+_TIME = Metric("time to quantize", "s")
+_PEAK = Extra("peak_bytes", "peak memory", "MiB", 2**-20)
+_BITS = Extra("bits_per_weight", "bits per weight")
+LAYER_LAYOUT = Layout(
+    Axis("size", "layer size N (an N x N weight)", symbol="N"),
+    _TIME,
+    series="method",
+    extras=(_PEAK, _BITS, Extra("calibration_rows", "calibration rows")),
+    description="One float32 N x N weight with calibration activations that have outlier "
+    "channels; 4-bit groups of 128 (int8 for the W8A8 methods).",
+)
+MODEL_LAYOUT = Layout(
+    Axis("blocks", "SmolLM2-135M blocks quantized", symbol="blocks"),
+    _TIME,
+    series="method",
+    extras=(_PEAK, Extra("layers", "layers quantized"), Extra("calibration_tokens", "tokens")),
+    description="llmref.quant.quantize_model on SmolLM2-135M, block by block, with "
+    "calibration text; 4-bit groups of 64 (int8 for the W8A8 methods).",
+)
 
 
 def weight_methods() -> list[str]:
@@ -75,8 +102,8 @@ def layer_data(n: int, sequences: int, tokens: int, device: str) -> tuple[torch.
     return w.to(device), x.to(device)
 
 
-def _run_once(benchmark: Any, fn: Any, device: str) -> Any:
-    """Time one call; measure its peak memory in the same call."""
+def _run_once(benchmark: Any, fn: Any, device: str, log: Callable[[str], None]) -> Any:
+    """Time one call; measure its peak memory in the same call; log both."""
     peak: dict[str, int] = {}
     can_measure = torch.device(device).type != "cpu" or supports_rss_reset()
 
@@ -88,13 +115,24 @@ def _run_once(benchmark: Any, fn: Any, device: str) -> Any:
         return result[0]
 
     out = benchmark.pedantic(call, rounds=1, warmup_rounds=0, iterations=1)
+    message = f"{benchmark.stats.stats.median:.2f} s"
     if "bytes" in peak:
         benchmark.extra_info["peak_bytes"] = peak["bytes"]
+        message += f", peak {peak['bytes'] / 2**20:.0f} MiB"
+    log(message)
     return out
 
 
-@pytest.mark.parametrize("method", weight_methods())
-def test_quantize_layer(benchmark: Any, pytestconfig: pytest.Config, method: str) -> None:
+def _methods() -> list[str]:
+    """Weight methods, the baseline (RTN) first."""
+    return sorted(weight_methods(), key=lambda m: m != BASELINE)
+
+
+@pytest.mark.bench(LAYER_LAYOUT)
+@pytest.mark.parametrize("method", _methods())
+def test_quantize_layer(
+    benchmark: Any, pytestconfig: pytest.Config, method: str, bench_log: Callable[[str], None]
+) -> None:
     device = pytestconfig.getoption("device")
     n, sequences, tokens = LAYER_SIZES[_sweep(pytestconfig)]
     w, x = layer_data(n, sequences, tokens, device)
@@ -103,9 +141,17 @@ def test_quantize_layer(benchmark: Any, pytestconfig: pytest.Config, method: str
     kwargs = _method_kwargs(method, 128)
     benchmark.group = "quant-method-layer"
     benchmark.extra_info.update(
-        {"method": method, "shape": [n, n], "calibration_rows": sequences * tokens, **kwargs}
+        {
+            "method": method,
+            "baseline": BASELINE,
+            "size": n,
+            "calibration_rows": sequences * tokens,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            **kwargs,
+        }
     )
-    qt = _run_once(benchmark, lambda: entry(w, inputs, **kwargs), device)
+    qt = _run_once(benchmark, lambda: entry(w, inputs, **kwargs), device, bench_log)
     benchmark.extra_info["bits_per_weight"] = qt.bits_per_weight
 
 
@@ -120,8 +166,11 @@ def _smollm2() -> tuple[nn.Module, Any]:
     return from_gguf(f).eval(), gguf_tokenizer(f)
 
 
-@pytest.mark.parametrize("method", weight_methods())
-def test_quantize_smollm2(benchmark: Any, pytestconfig: pytest.Config, method: str) -> None:
+@pytest.mark.bench(MODEL_LAYOUT)
+@pytest.mark.parametrize("method", _methods())
+def test_quantize_smollm2(
+    benchmark: Any, pytestconfig: pytest.Config, method: str, bench_log: Callable[[str], None]
+) -> None:
     import copy
 
     from llmref.quant import calibration_text, text_sequences, tokenize
@@ -140,7 +189,15 @@ def test_quantize_smollm2(benchmark: Any, pytestconfig: pytest.Config, method: s
     model = copy.deepcopy(base).to(device)
     benchmark.group = "quant-method-model"
     benchmark.extra_info.update(
-        {"method": method, "blocks": blocks, "calibration_tokens": sequences * tokens, **kwargs}
+        {
+            "method": method,
+            "baseline": BASELINE,
+            "blocks": blocks,
+            "calibration_tokens": sequences * tokens,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            **kwargs,
+        }
     )
     report = _run_once(
         benchmark,
@@ -148,5 +205,6 @@ def test_quantize_smollm2(benchmark: Any, pytestconfig: pytest.Config, method: s
             model, config, lambda name, m: name.startswith(selected), calibration=calib.to(device)
         ),
         device,
+        bench_log,
     )
     benchmark.extra_info["layers"] = len(report)

@@ -17,38 +17,38 @@ llmref add on top of PyTorch? This example plots the attention benchmark of
   :class:`torch.nn.MultiheadAttention` with the same weights, on ``x`` of
   shape ``(1, T, 512)``,
 
-all in float32 with a causal mask. If the JSON written by ``tox -e bench``
-(``results/bench.json`` at the repository root) exists, its numbers
-are plotted; otherwise a reduced sweep of the *same cases* from
-:mod:`llmref.bench.cases` is timed right here, with fewer sequence lengths and
-repeats.
+all in float32 with a causal mask. By default this script times a reduced
+sweep of the *same cases* from :mod:`llmref.bench.cases` right here, with fewer
+sequence lengths and repeats, so the page is the same whether or not the
+benchmarks ran first. To plot a full run instead, name its JSON explicitly:
+``LLMREF_BENCH_JSON=results/bench.json tox -e docs``.
 """
 
 # %%
-# Load the benchmark results, or measure a reduced sweep
-# ------------------------------------------------------
-# sphinx-gallery runs this script from its own folder, so the repository root
-# is found by searching upwards (or from ``$LLMREF_ROOT``).
+# Measure a reduced sweep, or load a named results file
+# -----------------------------------------------------
 
 import matplotlib.pyplot as plt
 
-from llmref.bench import cases, measure, results
-from llmref.bench.paths import find_project_root
+from llmref.bench import cases, load_json, measure
+from llmref.bench.paths import BENCH_JSON_ENV, explicit_results_file
 from llmref.bench.plot import plot_group
 from llmref.bench.report import group_table
+from llmref.bench.results import Record, baseline_of, groups
 
-root = find_project_root()
-json_path = None if root is None else root / "results" / "bench.json"
-
-records: list[results.Record] = []
-if json_path is not None and json_path.is_file():
-    records = [r for r in results.load_json(json_path) if r.group.startswith("attention-")]
-if records:
-    when = records[0].datetime or "unknown time"
-    source = f"pytest-benchmark JSON {json_path} (measured {when})"
+json_path = explicit_results_file(BENCH_JSON_ENV)
+records: list[Record] = []
+if json_path is not None:
+    loaded = load_json(json_path)
+    for skipped in loaded.skipped:
+        print(f"skipped {skipped.what}: {skipped.reason}")
+    records = [r for r in loaded.records if r.group.startswith("attention-")]
+    if not records:
+        raise ValueError(f"{BENCH_JSON_ENV}={json_path} holds no attention results")
+    source = f"pytest-benchmark JSON {json_path.name} (measured {records[0].datetime})"
 else:
     sweep = cases.sweep("quick")
-    print(f"no benchmark JSON found; timing the reduced 'quick' sweep ({len(sweep)} cases)")
+    print(f"timing the reduced 'quick' sweep ({len(sweep)} cases)")
     records = measure.run_cases(sweep, rounds=3, warmup=1, max_time=0.2, progress=print)
     source = "reduced sweep measured by this script with llmref.bench.measure"
 print("Source:", source)
@@ -61,8 +61,9 @@ print(
 # The attention functions
 # -----------------------
 # Left: median time of one call against the sequence length ``T``, both on
-# log scales; the dashed line grows like ``T**2``, the cost of exact attention.
-# Right: each implementation's time divided by SDPA's at the same ``T``.
+# log scales, with the interquartile range of the timed calls shaded; the
+# dashed line grows like ``T**2``, the cost of exact attention. Right: each
+# implementation's time divided by SDPA's at the same ``T``.
 #
 # SDPA on the CPU runs a fused FlashAttention-style kernel that never forms
 # the ``T × T`` score matrix and skips the blocks the causal mask removes.
@@ -106,7 +107,7 @@ plt.show()
 # (below 1 is faster). ``python -m llmref.bench.report results`` writes the
 # same tables, for every group, into ``results/summary.md``.
 
-for group in results.groups(records):
-    print(f"{group} (baseline {results.baseline_of(records, group)})")
+for group in groups(records):
+    print(f"{group} (baseline {baseline_of(records, group)})")
     print(group_table(records, group))
     print()

@@ -16,27 +16,27 @@ allocator returns every large block to the system when it is freed (see
 :func:`llmref.bench.memory.peak_memory`). The number is the call's peak
 *extra* memory, its output included; the inputs already exist.
 
-If ``results/attention_memory.json`` (written by
-``python -m llmref.bench.memory``: both masks, five backends, up to
-``T = 8192``) exists at the repository root, it is plotted. Otherwise this
-script measures a reduced sweep -- four backends, causal only, ``T`` up to
-2048, all cases in one fresh process -- to stay within the time budget of a
-documentation build.
+By default this script measures a reduced sweep -- four backends, causal
+only, ``T`` up to 2048, all cases in one fresh process -- to stay within the
+time budget of a documentation build, so the page does not depend on what ran
+before it. To plot the full sweep (written by ``python -m llmref.bench.memory``
+into ``results/attention_memory.json``: both masks, five backends, up to
+``T = 8192``), name the file explicitly:
+``LLMREF_MEMORY_JSON=results/attention_memory.json tox -e docs``.
 """
 
 # %%
-# Measure, or load the full sweep
-# -------------------------------
+# Measure, or load a named results file
+# -------------------------------------
 
 import matplotlib.pyplot as plt
 
 from llmref.bench import cases
 from llmref.bench.memory import load_memory_json, memory_sweep
-from llmref.bench.paths import find_project_root
+from llmref.bench.paths import MEMORY_JSON_ENV, explicit_results_file
 
-root = find_project_root()
-json_path = None if root is None else root / "results" / "attention_memory.json"
-if json_path is not None and json_path.is_file():
+json_path = explicit_results_file(MEMORY_JSON_ENV)
+if json_path is not None:
     records = load_memory_json(json_path)
     source = f"JSON {json_path.name} (python -m llmref.bench.memory)"
 else:

@@ -41,10 +41,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .layout import STOP_KEY, TIME_PER_CALL, Axis, Layout
+
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "ATTENTION_LAYOUT",
     "BASELINES",
     "BATCH",
     "DTYPE",
@@ -53,6 +56,8 @@ __all__ = [
     "HEAD_DIM",
     "MAX_SEQ_LEN",
     "SEED",
+    "SEQ_LEN",
+    "STOP_REASONS",
     "SWEEPS",
     "SWEEP_ENV",
     "Case",
@@ -97,6 +102,26 @@ MAX_SEQ_LEN: Mapping[str, Mapping[str, int]] = {
 ``torch.compile``) is slow on the CPU. A backend registered later runs at every
 ``T`` until it is given a cap here."""
 
+STOP_REASONS: Mapping[str, str] = {
+    "naive": "it materialises the (B, H, T, T) float32 scores (512 MiB at T = 4096, "
+    "and the softmax holds several such buffers)",
+    "flex": "FlexAttention run eagerly, without torch.compile, is slow on the CPU",
+}
+"""Why a capped implementation stops where :data:`MAX_SEQ_LEN` stops it (stored with
+its longest case, and printed by the summary)."""
+
+SEQ_LEN = Axis("seq_len", "sequence length T", "tokens", symbol="T")
+"""The x axis of the attention groups: the sequence length ``T``."""
+
+ATTENTION_LAYOUT = Layout(
+    SEQ_LEN,
+    TIME_PER_CALL,
+    guide="quadratic",
+    description="Causal self-attention, float32; the dashed guide grows like T².",
+)
+"""What the attention groups declare: time per call against ``T``, one series per
+implementation, with a ``T**2`` guide (exact attention's cost)."""
+
 SWEEP_ENV = "LLMREF_BENCH_SWEEP"
 """Environment variable that selects a sweep when none is passed explicitly."""
 
@@ -117,6 +142,8 @@ class Sweep:
     max_seq_len : mapping of str to int
         Cap on ``T`` per implementation name; implementations not listed run
         at every ``T``.
+    expected : str, default ""
+        How long the whole sweep (every suite) takes, for the run's header.
 
     Examples
     --------
@@ -128,16 +155,35 @@ class Sweep:
     name: str
     seq_lens: tuple[int, ...]
     max_seq_len: Mapping[str, int] = field(default_factory=dict)
+    expected: str = ""
 
 
 SWEEPS: Mapping[str, Sweep] = {
-    "quick": Sweep("quick", (128, 256, 512, 1024), MAX_SEQ_LEN["quick"]),
-    "default": Sweep("default", (128, 256, 512, 1024, 2048, 4096), MAX_SEQ_LEN["default"]),
-    "full": Sweep("full", (128, 256, 512, 1024, 2048, 4096, 8192), MAX_SEQ_LEN["full"]),
+    "quick": Sweep(
+        "quick",
+        (128, 256, 512, 1024),
+        MAX_SEQ_LEN["quick"],
+        "about 2 minutes on 2 CPU cores with --benchmark-max-time=0.05 (the CI smoke run)",
+    ),
+    "default": Sweep(
+        "default",
+        (128, 256, 512, 1024, 2048, 4096),
+        MAX_SEQ_LEN["default"],
+        "about 10 minutes on 2 idle CPU cores",
+    ),
+    "full": Sweep(
+        "full",
+        (128, 256, 512, 1024, 2048, 4096, 8192),
+        MAX_SEQ_LEN["full"],
+        "an hour or more on 2 CPU cores",
+    ),
 }
-"""The sweeps: ``"quick"`` (the gallery's reduced sweep, seconds),
-``"default"`` (``tox -e bench``, about a minute on 2 CPU cores) and ``"full"``
-(adds ``T = 8192`` and ``"naive"`` at 4096; a few minutes)."""
+"""The sweeps of every suite in ``benchmarks/`` (each suite maps the name to its own
+sizes): ``"quick"`` (the CI smoke run — at least one case of every suite — and the
+gallery's reduced attention sweep), ``"default"`` (``tox -e bench``) and ``"full"``
+(the long sizes: ``T = 8192``, ``"naive"`` at 4096, SmolLM2 at batch 8, ...). The
+attention suite's sequence lengths and caps are given here; ``expected`` is the wall
+time of the whole sweep over all suites."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +207,9 @@ class Case:
         device to finish).
     dtype : str, default "float32"
         Name of the compute dtype.
+    stop_reason : str, default ""
+        Set on the longest case of an implementation that a cap stops before
+        the sweep's end: why it goes no further.
 
     Examples
     --------
@@ -179,6 +228,7 @@ class Case:
     baseline: str
     builder: Builder = field(repr=False, compare=False)
     dtype: str = DTYPE
+    stop_reason: str = ""
 
     @property
     def id(self) -> str:
@@ -222,10 +272,12 @@ class Case:
         dict
             ``implementation``, ``seq_len``, ``dtype``, ``device``,
             ``baseline``, ``batch``, ``heads``, ``head_dim``, the torch
-            version and its number of intra-op threads.
+            version and its number of intra-op threads, and
+            ``stop_reason`` if the case has one.
         """
         import torch
 
+        stop = {STOP_KEY: self.stop_reason} if self.stop_reason else {}
         return {
             "implementation": self.implementation,
             "seq_len": self.seq_len,
@@ -237,6 +289,7 @@ class Case:
             "head_dim": HEAD_DIM,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            **stop,
         }
 
 
@@ -506,9 +559,13 @@ def attention_cases(
             if implementations is not None and name not in implementations:
                 continue
             cap = caps.get(name)
-            for t in lens:
-                if cap is None or t <= cap:
-                    cases.append(Case(group, name, t, BASELINES[group], builder))
+            kept = [t for t in lens if cap is None or t <= cap]
+            for t in kept:
+                stop = ""
+                if t == max(kept) and t < max(lens):
+                    why = STOP_REASONS.get(name, "a cap in llmref.bench.cases.MAX_SEQ_LEN")
+                    stop = f"capped at T = {cap} in this sweep: {why}"
+                cases.append(Case(group, name, t, BASELINES[group], builder, stop_reason=stop))
     return cases
 
 

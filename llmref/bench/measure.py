@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .layout import Layout
 from .results import Record
 
 __all__ = ["Timing", "plan_rounds", "run_cases", "time_callable"]
@@ -61,11 +62,17 @@ class Timing:
         return min(self.times)
 
     @property
+    def quartiles(self) -> tuple[float, float]:
+        """First and third quartile (both the one time with a single call)."""
+        if len(self.times) < 2:
+            return self.times[0], self.times[0]
+        q1, _, q3 = statistics.quantiles(self.times, n=4, method="inclusive")
+        return q1, q3
+
+    @property
     def iqr(self) -> float:
         """Interquartile range (0 with fewer than two calls)."""
-        if len(self.times) < 2:
-            return 0.0
-        q1, _, q3 = statistics.quantiles(self.times, n=4, method="inclusive")
+        q1, q3 = self.quartiles
         return q3 - q1
 
 
@@ -184,6 +191,7 @@ def run_cases(
     warmup: int = 1,
     max_time: float | None = 0.5,
     progress: Callable[[str], object] | None = None,
+    layout: Layout | None = None,
 ) -> list[Record]:
     """Build and time each case; the in-process equivalent of ``benchmarks/``.
 
@@ -201,48 +209,52 @@ def run_cases(
         Time budget per case, in seconds.
     progress : callable, optional
         Called with one line of text per finished case (e.g. :func:`print`).
+    layout : Layout, optional
+        The records' declaration; default
+        :data:`~llmref.bench.cases.ATTENTION_LAYOUT` (time per call against
+        ``T``, which is what a :class:`~llmref.bench.cases.Case` sweeps).
 
     Returns
     -------
     list of Record
-        One per case, with ``source="measure"``.
+        One per case (series = implementation, x = sequence length), with
+        ``source="measure"``.
 
     Examples
     --------
     >>> from llmref.bench import attention_cases, run_cases
     >>> cases = attention_cases(seq_lens=(64,), implementations=["sdpa"])
     >>> [rec] = run_cases(cases, rounds=2, max_time=0.2)
-    >>> rec.implementation, rec.seq_len, rec.rounds >= 1
+    >>> rec.series, rec.x, rec.rounds >= 1
     ('sdpa', 64, True)
     """
     from datetime import datetime, timezone
 
-    import torch
+    from .cases import ATTENTION_LAYOUT, resolve_device
 
-    from .cases import resolve_device
-
+    layout = ATTENTION_LAYOUT if layout is None else layout
+    scale = layout.metric.scale
     dev = str(resolve_device(device))
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out = []
     for case in cases:
         timing = time_callable(case.make(dev), rounds=rounds, warmup=warmup, max_time=max_time)
+        q1, q3 = timing.quartiles
         out.append(
             Record(
                 group=case.group,
-                implementation=case.implementation,
-                seq_len=case.seq_len,
-                median=timing.median,
-                iqr=timing.iqr,
+                series=case.implementation,
+                x=case.seq_len,
+                value=timing.median * scale,
+                layout=layout,
+                low=q1 * scale,
+                high=q3 * scale,
                 rounds=timing.rounds,
-                mean=timing.mean,
-                min=timing.min,
                 baseline=case.baseline,
-                dtype=case.dtype,
-                device=dev,
-                threads=torch.get_num_threads(),
                 name=case.id,
                 source="measure",
                 datetime=when,
+                info=case.extra_info(dev),
             )
         )
         if progress is not None:

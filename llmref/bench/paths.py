@@ -1,8 +1,13 @@
-"""Finding the llmref source tree and its benchmark results.
+"""Finding the llmref source tree, and results files named explicitly.
 
 Gallery scripts run with the working directory set to their own folder (and
 sphinx-gallery does not define ``__file__``), so they locate the repository
 root by searching upwards from a few starting points.
+
+The benchmark gallery never reads ``results/`` on its own (the docs would
+then depend on whether ``tox -e bench`` ran before): it plots a results file
+only when one is named in an environment variable (:data:`BENCH_JSON_ENV`,
+:data:`MEMORY_JSON_ENV`; see :func:`explicit_results_file`).
 """
 
 from __future__ import annotations
@@ -12,10 +17,23 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["ROOT_ENV", "find_project_root", "results_dir"]
+__all__ = [
+    "BENCH_JSON_ENV",
+    "MEMORY_JSON_ENV",
+    "ROOT_ENV",
+    "explicit_results_file",
+    "find_project_root",
+    "results_dir",
+]
 
 ROOT_ENV = "LLMREF_ROOT"
 """Environment variable that names the repository root explicitly."""
+BENCH_JSON_ENV = "LLMREF_BENCH_JSON"
+"""Environment variable naming a pytest-benchmark JSON file for the benchmark gallery
+to plot instead of measuring its own small sweep."""
+MEMORY_JSON_ENV = "LLMREF_MEMORY_JSON"
+"""Environment variable naming a ``python -m llmref.bench.memory`` JSON file for the
+memory gallery example to plot instead of measuring its own small sweep."""
 
 
 def _is_root(path: Path) -> bool:
@@ -83,3 +101,42 @@ def results_dir() -> Path | None:
     """
     root = find_project_root()
     return None if root is None else root / "results"
+
+
+def explicit_results_file(env: str) -> Path | None:
+    """The results file named by the environment variable ``env``, if it is set.
+
+    Parameters
+    ----------
+    env : str
+        Name of the variable, e.g. :data:`BENCH_JSON_ENV`.
+
+    Returns
+    -------
+    Path or None
+        ``None`` when the variable is unset or empty; a relative path is taken
+        from the repository root when that is known, else from the working
+        directory.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the variable names a file that does not exist.
+
+    Examples
+    --------
+    >>> import os
+    >>> os.environ.pop("LLMREF_EXAMPLE_JSON", None)
+    >>> explicit_results_file("LLMREF_EXAMPLE_JSON") is None
+    True
+    """
+    value = os.environ.get(env, "")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        root = find_project_root()
+        path = (root if root is not None else Path.cwd()) / path
+    if not path.is_file():
+        raise FileNotFoundError(f"{env} names {value!r}, which is not a file ({path})")
+    return path

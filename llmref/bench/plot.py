@@ -1,4 +1,11 @@
-"""Matplotlib plots of benchmark records: time vs sequence length, and ratio to a baseline.
+"""Matplotlib plots of benchmark records, drawn from each group's declared layout.
+
+Each group is drawn on its own axes and units
+(:class:`~llmref.bench.layout.Layout`): the metric against the declared x axis,
+one line per series with the interquartile range as a shaded band, each series
+in a style no other series of the figure shares, and the ratio to the baseline
+beside it. A group measured at a single x is drawn as bars instead of columns
+of dots. Series that stop before the group's largest x say so in the legend.
 
 matplotlib is imported inside the functions, so importing this module (or
 ``llmref``) stays light. Functions draw into the axes or figure they are
@@ -8,42 +15,92 @@ sphinx-gallery captures).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .results import Record, baseline_of, implementations, ratios, seq_lens
+from .layout import Axis, Layout
+from .results import (
+    Record,
+    baseline_of,
+    layout_of,
+    ratios,
+    series_of,
+    stopped_series,
+    x_values,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_group", "plot_ratios", "plot_times"]
+__all__ = ["format_x", "plot_group", "plot_ratios", "plot_values", "series_styles"]
 
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
+_LINESTYLES = ("-", "--", "-.", ":")
 
 
-def _styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """A stable colour and marker per implementation (baseline first = C0)."""
+def series_styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A distinct colour, marker and line style per series, in order.
+
+    Colours cycle through matplotlib's ten ``C0``-``C9``; the line style
+    changes with each cycle and the marker with each series, so no two of
+    the first 40 series look alike (two series of one colour differ in line
+    style and marker).
+
+    Parameters
+    ----------
+    names : sequence of str
+        Series names, baseline first.
+
+    Returns
+    -------
+    dict
+        ``{name: {"color", "marker", "linestyle"}}``.
+
+    Examples
+    --------
+    >>> styles = series_styles([f"s{i}" for i in range(12)])
+    >>> styles["s0"]["color"] == styles["s10"]["color"], styles["s0"] == styles["s10"]
+    (True, False)
+    """
     return {
-        name: {"color": f"C{i % 10}", "marker": _MARKERS[i % len(_MARKERS)]}
+        name: {
+            "color": f"C{i % 10}",
+            "marker": _MARKERS[i % len(_MARKERS)],
+            "linestyle": _LINESTYLES[(i // 10) % len(_LINESTYLES)],
+        }
         for i, name in enumerate(names)
     }
 
 
-def _format_seq_axis(ax: Axes, lens: Sequence[int]) -> None:
+def format_x(value: float) -> str:
+    """An x value as a short label (``1024``, ``0.5``, ``16384``).
+
+    Examples
+    --------
+    >>> format_x(1024.0), format_x(0.5)
+    ('1024', '0.5')
+    """
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _format_x_axis(ax: Axes, axis: Axis, xs: Sequence[float]) -> None:
     from matplotlib.ticker import FixedLocator, NullLocator
 
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(list(lens)))
+    if axis.scale != "linear":
+        ax.set_xscale("log", base=2 if axis.scale == "log2" else 10)
+    ax.xaxis.set_major_locator(FixedLocator(list(xs)))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([str(t) for t in lens])
-    ax.set_xlabel("sequence length T")
+    ax.set_xticklabels([format_x(x) for x in xs])
+    ax.set_xlabel(axis.title)
 
 
-def _format_ratio_axis(ax: Axes) -> None:
-    """Label a log ratio axis with plain numbers (0.5, 1, 2, 5, 10, ...)."""
+def _format_log_y(ax: Axes) -> None:
+    """Label a log y axis with plain numbers (0.5, 1, 2, 5, 10, ...)."""
     from matplotlib.ticker import FuncFormatter, LogLocator
 
+    ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
@@ -62,13 +119,62 @@ def _new_axes(ax: Axes | None) -> Axes:
     return new
 
 
-def plot_times(
-    records: Sequence[Record], group: str, *, ax: Axes | None = None, title: str | None = None
-) -> Axes:
-    """Median time per call vs sequence length, one line per implementation (log-log).
+def _group(records: Sequence[Record], group: str) -> tuple[list[Record], Layout]:
+    recs = [r for r in records if r.group == group]
+    if not recs:
+        raise ValueError(f"no records for group {group!r}")
+    return recs, layout_of(recs, group)
 
-    A dashed grey line of slope 2 (time proportional to ``T**2``) is drawn
-    through the baseline's longest measurement, for reference.
+
+def _label(name: str, base: str | None, stops: Mapping[str, tuple[float, str]], axis: Axis) -> str:
+    label = f"{name} (baseline)" if name == base else name
+    if name in stops:
+        label += f" — stops at {axis.short} = {format_x(stops[name][0])}"
+    return label
+
+
+def _bars(
+    ax: Axes,
+    names: Sequence[str],
+    values: Mapping[str, tuple[float, float, float]],
+    styles: Mapping[str, Mapping[str, Any]],
+    xlabel: str,
+) -> None:
+    """Horizontal bars (value, with its quartiles as error bars), first name on top.
+
+    The value axis is logarithmic when the values span more than 30x.
+    """
+    ys = list(range(len(names)))[::-1]
+    for y, name in zip(ys, names, strict=True):
+        value, low, high = values[name]
+        err = None
+        if math.isfinite(low) and math.isfinite(high):
+            err = [[max(value - low, 0.0)], [max(high - value, 0.0)]]
+        ax.barh(y, value, xerr=err, color=styles[name]["color"], alpha=0.85, capsize=3)
+        end = max(value, high) if math.isfinite(high) else value
+        ax.annotate(f" {value:.3g}", (end, y), va="center", fontsize="small", annotation_clip=False)
+    shown = [v for v, _, _ in values.values() if v > 0]
+    if shown and max(shown) > 30 * min(shown):
+        ax.set_xscale("log")
+    ax.set_yticks(ys, list(names))
+    ax.set_xlabel(xlabel)
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+
+
+def plot_values(
+    records: Sequence[Record],
+    group: str,
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+    styles: Mapping[str, Mapping[str, Any]] | None = None,
+    legend: bool = True,
+) -> Axes:
+    """The group's metric against its x axis, one line per series (log y).
+
+    The interquartile range of each point is a shaded band around its line.
+    With ``guide`` declared, a dashed grey line of that slope runs through
+    the baseline's largest x. A group measured at one x is drawn as bars.
 
     Parameters
     ----------
@@ -80,6 +186,12 @@ def plot_times(
         Where to draw; a new figure is created if omitted.
     title : str, optional
         Axes title; default: the group name.
+    styles : mapping, optional
+        Per series, keyword arguments of :meth:`~matplotlib.axes.Axes.plot`;
+        default :func:`series_styles` of the group's series.
+    legend : bool, default True
+        Draw a legend on these axes (:func:`plot_group` draws one for the
+        figure instead).
 
     Returns
     -------
@@ -90,41 +202,58 @@ def plot_times(
     ValueError
         If ``records`` holds nothing for ``group``.
     """
-    recs = [r for r in records if r.group == group]
-    if not recs:
-        raise ValueError(f"no records for group {group!r}")
+    recs, layout = _group(records, group)
     ax = _new_axes(ax)
-    names = implementations(recs, group)
-    styles = _styles(names)
+    names = series_of(recs, group)
+    styles = series_styles(names) if styles is None else styles
     base = baseline_of(recs, group)
+    xs = x_values(recs, group)
+    metric = layout.metric
+    ax.set_title(title if title is not None else group)
+    if len(xs) == 1:
+        values = {r.series: (r.value, r.low, r.high) for r in recs}
+        _bars(ax, names, values, styles, f"{metric.title} at {layout.x.short} = {format_x(xs[0])}")
+        return ax
+    stops = stopped_series(recs, group)
     for name in names:
-        pts = sorted((r.seq_len, r.median) for r in recs if r.implementation == name)
-        label = f"{name} (baseline)" if name == base else name
+        pts = sorted((r.x, r.value, r.low, r.high) for r in recs if r.series == name)
+        px = [p[0] for p in pts]
         ax.plot(
-            [t for t, _ in pts],
-            [m * 1e3 for _, m in pts],
-            label=label,
-            linewidth=2.2 if name == base else 1.6,
+            px,
+            [p[1] for p in pts],
+            label=_label(name, base, stops, layout.x),
+            linewidth=2.4 if name == base else 1.5,
+            markersize=5,
             **styles[name],
         )
-    ref = sorted((r.seq_len, r.median) for r in recs if r.implementation == (base or names[0]))
-    if len(ref) > 1:
-        t_end, m_end = ref[-1]
-        t_start = ref[0][0]
+        band = [(x, lo, hi) for x, _, lo, hi in pts if math.isfinite(lo) and math.isfinite(hi)]
+        if band:
+            ax.fill_between(
+                [b[0] for b in band],
+                [b[1] for b in band],
+                [b[2] for b in band],
+                color=styles[name]["color"],
+                alpha=0.15,
+                linewidth=0,
+            )
+    ref = sorted((r.x, r.value) for r in recs if r.series == (base or names[0]))
+    if layout.guide is not None and len(ref) > 1:
+        power = 2 if layout.guide == "quadratic" else 1
+        (x_start, _), (x_end, v_end) = ref[0], ref[-1]
         ax.plot(
-            [t_start, t_end],
-            [m_end * 1e3 * (t_start / t_end) ** 2, m_end * 1e3],
+            [x_start, x_end],
+            [v_end * (x_start / x_end) ** power, v_end],
             linestyle="--",
             color="0.6",
             linewidth=1,
-            label=r"$\propto T^2$",
+            label=rf"$\propto {layout.x.symbol or 'x'}^{power}$" if power > 1 else "linear",
         )
-    ax.set_yscale("log")
-    _format_seq_axis(ax, seq_lens(recs, group))
-    ax.set_ylabel("median time per call [ms]")
-    ax.set_title(title if title is not None else group)
+    _format_log_y(ax)
+    _format_x_axis(ax, layout.x, xs)
+    ax.set_ylabel(metric.title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
+    if legend:
+        ax.legend(fontsize="small")
     return ax
 
 
@@ -135,8 +264,10 @@ def plot_ratios(
     baseline: str | None = None,
     ax: Axes | None = None,
     title: str | None = None,
+    styles: Mapping[str, Mapping[str, Any]] | None = None,
+    legend: bool = True,
 ) -> Axes:
-    """Median time relative to the baseline vs sequence length (log y).
+    """Each series' metric relative to the baseline's, against the x axis (log y).
 
     Parameters
     ----------
@@ -145,11 +276,15 @@ def plot_ratios(
     group : str
         Group to draw.
     baseline : str, optional
-        Implementation to divide by; default: the group's baseline.
+        Series to divide by; default: the group's baseline.
     ax : matplotlib.axes.Axes, optional
         Where to draw; a new figure is created if omitted.
     title : str, optional
         Axes title.
+    styles : mapping, optional
+        As for :func:`plot_values`.
+    legend : bool, default True
+        Draw a legend on these axes.
 
     Returns
     -------
@@ -160,28 +295,35 @@ def plot_ratios(
     ValueError
         If the group has no baseline measurements.
     """
-    recs = [r for r in records if r.group == group]
+    recs, layout = _group(records, group)
     base = baseline if baseline is not None else baseline_of(recs, group)
     table = ratios(recs, group, base)
     if not table or base is None:
         raise ValueError(f"group {group!r} has no measurements of its baseline {base!r}")
     ax = _new_axes(ax)
-    names = implementations(recs, group)
-    styles = _styles(names)
+    names = series_of(recs, group)
+    styles = series_styles(names) if styles is None else styles
+    better = "higher is faster" if layout.metric.higher_is_better else "lower is faster"
+    ylabel = f"{layout.metric.label} / {base}'s ({better})"
+    ax.set_title(title if title is not None else f"{group}: relative to {base}")
+    xs = x_values(recs, group)
+    if len(xs) == 1:
+        values = {n: (v, math.nan, math.nan) for (n, _), v in table.items()}
+        _bars(ax, [n for n in names if n in values], values, styles, ylabel)
+        ax.axvline(1.0, color="k", linewidth=1)
+        return ax
     ax.axhline(1.0, color=styles[base]["color"] if base in styles else "k", linewidth=2.2)
     for name in names:
         if name == base:
             continue
-        pts = sorted((t, v) for (n, t), v in table.items() if n == name)
+        pts = sorted((x, v) for (n, x), v in table.items() if n == name)
         if pts:
-            ax.plot([t for t, _ in pts], [v for _, v in pts], label=name, **styles[name])
-    ax.set_yscale("log")
-    _format_ratio_axis(ax)
-    _format_seq_axis(ax, seq_lens(recs, group))
-    ax.set_ylabel(f"time / time of {base}")
-    ax.set_title(title if title is not None else f"{group}: relative to {base}")
+            ax.plot([x for x, _ in pts], [v for _, v in pts], label=name, **styles[name])
+    _format_log_y(ax)
+    _format_x_axis(ax, layout.x, xs)
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    if len(names) > 1:
+    if legend and len(names) > 1:
         ax.legend(fontsize="small")
     return ax
 
@@ -189,7 +331,7 @@ def plot_ratios(
 def plot_group(
     records: Sequence[Record], group: str, *, fig: Figure | None = None, suptitle: str | None = None
 ) -> Figure:
-    """Both plots of one group side by side: times (left) and ratios (right).
+    """Both plots of one group side by side, with one legend outside the data.
 
     Parameters
     ----------
@@ -208,33 +350,46 @@ def plot_group(
     -------
     matplotlib.figure.Figure
 
+    Raises
+    ------
+    ValueError
+        If ``records`` holds nothing for ``group``.
+
     Examples
     --------
     >>> from matplotlib.figure import Figure
+    >>> from llmref.bench.cases import ATTENTION_LAYOUT
     >>> from llmref.bench.plot import plot_group
     >>> from llmref.bench.results import Record
-    >>> recs = [Record("g", i, t, t * m * 1e-6, 0.0, 5, baseline="a")
+    >>> recs = [Record("g", i, t, t * m * 1e-3, ATTENTION_LAYOUT, baseline="a")
     ...         for i, m in (("a", 1.0), ("b", 2.0)) for t in (128, 256)]
     >>> fig = plot_group(recs, "g", fig=Figure())
-    >>> len(fig.axes)
-    2
+    >>> len(fig.axes), len(fig.legends)
+    (2, 1)
     """
+    recs, layout = _group(records, group)
+    names = series_of(recs, group)
+    single = len(x_values(recs, group)) == 1
+    height = max(4.2, 0.32 * len(names) + 1.5) if single else 4.6
     if fig is None:
         import matplotlib.pyplot as plt
 
-        fig = plt.figure(figsize=(11, 4.2), layout="constrained")
+        fig = plt.figure(figsize=(12, height), layout="constrained")
     else:
-        fig.set_size_inches(11, 4.2)
+        fig.set_size_inches(12, height)
         fig.set_layout_engine("constrained")
+    styles = series_styles(names)
     left, right = fig.subplots(1, 2)
-    plot_times(records, group, ax=left, title="median time per call")
-    base = baseline_of(records, group)
-    if base is not None and ratios(records, group, base):
-        plot_ratios(records, group, baseline=base, ax=right, title=f"relative to {base}")
+    plot_values(recs, group, ax=left, title=layout.metric.label, styles=styles, legend=False)
+    base = baseline_of(recs, group)
+    if base is not None and ratios(recs, group, base):
+        plot_ratios(recs, group, ax=right, title=f"relative to {base}", styles=styles, legend=False)
     else:
         right.set_axis_off()
+    if not single:
+        handles, labels = left.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right upper", fontsize="small")
     if suptitle is None:
-        recs = [r for r in records if r.group == group]
         details = sorted(
             {
                 ", ".join(
