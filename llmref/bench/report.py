@@ -6,8 +6,8 @@ Usage::
 
 reads every ``*.json`` in ``RESULTS_DIR`` (the newest measurement of each
 case wins), writes ``<group>.png`` for each benchmark group and
-``summary.md`` into ``OUT_DIR`` (default ``RESULTS_DIR``), and prints the
-paths it wrote. Each group is tabulated and plotted on the axis, metric and
+``summary.md`` into ``OUT_DIR`` (default ``RESULTS_DIR``), and prints what it
+read and the paths it wrote. Each group is tabulated and plotted on the axis, metric and
 units its benchmark declared (:class:`~llmref.bench.layout.Layout`), with
 the ratio to the group's baseline. The summary opens with the machine the
 run measured (CPU, ISA features, cores, threads, torch, load average at the
@@ -488,6 +488,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"llmref.bench.report: {exc}", file=sys.stderr)
         return 1
+    results = load_dir(args.results_dir)
+    read = ", ".join(str(s.path) for s in results.sources)
+    print(
+        f"llmref.bench.report: {len(results.records)} records in "
+        f"{len(groups(results.records))} groups from {read}"
+        + (f"; {len(results.skipped)} skipped (see summary.md)" if results.skipped else "")
+    )
     for path in paths:
         print(path)
     return 0

@@ -395,9 +395,12 @@ def test_report_writes_pngs_and_a_summary_naming_the_machine(
     (src / "bench_attention.json").write_text(json.dumps(attention_document()))
     out = tmp_path / "out"
     assert report.main([str(src), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out.split()
+    printed = capsys.readouterr().out.splitlines()
     expected = [out / f"{FUNC}.png", out / f"{MOD}.png", out / "summary.md"]
-    assert printed == [str(p) for p in expected]
+    assert printed[0] == (
+        f"llmref.bench.report: 10 records in 2 groups from {src / 'bench_attention.json'}"
+    )
+    assert printed[1:] == [str(p) for p in expected]
     for png in expected[:2]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = expected[2].read_text()
