@@ -1,26 +1,21 @@
 """Build, load and call the W4A8 AVX512-VNNI kernel in ``w4a8.c``.
 
-The C source ships with the package and is compiled on first use with the
-system's C compiler (``$CC``, else ``gcc``) into a cache folder of the user's
-(``$LLMREF_KERNEL_CACHE``, else ``~/.cache/llmref/kernels``), keyed by a hash
-of the source, then loaded with :mod:`ctypes`. It links ``libgomp.so.1``, which
-resolves to the copy PyTorch has already loaded, so the kernel's threads are
-PyTorch's. Without a compiler or without AVX512-VNNI the kernel is simply not
-available (:func:`unavailable_reason` says why) and kernel selection skips it.
+The C source ships with the package and is compiled on first use by
+:mod:`llmref.quant._native` (the system's C compiler, a per-user cache, safe
+concurrent builds) and loaded with :mod:`ctypes`. Without a compiler, without
+AVX512-VNNI, or with ``LLMREF_CPU_ISA`` set to ``avx2`` or ``none``, the kernel is
+simply not available (:func:`unavailable_reason` says why) and kernel selection
+skips it.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ._native import NativeLibrary
 
 SOURCE = Path(__file__).with_name("w4a8.c")
 RUN = 128  # inputs per packed run: two nibble planes of 64 (see w4a8.c)
@@ -35,63 +30,22 @@ def fits(in_features: int, group_size: int) -> bool:
     )
 
 
-_reason: list[str] = []
-
-
-@functools.cache
-def library() -> ctypes.CDLL | None:
-    """The compiled kernel, or None when it cannot be built or this CPU lacks VNNI."""
-    try:
-        lib = ctypes.CDLL(str(_build()))
-    except (OSError, RuntimeError) as err:
-        _reason.append(str(err))
-        return None
+def _declare(lib: ctypes.CDLL, isa: str) -> str | None:
     if not lib.llmref_w4a8_supported():
-        _reason.append("this CPU lacks AVX-512 (F, BW, VL) with VNNI")
-        return None
+        return "this CPU lacks AVX-512 (F, BW, VL) with VNNI"
     lib.llmref_w4a8_linear.restype = ctypes.c_int
     lib.llmref_w4a8_linear.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int]
-    return lib
+    return None
+
+
+library = NativeLibrary(SOURCE, "w4a8", ("avx512",), _declare)
+"""``library()``: the compiled kernel, or None when it cannot be built, this CPU lacks
+VNNI or ``LLMREF_CPU_ISA`` selects another path (built by :mod:`llmref.quant._native`)."""
 
 
 def unavailable_reason() -> str | None:
     """Why :func:`library` is None (no compiler, failed build, no VNNI), else None."""
-    return None if library() is not None else (_reason[-1] if _reason else "unknown")
-
-
-def _cache_dir() -> Path:
-    """``$LLMREF_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/llmref/kernels`` (``~/.cache``):
-    a folder of this user's, so no one else can plant the library it loads."""
-    env = os.environ.get("LLMREF_KERNEL_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "llmref" / "kernels"
-
-
-def _build() -> Path:
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source).hexdigest()[:16]
-    cache = _cache_dir()
-    try:
-        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError:
-        cache = Path(tempfile.mkdtemp(prefix="llmref-kernels-"))  # private, this process only
-    target = cache / f"w4a8-{digest}.so"
-    if target.exists() and target.stat().st_uid == os.getuid():
-        return target
-    cc = shutil.which(os.environ.get("CC", "gcc"))
-    if cc is None:
-        raise RuntimeError("no C compiler found (set CC or install gcc)")
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-    os.close(fd)
-    cmd = [cc, "-O3", "-fopenmp", "-shared", "-fPIC", "-o", tmp, str(SOURCE)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        os.unlink(tmp)
-        raise RuntimeError(f"building {SOURCE.name} failed: {done.stderr.strip()[-500:]}")
-    os.replace(tmp, target)  # atomic: concurrent builders all end with a whole file
-    return target
+    return library.unavailable_reason()
 
 
 def pack(codes: torch.Tensor) -> torch.Tensor:

@@ -2,9 +2,23 @@
 
 The **reference** kernel dequantizes the whole weight and calls
 :func:`torch.nn.functional.linear`; it works for every format and is what
-each fast kernel is tested against. The fast kernels use PyTorch's packed
-low-bit CPU kernels:
+each fast kernel is tested against. The fast kernels are llmref's own C
+kernels and PyTorch's packed low-bit CPU kernels:
 
+``int4_w4a32``
+    llmref's exact int4 kernel (``llmref/quant/wonly.c``, built with the
+    system C compiler on first use, for AVX-512 or AVX2 chosen at run time):
+    int4 weights (``int4`` and 4-bit ``int`` with groups of a multiple of 32
+    or one group per row, symmetric, with an integer zero point or a float
+    offset; ggml ``q4_0`` and ``q4_1``) times float32 activations. Each
+    weight is dequantized in registers with the reference's own operations
+    (bit-for-bit :func:`~llmref.quant.dequantize`) and the products are
+    summed in float32, so only the summation order differs from the
+    reference. From 16 rows of activations on, tiles of dequantized rows go
+    through PyTorch's float32 GEMM instead.
+``int8_w8a32``
+    The same for symmetric int8 weights (per channel or groups of a
+    multiple of 32) and ggml ``q8_0``.
 ``int4_tinygemm``
     ``torch._weight_int4pack_mm_for_cpu``: 4-bit weights with one scale and
     one zero per group (group size 32-256), activations in their own dtype.
@@ -75,17 +89,20 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import _w4a8
+from . import _native, _w4a8, _wonly
 from .formats import dequantize, int_codes
 from .tensor import QuantizedTensor
 
 __all__ = [
     "ACTIVATION_KERNELS",
     "ACT_QUANT",
+    "AUTO_ORDER",
     "KERNELS",
     "Int8VectorwiseQuant",
     "Kernel",
+    "KernelStatus",
     "int8_vectorwise_quant",
+    "kernel_status",
     "select_kernel",
 ]
 
@@ -217,8 +234,8 @@ class Kernel:
     --------
     >>> from llmref.quant.kernels import KERNELS
     >>> sorted(KERNELS)  # doctest: +NORMALIZE_WHITESPACE
-    ['int4_tinygemm', 'int4_tinygemm_bf16', 'int4_w4a8', 'int8_dynamic',
-     'int8_weight', 'int8_weight_bf16', 'llm_int8', 'reference']
+    ['int4_tinygemm', 'int4_tinygemm_bf16', 'int4_w4a32', 'int4_w4a8', 'int8_dynamic',
+     'int8_w8a32', 'int8_weight', 'int8_weight_bf16', 'llm_int8', 'reference']
     """
 
     name: str
@@ -343,6 +360,29 @@ def _w4a8_run(x: torch.Tensor, st: State) -> torch.Tensor:
     return y.to(x.dtype)
 
 
+# ------------------------------------------------- exact int4/int8 (wonly.c)
+def _w4a32_supports(qt: QuantizedTensor, device: torch.device) -> bool:
+    return (
+        device.type == "cpu" and _wonly.int4_layout(qt) is not None and _wonly.library() is not None
+    )
+
+
+def _w8a32_supports(qt: QuantizedTensor, device: torch.device) -> bool:
+    return (
+        device.type == "cpu" and _wonly.int8_layout(qt) is not None and _wonly.library() is not None
+    )
+
+
+def _wonly_prepare(qt: QuantizedTensor) -> State:
+    return {**_wonly.prepare(qt), "qweight": qt}
+
+
+def _wonly_run(x: torch.Tensor, st: State) -> torch.Tensor:
+    if x.dtype == torch.float64:  # float64 inputs: the reference's float64 arithmetic
+        return F.linear(x, dequantize(st["qweight"], dtype=x.dtype))
+    return _wonly.linear(x, st).to(x.dtype)
+
+
 # --------------------------------------------------------------- int8
 def _int8_supports(qt: QuantizedTensor, device: torch.device) -> bool:
     o = qt.options
@@ -417,6 +457,8 @@ KERNELS: dict[str, Kernel] = {
     k.name: k
     for k in (
         Kernel("reference", lambda qt, d: True, _ref_prepare, _ref_run),
+        Kernel("int4_w4a32", _w4a32_supports, _wonly_prepare, _wonly_run),
+        Kernel("int8_w8a32", _w8a32_supports, _wonly_prepare, _wonly_run),
         Kernel("int4_tinygemm", _int4_supports, _int4_prepare, _int4_run_in(None)),
         Kernel(
             "int4_tinygemm_bf16",
@@ -448,19 +490,17 @@ KERNELS: dict[str, Kernel] = {
 }
 """The kernels by name (``"reference"`` plus the fast ones described above)."""
 
-AUTO_ORDER: tuple[str, ...] = ("int4_tinygemm_bf16", "int8_weight_bf16")
+AUTO_ORDER: tuple[str, ...] = ("int4_w4a32", "int8_w8a32", "int4_tinygemm", "int8_weight")
 """Kernels ``backend="auto"`` tries, in order, before falling back to the reference.
 
-Both run bfloat16 activations through PyTorch's packed CPU kernels: on the
-2-core AVX512-BF16/AMX machine this project is measured on they are the
-fastest weight-only int4 and int8 paths at small ``M``, and their extra error
-(about 0.3 % relative to the exact reference output, from rounding
-activations and output to bfloat16) is below the weight quantization error
-itself. ``auto`` never quantizes activations unless the weight asks for it
-(``options["act_quant"]``, see :data:`ACTIVATION_KERNELS`); name
-``backend="int4_w4a8"`` for the faster int4 x int8 kernel, or
-``"int8_weight"``, ``"int4_tinygemm"`` or ``"reference"`` for float32
-activations."""
+All are exact (float activations, only the summation order differs from the
+reference). llmref's own ``int4_w4a32`` and ``int8_w8a32`` come first; where
+they are unavailable (no C compiler, a CPU without AVX2, ``LLMREF_CPU_ISA=none``:
+see :func:`kernel_status`) PyTorch's exact ``int4_tinygemm`` and ``int8_weight``
+follow (fast at one token only). ``auto`` never rounds activations unless the
+weight asks for it (``options["act_quant"]``, see :data:`ACTIVATION_KERNELS`);
+name ``backend="int4_tinygemm_bf16"``, ``"int8_weight_bf16"`` or ``"int4_w4a8"``
+to trade exactness for speed."""
 
 ACTIVATION_KERNELS: dict[str, tuple[str, ...]] = {
     "per_token_int8": ("int8_dynamic", "int4_w4a8"),
@@ -503,8 +543,9 @@ def select_kernel(qweight: QuantizedTensor, device: torch.device, backend: str =
     >>> from llmref.quant import quantize
     >>> from llmref.quant.kernels import select_kernel
     >>> w = quantize(torch.randn(64, 256), "int4", group_size=64)
-    >>> select_kernel(w, torch.device("cpu")).name
-    'int4_tinygemm_bf16'
+    >>> kernel = select_kernel(w, torch.device("cpu"))
+    >>> kernel.exact, kernel.name in ("int4_w4a32", "int4_tinygemm")
+    (True, True)
     >>> select_kernel(quantize(torch.randn(64, 256), "nf4"), torch.device("cpu")).name
     'reference'
     """
@@ -529,3 +570,86 @@ def select_kernel(qweight: QuantizedTensor, device: torch.device, backend: str =
             f"{qweight.options} on {device}"
         )
     return kernel
+
+
+@dataclass(frozen=True)
+class KernelStatus:
+    """Whether a kernel of :data:`KERNELS` can run here, and on what.
+
+    Parameters
+    ----------
+    name : str
+        The kernel's name.
+    available : bool
+        Whether it can run on this machine's CPU (for some weight).
+    detail : str
+        What it runs on (``"native avx512"``, ``"native avx2"``, ``"PyTorch"``)
+        or why it is unavailable.
+    exact : bool
+        The kernel's :attr:`Kernel.exact`.
+
+    Examples
+    --------
+    >>> from llmref.quant.kernels import kernel_status
+    >>> kernel_status()["reference"].available
+    True
+    """
+
+    name: str
+    available: bool
+    detail: str
+    exact: bool
+
+
+def kernel_status() -> dict[str, KernelStatus]:
+    """Which kernels are active on this machine, and why the others are not.
+
+    llmref's C kernels (``int4_w4a32``, ``int8_w8a32``, ``int4_w4a8``) need a C
+    compiler and a CPU path (AVX-512 or AVX2, detected at run time and lowered by
+    ``LLMREF_CPU_ISA=avx512|avx2|none``); without them ``backend="auto"`` uses
+    PyTorch's exact kernels, with the same numerics up to summation order. The
+    first call may compile the C kernels (about a second).
+
+    Returns
+    -------
+    dict of str to KernelStatus
+        One entry per name in :data:`KERNELS`, in its order.
+
+    Raises
+    ------
+    ValueError
+        If ``LLMREF_CPU_ISA`` is set to something other than ``avx512``,
+        ``avx2`` or ``none``.
+
+    Examples
+    --------
+    >>> from llmref.quant.kernels import kernel_status
+    >>> status = kernel_status()
+    >>> status["int4_w4a32"].detail in ("native avx512", "native avx2") or not status[
+    ...     "int4_w4a32"].available
+    True
+    """
+    _native.selected_isa()  # validates LLMREF_CPU_ISA
+    native = {"int4_w4a32": _wonly.library, "int8_w8a32": _wonly.library}
+    native["int4_w4a8"] = _w4a8.library
+    torch_ops = {
+        "int4_tinygemm": "_weight_int4pack_mm_for_cpu",
+        "int4_tinygemm_bf16": "_weight_int4pack_mm_for_cpu",
+        "int8_weight": "_weight_int8pack_mm",
+        "int8_weight_bf16": "_weight_int8pack_mm",
+        "int8_dynamic": "_int_mm",
+        "llm_int8": "_int_mm",
+    }
+    out: dict[str, KernelStatus] = {}
+    for name, kernel in KERNELS.items():
+        if name in native:
+            lib = native[name]
+            ok = lib() is not None
+            detail = f"native {lib.isa()}" if ok else str(lib.unavailable_reason())
+        elif name in torch_ops:
+            ok = hasattr(torch, torch_ops[name])
+            detail = "PyTorch" if ok else f"this PyTorch lacks torch.{torch_ops[name]}"
+        else:
+            ok, detail = True, "PyTorch"
+        out[name] = KernelStatus(name, ok, detail, kernel.exact)
+    return out

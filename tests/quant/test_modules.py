@@ -13,7 +13,7 @@ from llmref.quant import (
     dequantize,
     quantize,
 )
-from llmref.quant.kernels import KERNELS, select_kernel
+from llmref.quant.kernels import KERNELS, kernel_status, select_kernel
 from tests.quant.helpers import randn
 from tests.tolerances import assert_close
 
@@ -96,20 +96,27 @@ def test_int8_dynamic_error_is_the_activation_rounding():
 
 def test_auto_backend_choice():
     w = randn(64, 256)
-    assert select_kernel(quantize(w, "int4", group_size=64), CPU).name == "int4_tinygemm_bf16"
-    assert select_kernel(quantize(w, "int8"), CPU).name == "int8_weight_bf16"
-    # unsupported by every fast kernel: the reference
+    # exact kernels only: llmref's own where they build, else PyTorch's float32 ones
+    native = kernel_status()["int4_w4a32"].available
+    int4, int8 = ("int4_w4a32", "int8_w8a32") if native else ("int4_tinygemm", "int8_weight")
+    assert select_kernel(quantize(w, "int4", group_size=64), CPU).name == int4
+    assert select_kernel(quantize(w, "int8"), CPU).name == int8
     w512 = randn(64, 512)
-    for fmt, opts in [
-        ("nf4", {}),
-        ("int4", {"group_size": 16}),
-        ("int8", {"group_size": 64}),
-        ("q4_0", {}),
+    for fmt, opts, name in [
+        ("q4_0", {}, int4),
+        ("q4_1", {}, int4),
+        ("q8_0", {}, int8),
+        ("int8", {"group_size": 64}, int8),
     ]:
+        expected = name if native else "reference"
+        assert select_kernel(quantize(w512, fmt, **opts), CPU).name == expected
+    # unsupported by every fast kernel: the reference
+    for fmt, opts in [("nf4", {}), ("int4", {"group_size": 16})]:
         assert select_kernel(quantize(w512, fmt, **opts), CPU).name == "reference"
-    # tinygemm needs out_features % 16 == 0, W4A8 an integer zero point
+    # tinygemm needs out_features % 16 == 0, W4A8 an integer zero point; int4_w4a32 neither
     float_zero = {"group_size": 64, "symmetric": False, "zero_point": "float"}
-    assert select_kernel(quantize(randn(60, 512), "int4", **float_zero), CPU).name == "reference"
+    odd = select_kernel(quantize(randn(60, 512), "int4", **float_zero), CPU).name
+    assert odd == ("int4_w4a32" if native else "reference")
     # int4 groups that are multiples of 128 (per channel included): the W4A8 kernel
     # only when asked by name or by the weight's act_quant; auto stays weight-only
     for opts in [{}, {"group_size": 128}, {"group_size": 256, "symmetric": False}]:
@@ -258,11 +265,13 @@ def test_input_scale_safetensors_round_trip(tmp_path):
 
 @pytest.mark.parametrize("out_features", [1, 8, 40, 263])
 def test_int4_kernel_needs_output_rows_in_sixteens(out_features):
-    """The CPU int4 packing interleaves rows in 16s: other sizes fall back, or refuse by name."""
+    """The CPU int4 packing interleaves rows in 16s: other sizes fall back (to llmref's
+    int4_w4a32 where it builds, which takes any row count), or refuse by name."""
     lin = nn.Linear(64, out_features)
     qlin = QuantLinear.from_linear(lin, "int4", group_size=32)
     x = torch.randn(3, 64)
-    assert qlin.kernel.name == "reference"
+    native = kernel_status()["int4_w4a32"].available
+    assert qlin.kernel.name == ("int4_w4a32" if native else "reference")
     torch.testing.assert_close(qlin(x), qlin.dequantized_linear()(x))
     with pytest.raises(ValueError, match="'int4_tinygemm' does not support"):
         QuantLinear.from_linear(lin, "int4", group_size=32, backend="int4_tinygemm")(x)
