@@ -13,6 +13,7 @@ tokenizer with the ``tokenizers`` package.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -67,6 +68,7 @@ _SCALARS = {  # GGUF metadata value type -> struct format
     12: "<d",
 }
 _STRING, _ARRAY = 8, 9
+_MAX_DIMS = 4  # GGML_MAX_DIMS
 
 
 class TensorInfo(NamedTuple):
@@ -147,6 +149,8 @@ class GGUFFile:
             If its ggml type cannot be read.
         """
         info = self._info(name)
+        if math.prod(info.shape) == 0:
+            return torch.empty(info.shape, dtype=dtype)
         raw = self.raw(name)
         kind, block, size = GGML_TYPES[info.ggml_type]
         if kind in ("f32", "f16", "bf16"):
@@ -181,7 +185,7 @@ class GGUFFile:
             raise KeyError(f"no tensor {name!r} in {self.path.name}") from None
         if info.ggml_type not in GGML_TYPES:
             raise ValueError(
-                f"tensor {name!r} has ggml type {info.ggml_type}, which llmref cannot read; "
+                f"{self.path.name}: tensor {name!r} has ggml type {info.ggml_type}, which llmref cannot read; "
                 f"readable: {sorted(v[0] for v in GGML_TYPES.values())}"
             )
         return info
@@ -218,42 +222,57 @@ in the same float32 operations as ggml and the ``gguf`` package (so bit for bit 
 
 
 class _Reader:
-    """Sequential little-endian reads from a buffer."""
+    """Sequential little-endian reads from a buffer; every failure is a ValueError naming the file.
+
+    Nothing is allocated before the bytes it describes have been found in the
+    file, so a corrupted count or length (2**60, say) fails at once instead of
+    allocating or looping.
+    """
+
+    max_depth = 8  # arrays of arrays: ggml writes depth 1; recursion stays bounded
 
     def __init__(self, buffer: Any, path: Path) -> None:
         self.buf, self.pos, self.path = buffer, 0, path
+
+    def fail(self, what: str) -> ValueError:
+        return ValueError(f"{self.path.name}: {what} (at byte {self.pos} of {len(self.buf)})")
 
     def scalar(self, fmt: str) -> Any:
         try:
             (value,) = struct.unpack_from(fmt, self.buf, self.pos)
         except struct.error:
-            raise ValueError(f"{self.path.name}: file ends inside the GGUF header") from None
+            raise self.fail("file ends inside the GGUF header") from None
         self.pos += struct.calcsize(fmt)
         return value
 
+    def take(self, nbytes: int, what: str) -> int:
+        """Advance past ``nbytes`` bytes that must be in the file; return where they start."""
+        if nbytes > len(self.buf) - self.pos:
+            raise self.fail(f"{what} of {nbytes} bytes runs past the end of the file")
+        start, self.pos = self.pos, self.pos + nbytes
+        return start
+
     def string(self) -> str:
         n = self.scalar("<Q")
-        end = self.pos + n
-        if end > len(self.buf):
-            raise ValueError(f"{self.path.name}: file ends inside a GGUF string")
-        text = bytes(self.buf[self.pos : end]).decode("utf-8", errors="replace")
-        self.pos = end
-        return text
+        start = self.take(n, "a GGUF string")
+        return bytes(self.buf[start : self.pos]).decode("utf-8", errors="replace")
 
-    def value(self, kind: int) -> Any:
+    def value(self, kind: int, depth: int = 0) -> Any:
         if kind in _SCALARS:
             return self.scalar(_SCALARS[kind])
         if kind == _STRING:
             return self.string()
         if kind == _ARRAY:
+            if depth >= self.max_depth:
+                raise self.fail(f"metadata arrays nested deeper than {self.max_depth}")
             item, count = self.scalar("<I"), self.scalar("<Q")
             if item in _SCALARS and item != 7:  # numeric arrays in one go
                 dtype = np.dtype(_SCALARS[item])
-                values = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos)
-                self.pos += dtype.itemsize * count
-                return values.tolist()
-            return [self.value(item) for _ in range(count)]
-        raise ValueError(f"{self.path.name}: unknown GGUF metadata value type {kind}")
+                start = self.take(dtype.itemsize * count, f"an array of {count} {dtype}")
+                return np.frombuffer(self.buf, dtype=dtype, count=count, offset=start).tolist()
+            # Every other item takes at least one byte, so the loop ends within the file.
+            return [self.value(item, depth + 1) for _ in range(count)]
+        raise self.fail(f"unknown GGUF metadata value type {kind}")
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
@@ -274,7 +293,10 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the file is not GGUF version 2 or 3, or is truncated.
+        If the file is not GGUF version 2 or 3, or is malformed: truncated, a
+        count, length, rank, type code or alignment that the file cannot hold.
+        The message names the file; nothing is allocated for a count or length
+        before its bytes are found in the file.
 
     Notes
     -----
@@ -323,19 +345,33 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
         raise ValueError(f"{path.name}: GGUF version {version} is not supported (2 or 3)")
     n_tensors, n_kv = r.scalar("<Q"), r.scalar("<Q")
     metadata: dict[str, Any] = {}
-    for _ in range(n_kv):
+    for _ in range(n_kv):  # each entry takes >= 13 bytes: a bad count ends at the file's end
         key = r.string()
         metadata[key] = r.value(r.scalar("<I"))
     tensors: dict[str, TensorInfo] = {}
     for _ in range(n_tensors):
         name = r.string()
-        dims = [r.scalar("<Q") for _ in range(r.scalar("<I"))]
+        rank = r.scalar("<I")
+        if rank > _MAX_DIMS:
+            raise r.fail(f"tensor {name!r} has {rank} dimensions; ggml allows at most {_MAX_DIMS}")
+        dims = [r.scalar("<Q") for _ in range(rank)]
         ggml_type, offset = r.scalar("<I"), r.scalar("<Q")
+        if name in tensors:
+            raise r.fail(f"tensor {name!r} appears twice in the tensor table")
         shape = tuple(reversed(dims))
-        n = int(np.prod(shape)) if shape else 1
+        n = math.prod(shape)  # Python ints: no overflow, however large the dimensions
+        if max(shape, default=0) >= 2**63 or n >= 2**63:
+            raise r.fail(f"tensor {name!r} has shape {shape}, beyond int64 element counts")
         _, block, size = GGML_TYPES.get(ggml_type, ("?", 1, 0))
+        if shape and shape[-1] % block:
+            raise r.fail(
+                f"tensor {name!r} has {shape[-1]} elements per row, not a multiple of its "
+                f"ggml type's block of {block}"
+            )
         tensors[name] = TensorInfo(name, shape, ggml_type, offset, n // block * size)
-    alignment = int(metadata.get("general.alignment", 32))
+    alignment = metadata.get("general.alignment", 32)
+    if type(alignment) is not int or alignment < 1:
+        raise r.fail(f"general.alignment must be a positive integer, got {alignment!r}")
     data_start = -(-r.pos // alignment) * alignment
     for info in tensors.values():
         if data_start + info.offset + info.nbytes > len(buffer):
