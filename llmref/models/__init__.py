@@ -8,13 +8,14 @@ and :mod:`llmref.position`; :func:`generate` decodes from it through any
 real checkpoints.
 """
 
-from .blocks import ROUTERS, DecoderBlock, MoE, SwiGLU, TransformerBlock, moe, route_tokens, swiglu
+from .blocks import DecoderBlock, MoE, SwiGLU, TransformerBlock, moe, swiglu
 from .classifier import TextClassifier
 from .config import ATTENTION_KINDS, DecoderConfig, MLAConfig, MoEConfig
 from .decoder import DecoderLM
 from .generation import generate, make_caches, top_k_filter, top_p_filter
 from .gguf import from_gguf, gguf_tokenizer, load_gguf, pack_gguf_linears, read_gguf
 from .hf import SUPPORTED_ARCHITECTURES, config_from_transformers, from_transformers
+from .routing import ROUTERS, route_tokens
 
 __all__ = [
     "ATTENTION_KINDS",

@@ -1,7 +1,7 @@
 """Building blocks of a transformer language model: MLPs, mixtures of experts, whole blocks.
 
-Functional core, thin modules: :func:`swiglu`, :func:`route_tokens` (with the
-routing rules registered in :data:`ROUTERS`) and :func:`moe` compute; the
+Functional core, thin modules: :func:`swiglu`, :func:`~llmref.models.route_tokens`
+(:mod:`llmref.models.routing`) and :func:`moe` compute; the
 modules :class:`SwiGLU`, :class:`MoE`, :class:`DecoderBlock` and
 :class:`TransformerBlock` own the parameters and call them.
 """
@@ -15,29 +15,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_float_dtype, check_int, check_positive_float, check_tensor
-from .._registry import Registry
 from ..attention import MultiHeadAttention, MultiHeadLatentAttention
+from .routing import ROUTERS, route_tokens
 
 if TYPE_CHECKING:
     from ..cache import KVCache
     from .config import DecoderConfig, MoEConfig
 
 __all__ = [
-    "ROUTERS",
     "DecoderBlock",
     "MoE",
     "SwiGLU",
     "TransformerBlock",
     "moe",
-    "route_tokens",
     "swiglu",
 ]
-
-ROUTERS = Registry("router")
-"""Registry of mixture-of-experts routing rules (``topk_method`` names as in DeepSeek's
-configs), name -> :class:`~llmref.RegistryEntry`. Each takes router logits ``(N, E)``
-and returns per-expert selection scores and the weights to mix the chosen ones with."""
-
 
 def swiglu(
     x: torch.Tensor,
@@ -169,145 +161,6 @@ class SwiGLU(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_ff={self.d_ff}"
-
-
-# -- routing -------------------------------------------------------------------------------
-
-
-def _group_mask(scores: torch.Tensor, group_scores: torch.Tensor, topk_group: int) -> torch.Tensor:
-    """Keep the experts of the ``topk_group`` best groups: bool ``(N, E)``."""
-    n_group = group_scores.shape[-1]
-    chosen = group_scores.topk(topk_group, dim=-1, sorted=False).indices
-    keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, chosen, True)
-    return keep.repeat_interleave(scores.shape[-1] // n_group, dim=-1)
-
-
-@ROUTERS.register(
-    "greedy", paper="shazeer2017outrageously", third_party="transformers DeepseekV2TopkRouter"
-)
-def greedy_routing(logits: torch.Tensor, **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax over all experts; choose by the probabilities, mix with them."""
-    probs = logits.softmax(dim=-1, dtype=torch.float32)
-    return probs, probs
-
-
-@ROUTERS.register(
-    "group_limited_greedy",
-    paper="deepseek2024v2",
-    third_party="transformers DeepseekV2TopkRouter",
-    grouped=True,
-)
-def group_limited_routing(
-    logits: torch.Tensor, *, n_group: int, topk_group: int, **_: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax; only experts of the ``topk_group`` groups with the highest best score compete."""
-    probs = logits.softmax(dim=-1, dtype=torch.float32)
-    best = probs.view(probs.shape[0], n_group, -1).amax(dim=-1)
-    return probs.masked_fill(~_group_mask(probs, best, topk_group), 0.0), probs
-
-
-@ROUTERS.register(
-    "noaux_tc",
-    paper="deepseekai2024v3",
-    third_party="transformers DeepseekV3TopkRouter",
-    grouped=True,
-    correction_bias=True,
-)
-def noaux_tc_routing(
-    logits: torch.Tensor,
-    *,
-    n_group: int,
-    topk_group: int,
-    correction_bias: torch.Tensor | None = None,
-    **_: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sigmoid scores; choose by score + load-balancing bias within the best groups
-    (ranked by the sum of their two best experts); mix with the unbiased scores."""
-    scores = logits.float().sigmoid()
-    choice = scores if correction_bias is None else scores + correction_bias.float()
-    per_group = choice.view(choice.shape[0], n_group, -1)
-    best = per_group.topk(min(2, per_group.shape[-1]), dim=-1).values.sum(dim=-1)
-    return choice.masked_fill(~_group_mask(choice, best, topk_group), float("-inf")), scores
-
-
-def route_tokens(
-    logits: torch.Tensor,
-    top_k: int,
-    *,
-    topk_method: str = "greedy",
-    n_group: int | None = None,
-    topk_group: int | None = None,
-    correction_bias: torch.Tensor | None = None,
-    norm_topk_prob: bool = False,
-    routed_scaling_factor: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Choose ``top_k`` experts per token and the weights to mix their outputs with.
-
-    Parameters
-    ----------
-    logits : torch.Tensor
-        Router logits ``(N, E)``, one row per token (computed in float32).
-    top_k : int
-        Experts per token.
-    topk_method : str, default "greedy"
-        A rule in :data:`ROUTERS` (see :class:`~llmref.models.MoEConfig`).
-    n_group, topk_group : int, optional
-        Group routing settings (``"group_limited_greedy"``, ``"noaux_tc"``).
-    correction_bias : torch.Tensor, optional
-        ``(E,)`` load-balancing bias added to the scores for the choice only
-        (DeepSeek-V3's ``e_score_correction_bias``).
-    norm_topk_prob : bool, default False
-        Renormalise the chosen weights to sum to one.
-    routed_scaling_factor : float, default 1.0
-        Multiplies the weights.
-
-    Returns
-    -------
-    weights : torch.Tensor
-        float32 ``(N, top_k)``.
-    indices : torch.Tensor
-        Expert ids ``(N, top_k)``.
-
-    Raises
-    ------
-    KeyError
-        If ``topk_method`` is not registered.
-    ValueError
-        If ``logits`` is not 2-D, ``top_k`` exceeds the experts, or a grouped
-        rule lacks its group settings.
-
-    Notes
-    -----
-    With scores :math:`s = \operatorname{softmax}(W_r x)` (or a sigmoid) the
-    layer computes :math:`y = \sum_{e \in \operatorname{TopK}(s)} g_e E_e(x)`:
-    each token runs only ``top_k`` of the ``E`` experts, so parameters grow with
-    ``E`` while compute per token stays that of ``top_k`` experts
-    {cite:p}`shazeer2017outrageously`. The selection is not differentiable;
-    the router learns through the weights :math:`g_e` of the chosen experts.
-
-    Examples
-    --------
-    >>> import torch
-    >>> logits = torch.tensor([[2.0, 0.0, 1.0, -1.0]])
-    >>> w, idx = route_tokens(logits, 2, norm_topk_prob=True)
-    >>> idx.sort().values.tolist(), round(float(w.sum()), 6)
-    ([[0, 2]], 1.0)
-    """
-    check_tensor("logits", logits, ndim=2)
-    top_k = check_int("top_k", top_k, minimum=1)
-    if top_k > logits.shape[-1]:
-        raise ValueError(f"top_k must be <= the number of experts {logits.shape[-1]}, got {top_k}")
-    rule = ROUTERS[topk_method]
-    if rule.meta.get("grouped") and (n_group is None or topk_group is None):
-        raise ValueError(f"topk_method={topk_method!r} needs n_group and topk_group")
-    choice, mix = rule.fn(
-        logits, n_group=n_group, topk_group=topk_group, correction_bias=correction_bias
-    )
-    indices = choice.topk(top_k, dim=-1, sorted=False).indices
-    weights = mix.gather(-1, indices)
-    if norm_topk_prob:
-        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-    return weights * routed_scaling_factor, indices
 
 
 def moe(

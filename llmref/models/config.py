@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 from .._checks import check_int, check_positive_float
+from .routing import ROUTERS
 
 __all__ = ["ATTENTION_KINDS", "DecoderConfig", "LayerSpec", "MLAConfig", "MoEConfig"]
 
@@ -160,8 +161,6 @@ class MoEConfig:
     routed_scaling_factor: float = 1.0
 
     def __post_init__(self) -> None:
-        from .blocks import ROUTERS
-
         check_int("n_experts", self.n_experts, minimum=1)
         check_int("top_k", self.top_k, minimum=1)
         check_int("d_expert", self.d_expert, minimum=1)

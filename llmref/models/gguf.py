@@ -185,8 +185,8 @@ class GGUFFile:
             raise KeyError(f"no tensor {name!r} in {self.path.name}") from None
         if info.ggml_type not in GGML_TYPES:
             raise ValueError(
-                f"{self.path.name}: tensor {name!r} has ggml type {info.ggml_type}, which llmref cannot read; "
-                f"readable: {sorted(v[0] for v in GGML_TYPES.values())}"
+                f"{self.path.name}: tensor {name!r} has ggml type {info.ggml_type}, which "
+                f"llmref cannot read; readable: {sorted(v[0] for v in GGML_TYPES.values())}"
             )
         return info
 

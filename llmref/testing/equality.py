@@ -268,7 +268,9 @@ def assert_within(
     allowed = c * eps(dtype) * torch.as_tensor(scale, dtype=torch.float64).expand_as(a)
     err = torch.where(same, torch.zeros_like(a), (a - r).abs())
     if not bool((err <= allowed).all()):
-        raise AssertionError(f"{what}: outside c*eps({dtype})*scale with c={c}: " + _worst(err, allowed))
+        raise AssertionError(
+            f"{what}: outside c*eps({dtype})*scale with c={c}: " + _worst(err, allowed)
+        )
 
 
 def assert_low_precision(
@@ -409,7 +411,9 @@ def decisive_steps(logits: torch.Tensor, *, tolerance: float) -> int:
     1
     """
     if logits.dim() != 2 or logits.shape[-1] < 2:
-        raise ValueError(f"logits must have shape (steps, V) with V >= 2, got {tuple(logits.shape)}")
+        raise ValueError(
+            f"logits must have shape (steps, V) with V >= 2, got {tuple(logits.shape)}"
+        )
     if not tolerance >= 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     top2 = logits.detach().double().topk(2, dim=-1).values
