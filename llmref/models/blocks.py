@@ -31,6 +31,7 @@ __all__ = [
     "swiglu",
 ]
 
+
 def swiglu(
     x: torch.Tensor,
     w_gate: torch.Tensor,
