@@ -15,9 +15,15 @@ from llmref.position import (
     rope_layout_permutation,
 )
 from llmref.position.rope_scaling import dynamic_frequencies
+from llmref.testing import (
+    LOW_PRECISION,
+    assert_identical,
+    assert_low_precision,
+    assert_within,
+    matmul_scale,
+)
 
-from ..tolerances import LOW_PRECISION, TOLERANCES, assert_close
-from .reference import complex_rope
+from .reference import complex_rope, rope_low_precision, rotation_scale
 
 LAYOUTS = ("half", "interleaved")
 
@@ -64,9 +70,10 @@ def test_apply_rope_equals_complex_multiplication(layout, rotary):
     positions = torch.tensor([0, 1, 5, 17, 1000, 3, 65536])
     cos, sin = rope_cos_sin(inv_freq, positions, layout=layout, attention_factor=1.3)
     expected = complex_rope(x, positions, inv_freq, layout, attention_factor=1.3)
-    torch.testing.assert_close(
-        apply_rope(x, cos, sin, layout=layout), expected, rtol=1e-12, atol=1e-12
-    )
+    # both sides round the same angles m * theta (one float64 product): only cos/sin and
+    # the rotation's few roundings differ, of factor * (|re| + |im|) per channel
+    scale = rotation_scale(x, inv_freq, layout, factor=1.3)
+    assert_within(apply_rope(x, cos, sin, layout=layout), expected, scale=scale)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -80,11 +87,12 @@ def test_apply_rope_dtypes_within_tolerance(dtype, layout):
     out = apply_rope(x, cos, sin, layout=layout)
     assert out.dtype == dtype and out.shape == x.shape
     expected = complex_rope(x, positions, inv_freq, layout)
-    if dtype in LOW_PRECISION:  # the tables were rounded too: one more rounding of each
-        atol, rtol = TOLERANCES[dtype]
-        torch.testing.assert_close(out.double(), expected, atol=2 * atol, rtol=2 * rtol)
-    else:
-        assert_close(out, expected, dtype)
+    if dtype in LOW_PRECISION:  # the tables and every product rounded to the low dtype
+        naive = rope_low_precision(x, positions, inv_freq, layout, dtype)
+        assert_low_precision(out, expected, naive)
+    else:  # float32 angles, rounded to eps * angle: scale (|re| + |im|) * (1 + angle)
+        scale = rotation_scale(x, inv_freq, layout, positions=positions)
+        assert_within(out, expected, scale=scale)
 
 
 @pytest.mark.parametrize("rope_type", list(CONFIGS))
@@ -109,12 +117,12 @@ def test_scores_depend_only_on_relative_position(rope_type, layout):
         return (qm * kn).sum(-1)
 
     first = scores(int(offsets[0]))
-    # angles m * theta are exact to ~m * 2**-53; the score error is bounded by that times |q||k|
-    bound = (
-        8 * 2.0**-53 * float(offsets.max() + deltas.max()) * float(q.abs().sum() * k.abs().max())
-    )
+    # angles m * theta (theta <= 1) are off by eps * m rad, m <= M on both sides; a pair's
+    # product moves by that times factor**2 |q_pair| |k_pair|: scale M * factor**2 sum|q| max|k|
+    M = float(offsets.max() + deltas.max())
+    scale = M * factor**2 * float(q.abs().sum() * k.abs().max())
     for offset in offsets[1:]:
-        torch.testing.assert_close(scores(int(offset)), first, atol=bound * factor**2, rtol=0)
+        assert_within(scores(int(offset)), first, scale=scale)
     # ... and they do depend on the relative position
     assert first.unique().numel() == len(deltas)
 
@@ -129,10 +137,12 @@ def test_rotation_preserves_norm(rope_type):
     for layout in LAYOUTS:
         cos, sin = rope_cos_sin(inv_freq, positions, layout=layout, attention_factor=factor)
         out = apply_rope(x, cos, sin, layout=layout)
-        torch.testing.assert_close(out.norm(dim=-1), factor * x.norm(dim=-1), rtol=1e-13, atol=0)
+        # cos**2 + sin**2 = 1 to a few roundings, whatever the angle: relative to the norm
+        norm = factor * x.norm(dim=-1)
+        assert_within(out.norm(dim=-1), norm, scale=norm)
         d = cos.shape[-1]
         # each rotated pair keeps its own norm, channels past the rotary dim are untouched
-        assert torch.equal(out[..., d:], x[..., d:])
+        assert_identical(out[..., d:], x[..., d:])
 
 
 @pytest.mark.parametrize("rotary", [64, 32])
@@ -164,16 +174,26 @@ def test_layouts_agree_under_the_weight_permutation(rotary, n_heads, n_kv_heads)
     q_meta, k_meta = rotated("interleaved", wq_meta, bq_meta, wk_meta)
     q_hf, k_hf = rotated("half", wq_hf, bq_hf, wk_hf)
     perm = rope_layout_permutation(D, rotary_dim=rotary)
-    torch.testing.assert_close(q_hf, q_meta[..., perm], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(k_hf, k_meta[..., perm], rtol=1e-12, atol=1e-12)
+
+    # the projections' sums |x| @ |w|^T + |b|, then mixed pairwise by the rotation
+    def split(y, h):
+        return y.view(2, T, h, D).transpose(1, 2)
+
+    mag_q = rotation_scale(split(matmul_scale(x, wq_hf.T) + bq_hf.abs(), n_heads), inv_freq)
+    mag_k = rotation_scale(split(matmul_scale(x, wk_hf.T), n_kv_heads), inv_freq)
+    assert_within(q_hf, q_meta[..., perm], scale=mag_q)
+    assert_within(k_hf, k_meta[..., perm], scale=mag_k)
     group = n_heads // n_kv_heads
     k_meta, k_hf = (k.repeat_interleave(group, dim=1) for k in (k_meta, k_hf))
-    torch.testing.assert_close(q_hf @ k_hf.mT, q_meta @ k_meta.mT, rtol=1e-12, atol=1e-10)
+    mag_k = mag_k.repeat_interleave(group, dim=1)
+    # q's and k's own errors (within c eps mag_q, mag_k; |q| <= mag_q) and the product's rounding
+    scores_scale = 3 * matmul_scale(mag_q, mag_k.mT)
+    assert_within(q_hf @ k_hf.mT, q_meta @ k_meta.mT, scale=scores_scale)
     # and back
     back = convert_rope_weight(
         wq_hf, n_heads, source="half", target="interleaved", rotary_dim=rotary
     )
-    assert torch.equal(back, wq_meta)
+    assert_identical(back, wq_meta)  # a permutation of rows: no arithmetic
 
 
 def test_layout_permutation_is_huggingface_llama_conversion():
@@ -181,7 +201,7 @@ def test_layout_permutation_is_huggingface_llama_conversion():
     H, D, C = 3, 8, 5
     w = torch.randn(H * D, C, generator=_gen(6))
     expected = w.view(H, D // 2, 2, C).transpose(1, 2).reshape(H * D, C)
-    assert torch.equal(convert_rope_weight(w, H), expected)
+    assert_identical(convert_rope_weight(w, H), expected)
     assert torch.equal(rope_layout_permutation(8, source="half", target="half"), torch.arange(8))
 
 
@@ -198,8 +218,10 @@ def test_apply_rope_equals_transformers_apply_rotary_pos_emb(dtype):
     position_ids = torch.stack([torch.arange(9), torch.arange(100, 109)])  # (B, T), per sequence
     cos, sin = rope_cos_sin(inv_freq, position_ids, dtype=dtype)  # (B, T, D)
     q_hf, k_hf = apply_rotary_pos_emb(q, k, cos, sin)
-    assert torch.equal(apply_rope(q, cos, sin), q_hf)
-    assert torch.equal(apply_rope(k, cos, sin), k_hf)
+    # the same ops on the same shapes and dtypes: (x * cos) + (rotate_half(x) * sin), with
+    # cos/sin unsqueezed at dim 1 -- an identical sequence, so bit for bit
+    assert_identical(apply_rope(q, cos, sin), q_hf)
+    assert_identical(apply_rope(k, cos, sin), k_hf)
 
 
 @pytest.mark.xcheck
@@ -217,8 +239,12 @@ def test_interleaved_equals_transformers_glm(rotary):
     cos_half, sin_half = rope_cos_sin(inv_freq, position_ids)
     cos, sin = rope_cos_sin(inv_freq, position_ids, layout="interleaved")
     q_glm, k_glm = apply_rotary_pos_emb(q, k, cos_half, sin_half)
-    assert torch.equal(apply_rope(q, cos, sin, layout="interleaved"), q_glm)
-    assert torch.equal(apply_rope(k, cos, sin, layout="interleaved"), k_glm)
+    # the same float32 angles, but GLM interleaves cos/sin after evaluating them and llmref
+    # before: an element may take the vectorised or the scalar cos, an ulp apart; the rotation
+    # is the same ops. Scale: |re| + |im| per channel
+    for x, theirs in ((q, q_glm), (k, k_glm)):
+        scale = rotation_scale(x, inv_freq, "interleaved")
+        assert_within(apply_rope(x, cos, sin, layout="interleaved"), theirs, scale=scale)
 
 
 def _llama_rotary(rope_parameters, head_dim=64, max_position_embeddings=512):
@@ -271,19 +297,23 @@ def test_rotary_embedding_equals_transformers_module(rope_type):
     for position_ids in calls:
         cos_hf, sin_hf = hf(x, position_ids)
         cos, sin = mine.cos_sin(position_ids)
+        what = f"{rope_type} at positions up to {int(position_ids.max())}"
         if rope_type == "dynamic" and not torch.equal(mine.inv_freq, hf.inv_freq):
             # At run time transformers computes the stretched base in float32 (the length is
-            # a tensor there), llmref in float64: frequencies differ by a few float32 ulps,
-            # angles by at most position * that.
-            rel = 4e-7
-            torch.testing.assert_close(mine.inv_freq, hf.inv_freq, rtol=rel, atol=0)
-            atol = float(position_ids.max()) * rel
-            torch.testing.assert_close(cos, cos_hf, rtol=0, atol=atol)
-            torch.testing.assert_close(sin, sin_hf, rtol=0, atol=atol)
+            # a tensor there), llmref in float64: base ** -e inherits the base's few float32
+            # roundings, and each angle m * theta moves by m times that
+            assert_within(mine.inv_freq, hf.inv_freq, scale=hf.inv_freq, what=what)
+            angles = position_ids[..., None] * hf.inv_freq.double()
+            scale = 1 + torch.cat([angles, angles], dim=-1)
+            assert_within(cos, cos_hf, scale=scale, what=what)
+            assert_within(sin, sin_hf, scale=scale, what=what)
             continue
-        assert torch.equal(mine.inv_freq, hf.inv_freq), (rope_type, position_ids.max())
-        assert torch.equal(cos, cos_hf), (rope_type, position_ids.max())
-        assert torch.equal(sin, sin_hf), (rope_type, position_ids.max())
+        # the same float32 ops as transformers' init functions, on the same shapes
+        assert_identical(mine.inv_freq, hf.inv_freq, what=what)
+        # the same float32 angles (a one-term product each side); cos/sin evaluated on tables
+        # of other shapes (vectorised or scalar by position): an ulp or two of |cos| <= factor
+        assert_within(cos, cos_hf, scale=mine.attention_factor, what=what)
+        assert_within(sin, sin_hf, scale=mine.attention_factor, what=what)
 
 
 def test_cache_grows_and_matches_direct_computation():
@@ -299,7 +329,9 @@ def test_cache_grows_and_matches_direct_computation():
     exp_cos, exp_sin = rope_cos_sin(
         rope.inv_freq, positions, attention_factor=rope.attention_factor
     )
-    assert torch.equal(cos, exp_cos) and torch.equal(sin, exp_sin)
+    # the same angles; cos/sin of a longer table (vectorised or scalar by position)
+    assert_within(cos, exp_cos, scale=rope.attention_factor)
+    assert_within(sin, exp_sin, scale=rope.attention_factor)
     assert rope.state_dict() == {}  # nothing to save: all buffers are derived
 
 
@@ -311,7 +343,8 @@ def test_module_with_arbitrary_position_ids(layout):
     out = rope(x, position_ids)
     for b in range(2):
         expected = complex_rope(x[b], position_ids[b], rope.inv_freq, layout)
-        torch.testing.assert_close(out[b], expected, rtol=1e-12, atol=1e-12)
+        # the same float64 angles on both sides (one product each): scale |re| + |im|
+        assert_within(out[b], expected, scale=rotation_scale(x[b], rope.inv_freq, layout))
 
 
 def test_decoding_with_offset_equals_the_full_sequence():
@@ -326,25 +359,29 @@ def test_decoding_with_offset_equals_the_full_sequence():
     x = torch.randn(1, 2, 12, 32, generator=_gen(10))
     full = rope(x)
     steps = [rope(x[:, :, :8])] + [rope(x[:, :, t : t + 1], offset=t) for t in range(8, 12)]
-    assert torch.equal(torch.cat(steps, dim=2), full)
+    # elementwise products and a sum of the same cached table entries: each element takes
+    # the same roundings whatever the slice (no reduction, no GEMM), so bit for bit
+    assert_identical(torch.cat(steps, dim=2), full)
 
 
 def test_dynamic_recomputes_beyond_the_trained_length_and_resets():
     rope = RotaryEmbedding(32, rope_type="dynamic", factor=2.0, max_position_embeddings=100)
     original = rope.inv_freq.clone()
+    # the module recomputes with the same function and arguments: identical sequences
     rope.cos_sin(torch.arange(100))
-    assert torch.equal(rope.inv_freq, original)  # at the trained length: no scaling
+    assert_identical(rope.inv_freq, original)  # at the trained length: no scaling
     rope.cos_sin(torch.arange(250))
     expected, _ = dynamic_frequencies(32, factor=2.0, max_position_embeddings=100, seq_len=250)
-    assert torch.equal(rope.inv_freq, expected)
+    assert_identical(rope.inv_freq, expected)
     rope.cos_sin(torch.arange(180))  # shorter, but still past 100: keeps the 250 frequencies
-    assert torch.equal(rope.inv_freq, expected)
+    assert_identical(rope.inv_freq, expected)
     cos, _ = rope.cos_sin(torch.arange(50))  # fits again: back to the default frequencies
-    assert torch.equal(rope.inv_freq, original)
-    assert torch.equal(cos, rope_cos_sin(original, torch.arange(50))[0])
+    assert_identical(rope.inv_freq, original)
+    # cos of the same angles from a table of another length: an ulp or so apart at most
+    assert_within(cos, rope_cos_sin(original, torch.arange(50))[0], scale=1.0)
     rope.cos_sin(torch.arange(300))
     rope.reset()
-    assert torch.equal(rope.inv_freq, original)
+    assert_identical(rope.inv_freq, original)
 
 
 def test_longrope_switches_factor_sets_by_length():
@@ -359,9 +396,11 @@ def test_longrope_switches_factor_sets_by_length():
     )
     short_freq = rope.inv_freq.clone()
     rope.cos_sin(torch.arange(33))
-    torch.testing.assert_close(rope.inv_freq, short_freq / torch.tensor(long), rtol=1e-6, atol=0)
+    expected = short_freq / torch.tensor(long)
+    # the same float32 power divided by the factor in another order: a rounding or two apart
+    assert_within(rope.inv_freq, expected, scale=expected)
     rope.cos_sin(torch.arange(32))
-    assert torch.equal(rope.inv_freq, short_freq)
+    assert_identical(rope.inv_freq, short_freq)  # recomputed by the same function
 
 
 def test_module_follows_dtype_and_device_of_inputs():

@@ -24,6 +24,9 @@ from llmref.position import (
     rope_frequencies,
     xpos_scale,
 )
+from llmref.testing import BOUND_FACTOR, assert_identical, assert_within, eps, matmul_scale
+
+from .reference import rotation_scale
 
 F64 = torch.float64
 
@@ -49,17 +52,24 @@ def test_xpos_scores_depend_only_on_relative_position_and_decay():
         qn, km = apply_xpos(q[None], k[None], cq, sq, ck, sk, scale_q, scale_k)
         return float((qn * km).sum())
 
-    for delta in (0, 1, 9, 300):
-        reference = score(delta, 0)
-        for offset in (1, 50, 1000):
-            assert score(offset + delta, offset) == pytest.approx(reference, rel=1e-9, abs=1e-9)
-        assert score(500 + delta, 500, center=500) == pytest.approx(reference, rel=1e-9, abs=1e-9)
-    # the decay: |score| is bounded by sum_i zeta_i ** (delta / B) |q_i| |k_i| pairs
     zeta = (torch.arange(0, 32, 2, dtype=F64) / 32 + 0.4) / 1.4
     pair_norms = (q.view(2, 16).norm(dim=0)) * (k.view(2, 16).norm(dim=0))
+    for delta in (0, 1, 9, 300):
+        reference = score(delta, 0)
+        shifted = [score(offset + delta, offset) for offset in (1, 50, 1000)]
+        shifted.append(score(500 + delta, 500, center=500))
+        got = torch.tensor(shifted, dtype=F64)
+        # angles m * theta (theta <= 1, m <= 1300) are off by eps * m rad; the scales
+        # zeta ** (m / B) by a few eps relative: a pair's term moves by (1 + m) eps times
+        # |q_pair| |k_pair| zeta ** (delta / B) <= |q_pair| |k_pair|
+        scale = (1 + 1300) * float(pair_norms.sum())
+        assert_within(got, torch.full_like(got, reference), scale=scale)
+    # the decay: |score| is bounded by sum_i zeta_i ** (delta / B) |q_i| |k_i| pairs, up to
+    # the score's rounding (angles up to delta)
     for delta in (100, 1000, 5000):
         bound = float((zeta ** (delta / 512) * pair_norms).sum())
-        assert abs(score(delta, 0)) <= bound + 1e-12
+        rounding = BOUND_FACTOR * eps(F64) * (1 + delta) * float(pair_norms.sum())
+        assert abs(score(delta, 0)) <= bound + rounding
 
 
 def test_xpos_without_decay_is_rope():
@@ -69,15 +79,19 @@ def test_xpos_without_decay_is_rope():
     ones = torch.ones_like(cos)
     q, k = torch.randn(2, 1, 7, 16, generator=_gen(2), dtype=F64).unbind(0)
     q2, k2 = apply_xpos(q, k, cos, sin, cos, sin, ones, ones)
-    assert torch.equal(q2, apply_rope(q, cos, sin)) and torch.equal(k2, apply_rope(k, cos, sin))
+    # cos * 1 and cos / 1 are cos exactly, then the same apply_rope: identical sequences
+    assert_identical(q2, apply_rope(q, cos, sin))
+    assert_identical(k2, apply_rope(k, cos, sin))
 
 
 def test_xpos_scale_formula_and_layouts():
     scale = xpos_scale(8, torch.tensor([1024]), dtype=F64)[0]
     zeta = torch.tensor([(2 * i / 8 + 0.4) / 1.4 for i in range(4)], dtype=F64)
-    torch.testing.assert_close(scale, torch.cat([zeta, zeta]) ** 2)
+    expected = torch.cat([zeta, zeta]) ** 2
+    assert_within(scale, expected, scale=expected)  # zeta ** (1024 / 512): a few roundings
     inter = xpos_scale(8, torch.tensor([1024]), layout="interleaved", dtype=F64)[0]
-    torch.testing.assert_close(inter, zeta.repeat_interleave(2) ** 2)
+    expected = zeta.repeat_interleave(2) ** 2
+    assert_within(inter, expected, scale=expected)
 
 
 def test_xpos_module_decoding_matches_full():
@@ -86,9 +100,16 @@ def test_xpos_module_decoding_matches_full():
     q, k = torch.randn(1, 2, 10, 16, generator=g), torch.randn(1, 2, 10, 16, generator=g)
     q_full, k_full = xpos(q, k)
     q_last, _ = xpos(q[:, :, -1:], k)
-    torch.testing.assert_close(q_last, q_full[:, :, -1:])
+    # the same angles and scales from tables of other lengths (cos an ulp apart at most);
+    # the xPos scales zeta ** (+-(m - 8) / 512) stay within [0.99, 1.01] at m < 10
+    scales = xpos_scale(16, torch.arange(10), center=8, dtype=F64)
+    most = float(torch.maximum(scales, 1 / scales).max())
+    scale = rotation_scale(q[:, :, -1:], xpos.inv_freq) * most
+    assert_within(q_last, q_full[:, :, -1:], scale=scale)
     _, k_first = xpos(q[:, :, :4], k[:, :, :4])
-    torch.testing.assert_close(k_first, k_full[:, :, :4])
+    assert_within(
+        k_first, k_full[:, :, :4], scale=rotation_scale(k[:, :, :4], xpos.inv_freq) * most
+    )
     assert "center=8" in repr(xpos)
 
 
@@ -126,7 +147,12 @@ def test_cope_equals_loop_reference():
     bias = cope_bias(q, k, pos_emb)
     expected = _loop_cope(q, k, pos_emb, 1 / math.sqrt(8))
     causal = torch.ones(6, 6, dtype=torch.bool).tril()
-    torch.testing.assert_close(bias[..., causal], expected[..., causal], rtol=1e-12, atol=1e-12)
+    # p = a sum of gates, each off by eps (1 + |q.k| / sqrt(D)); the interpolation between
+    # q.e_lo and q.e_hi (each of magnitude <= Z = max |q| @ |E|) moves by 2 Z per unit of p
+    p_mag = (1 + matmul_scale(q, k.mT) / math.sqrt(8)).sum(-1, keepdim=True)
+    z_mag = matmul_scale(q, pos_emb).amax(-1, keepdim=True)
+    scale = (z_mag * (1 + 2 * p_mag)).expand_as(bias)
+    assert_within(bias[..., causal], expected[..., causal], scale=scale[..., causal])
 
 
 def test_cope_with_open_gates_counts_tokens():
@@ -137,21 +163,26 @@ def test_cope_with_open_gates_counts_tokens():
     k = q.clone()  # q . k = 1e4: every gate is 1
     p = cope_positions(q, k)[0, 0]
     i, j = torch.meshgrid(torch.arange(T), torch.arange(T), indexing="ij")
-    torch.testing.assert_close(p, torch.where(j <= i, (i - j + 1).to(F64), 0.0))
+    # sums of at most T gates of (exactly) 1
+    assert_within(p, torch.where(j <= i, (i - j + 1).to(F64), 0.0), scale=float(T))
 
 
 def test_cope_mask_gqa_and_module():
     g = _gen(5)
     q, k, v = torch.randn(1, 4, 5, 8, generator=g), torch.randn(1, 2, 5, 8, generator=g), None
     full = cope_positions(q, k.repeat_interleave(2, dim=1))
-    assert torch.equal(cope_positions(q, k), full)
+    # cope_positions repeats k's heads itself: the same ops on the same shapes
+    assert_identical(cope_positions(q, k), full)
     mask = torch.ones(5, 5, dtype=torch.bool)
     mask[:, 1] = False  # token 1 does not count for anyone
     masked = cope_positions(q, k, mask=mask)
-    assert bool((masked[..., 0] <= full[..., 0] + 1e-6).all())
+    # ... so fewer gates are summed, up to the sums' rounding (eps (1 + |q.k| / sqrt(D)) each)
+    p_mag = (1 + matmul_scale(q, k.repeat_interleave(2, dim=1).mT) / math.sqrt(8)).sum(-1)
+    rounding = BOUND_FACTOR * eps(torch.float32) * p_mag
+    assert bool((masked[..., 0] <= full[..., 0] + rounding).all())
     cope = CoPE(8, 6)
     bias = cope(q, k.repeat_interleave(2, dim=1))
-    assert torch.equal(bias, torch.zeros_like(bias))  # zero init: starts as NoPE
+    assert_identical(bias, torch.zeros_like(bias))  # zero init: products with 0 are exactly 0
     with torch.no_grad():
         cope.pos_emb.normal_()
     v = torch.randn(1, 4, 5, 8, generator=g)
@@ -176,7 +207,9 @@ def test_mrope_on_text_is_rope_and_each_axis_is_relative():
     pos = torch.arange(9)[None]
     cos_m, sin_m = mrope_cos_sin(inv_freq, pos, [4, 6, 6])
     cos, sin = rope_cos_sin(inv_freq, pos)
-    assert torch.equal(cos_m, cos) and torch.equal(sin_m, sin)
+    # the same angles (one product each), cos/sin on differently shaped tables: an ulp apart
+    assert_within(cos_m, cos, scale=1.0)
+    assert_within(sin_m, sin, scale=1.0)
     # shifting all three coordinates together shifts every pair's angle alike: scores unchanged
     q = torch.randn(1, 1, 4, 32, generator=_gen(6), dtype=F64)
     k = torch.randn(1, 1, 4, 32, generator=_gen(7), dtype=F64)
@@ -186,7 +219,11 @@ def test_mrope_on_text_is_rope_and_each_axis_is_relative():
         c, s = mrope_cos_sin(inv_freq, ids + torch.tensor(shift)[:, None, None], [4, 6, 6])
         return apply_rope(q, c, s) @ apply_rope(k, c, s).mT
 
-    torch.testing.assert_close(scores([0, 0, 0]), scores([7, 100, 3]), rtol=1e-10, atol=1e-10)
+    # angles m * theta (theta <= 1, m <= M) are off by eps * M rad: a pair's product moves by
+    # that times (|q_a| + |q_b|) (|k_a| + |k_b|) at most (matmul_scale of rotation_scale)
+    M = int(ids.max()) + 100
+    mag = matmul_scale(rotation_scale(q, inv_freq), rotation_scale(k, inv_freq).mT)
+    assert_within(scores([0, 0, 0]), scores([7, 100, 3]), scale=(1 + M) * mag)
 
 
 @pytest.mark.xcheck
@@ -221,7 +258,10 @@ def test_mrope_equals_transformers(model):
     cos_hf, sin_hf = hf(torch.zeros(1), pos)
     inv_freq, _ = rope_frequencies(128, base=theta)
     cos, sin = mrope_cos_sin(inv_freq, pos, section, interleaved=interleaved)
-    assert torch.equal(cos, cos_hf) and torch.equal(sin, sin_hf)
+    # the same float32 angles (transformers' one-term product, llmref's product); cos/sin
+    # evaluated on tables of other shapes (vectorised or scalar by position): an ulp apart
+    assert_within(cos, cos_hf, scale=1.0)
+    assert_within(sin, sin_hf, scale=1.0)
 
 
 @pytest.mark.xcheck
