@@ -1,7 +1,8 @@
 """Generation benchmarks: decode tokens per second, llmref's generate against transformers'.
 
 Each case generates greedily from a prompt of ``PROMPT = 512`` random tokens for
-``NEW = 128`` new tokens, on the same weights in both libraries, float32:
+``NEW = 128`` new tokens (32 in the ``quick`` sweep, :data:`NEW_TOKENS`), on the same
+weights in both libraries, float32:
 
 * ``"llama-random"``: a small random Llama (``hidden_size=256``, 4 layers, 8 query
   and 2 key/value heads, vocabulary 8192): so small that per-step overhead (Python,
@@ -65,6 +66,8 @@ from llmref.bench.cases import sweep_name
 from llmref.bench.layout import Axis, Extra, Layout, Metric
 
 PROMPT, NEW = 512, 128
+NEW_TOKENS = {"quick": 32, "default": NEW, "full": NEW}
+"""New tokens per generation, per sweep (the quick sweep only checks that it runs)."""
 WARMUP_NEW = 8
 """New tokens of the untimed warm-up call (lazy initialisation needs no more)."""
 BASELINE = "transformers"
@@ -84,8 +87,8 @@ LAYOUT = Layout(
     Axis("batch", "batch size", "sequences", scale="log2", symbol="B"),
     Metric("decode throughput", "tokens/s", key="decode_tokens_per_s", higher_is_better=True),
     extras=(Extra("prefill_s", "prefill", "s"), Extra("tokens_agree", "tokens equal to baseline")),
-    description=f"Greedy generation of {NEW} new tokens after a {PROMPT}-token prompt, "
-    "float32 activations; decode tokens/s excludes the prefill.",
+    description=f"Greedy generation of {NEW} new tokens (32 in the quick sweep) after a "
+    f"{PROMPT}-token prompt, float32 activations; decode tokens/s excludes the prefill.",
 )
 
 SWEEP: dict[str, list[tuple[str, int, tuple[str, ...]]]] = {
@@ -271,15 +274,17 @@ def test_generate(
     bench_device: Any,
     bench_options: dict[str, float],
     bench_log: Callable[[str], None],
+    pytestconfig: pytest.Config,
 ) -> None:
     case = generate_case
     run = _runner(case, bench_device)
+    new = NEW_TOKENS[sweep_name(pytestconfig.getoption("sweep"))]
     benchmark.group = case.group
     info: dict[str, Any] = {
         "implementation": case.implementation,
         "batch": case.batch,
         "prompt_tokens": PROMPT,
-        "decode_tokens": NEW,
+        "decode_tokens": new,
         "model": case.model,
         "baseline": BASELINE,
         "dtype": "float32",
@@ -297,11 +302,11 @@ def test_generate(
     runs: list[_Run] = []
     start = time.perf_counter()
     run(WARMUP_NEW)  # warm-up: lazy initialisation, allocator, caches of the rotary tables
-    once = (time.perf_counter() - start) * NEW / WARMUP_NEW
+    once = (time.perf_counter() - start) * new / WARMUP_NEW
     big = case.model == "smollm2"
     limit = min(1 if big else 3, int(bench_options["min_rounds"]))
     rounds = max(1 if big else 2, min(limit, math.ceil(bench_options["max_time"] / once)))
-    benchmark.pedantic(lambda: runs.append(run()), rounds=rounds, warmup_rounds=0, iterations=1)
+    benchmark.pedantic(lambda: runs.append(run(new)), rounds=rounds, warmup_rounds=0, iterations=1)
     rate = statistics.median(r.rate for r in runs)
     steps = [step for r in runs for step in r.steps]
     q1, _, q3 = statistics.quantiles(steps, n=4, method="inclusive")

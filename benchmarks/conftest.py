@@ -120,9 +120,11 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Mod
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    options = _options(config)
     lines = [
         f"llmref bench: sweep {_run['sweep']!r} on {_run['device']}: "
-        f"expected {_run['expected'] or 'duration unknown'}",
+        f"expected {_run['expected'] or 'duration unknown'}; up to {options['max_time']:g} s "
+        f"of timed calls per case, at least {options['min_rounds']} rounds",
         f"llmref bench: machine {describe_machine(_run['machine'])}",
     ]
     warning = load_warning(_run["machine"])
@@ -193,13 +195,30 @@ def bench_device(pytestconfig: pytest.Config) -> Any:
     return resolve_device(pytestconfig.getoption("device"))
 
 
+def _given(config: pytest.Config, flag: str) -> bool:
+    """Whether ``flag`` was passed on the command line (not just defaulted)."""
+    return any(a == flag or a.startswith(flag + "=") for a in config.invocation_params.args)
+
+
+def _options(config: pytest.Config) -> dict[str, float]:
+    """Seconds of timed calls and fewest rounds per case.
+
+    ``--benchmark-max-time`` and ``--benchmark-min-rounds`` when given, else the
+    sweep's own (:class:`llmref.bench.cases.Sweep`: short in ``quick``).
+    """
+    spec = SWEEPS[_run["sweep"]]
+    max_time, min_rounds = spec.max_time, spec.min_rounds
+    if _given(config, "--benchmark-max-time"):
+        max_time = float(config.getoption("benchmark_max_time"))
+    if _given(config, "--benchmark-min-rounds"):
+        min_rounds = int(config.getoption("benchmark_min_rounds"))
+    return {"max_time": max_time, "min_rounds": min_rounds}
+
+
 @pytest.fixture
 def bench_options(pytestconfig: pytest.Config) -> dict[str, float]:
-    """pytest-benchmark's ``--benchmark-max-time`` and ``--benchmark-min-rounds``."""
-    return {
-        "max_time": float(pytestconfig.getoption("benchmark_max_time")),
-        "min_rounds": int(pytestconfig.getoption("benchmark_min_rounds")),
-    }
+    """The run's timing budget per case (see ``_options``)."""
+    return _options(pytestconfig)
 
 
 _PROGRESS = "llmref_bench_progress"
@@ -318,7 +337,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped:
         longrepr = report.longrepr
         reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-        _write(f"skipped: {reason}", end=True)
+        _write(f"skipped: {reason.removeprefix('Skipped: ')}", end=True)
         return
     if report.failed:
         _write(f"FAILED ({report.when}) [{seconds:.1f} s]", end=True)

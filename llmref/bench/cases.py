@@ -144,6 +144,10 @@ class Sweep:
         at every ``T``.
     expected : str, default ""
         How long the whole sweep (every suite) takes, for the run's header.
+    max_time : float, default 1.0
+        Seconds of timed calls per case (``--benchmark-max-time`` overrides it).
+    min_rounds : int, default 5
+        Fewest timed calls per case (``--benchmark-min-rounds`` overrides it).
 
     Examples
     --------
@@ -156,6 +160,8 @@ class Sweep:
     seq_lens: tuple[int, ...]
     max_seq_len: Mapping[str, int] = field(default_factory=dict)
     expected: str = ""
+    max_time: float = 1.0
+    min_rounds: int = 5
 
 
 SWEEPS: Mapping[str, Sweep] = {
@@ -163,13 +169,16 @@ SWEEPS: Mapping[str, Sweep] = {
         "quick",
         (128, 256, 512, 1024),
         MAX_SEQ_LEN["quick"],
-        "about 2 minutes on 2 CPU cores with --benchmark-max-time=0.05 (the CI smoke run)",
+        "about 2 minutes on 2 idle CPU cores",
+        max_time=0.05,
+        min_rounds=3,
     ),
     "default": Sweep(
         "default",
         (128, 256, 512, 1024, 2048, 4096),
         MAX_SEQ_LEN["default"],
         "about 10 minutes on 2 idle CPU cores",
+        max_time=0.5,
     ),
     "full": Sweep(
         "full",
