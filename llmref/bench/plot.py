@@ -187,7 +187,7 @@ def plot_values(
     title : str, optional
         Axes title; default: the group name.
     styles : mapping, optional
-        Per series, keyword arguments of :meth:`~matplotlib.axes.Axes.plot`;
+        Per series, keyword arguments of ``Axes.plot`` (colour, marker, line style);
         default :func:`series_styles` of the group's series.
     legend : bool, default True
         Draw a legend on these axes (:func:`plot_group` draws one for the

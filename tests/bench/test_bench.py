@@ -478,6 +478,13 @@ def test_check_passes_a_complete_report_and_names_what_is_missing(tmp_path: Path
     assert check.check_results(tmp_path, suites=suites) == [
         "suite bench_new.py was not collected in the run"
     ]
+    bad = entry(FUNC, "naive", 256, 1e-3, name="test_attention[bad]")
+    del bad["extra_info"]["seq_len"]
+    doc["benchmarks"].append(bad)
+    (tmp_path / "bench.json").write_text(json.dumps(doc))
+    report.write_report(tmp_path)
+    (problem,) = check.check_results(tmp_path)
+    assert problem.startswith("skipped ") and "test_attention[bad]" in problem
     (tmp_path / "summary.md").write_text("# Benchmark summary\n")
     assert check.main([str(tmp_path)]) == 1
 
