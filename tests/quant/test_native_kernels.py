@@ -52,7 +52,7 @@ IDS = [f"{f}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for f, o
 # (out_features, in_features): 40 and 17 leave partial row tiles (not multiples of 16 or 4);
 # 96 = 3 blocks of 32 (not a multiple of 64 or 128); 192 = 1.5 groups of 128 of nothing
 SHAPES = [(40, 256), (17, 96), (1, 384), (64, 192)]
-TOKENS = [1, 2, 3, 5, 16, 37]  # 1-15: the C kernel (blocks of 4, 2, 1 rows); 16+: tiled GEMM
+TOKENS = [1, 2, 3, 5, 16, 37]  # the C kernel takes activation rows in blocks of 4, 2 and 1
 
 
 def _fits(K, fmt, options):
@@ -85,8 +85,12 @@ def _check_layer(qt, kernel_name, isa, tokens, seed=1):
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("fmt,options,kernel", FORMATS, ids=IDS)
-def test_equals_the_reference_kernel(monkeypatch, isa, fmt, options, kernel):
+@pytest.mark.parametrize("path", ["direct", "tiled"])
+def test_equals_the_reference_kernel(monkeypatch, isa, fmt, options, kernel, path):
+    """Both multiplication paths (the C kernel; dequantized tiles into PyTorch's GEMM)."""
     monkeypatch.setenv("LLMREF_CPU_ISA", isa)
+    threshold = 10**9 if path == "direct" else 1
+    monkeypatch.setattr(_wonly, "GEMM_MIN_TOKENS", {"avx512": threshold, "avx2": threshold})
     for N, K in SHAPES:
         if _fits(K, fmt, options):
             _check_layer(_weight(N, K, fmt, options), kernel, isa, TOKENS)
