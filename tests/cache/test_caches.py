@@ -17,7 +17,15 @@ from llmref.cache import (
     StaticCache,
 )
 from llmref.position import RotaryEmbedding
-from tests.tolerances import assert_close
+from llmref.testing import (
+    BOUND_FACTOR,
+    assert_identical,
+    assert_lower,
+    assert_within,
+    attention_scale,
+    eps,
+)
+from tests.models.helpers import forward_scale
 
 WINDOW, N_SINK = 4, 2
 
@@ -63,7 +71,9 @@ def test_cached_decoding_equals_full_forward(kind, prefill, position):
     layer = make_mha(window, position=position)
     x = torch.randn(2, 12, 32, dtype=torch.float64)
     full = layer(x, is_causal=True)  # with `window`, the masked full forward
-    assert_close(decode(layer, x, make_cache(), prefill), full, torch.float64)
+    # other GEMM shapes and key splits: the same sums to rounding
+    scale = forward_scale(layer, x, is_causal=True)
+    assert_within(decode(layer, x, make_cache(), prefill), full, scale=scale)
 
 
 def test_latent_cache_decoding_equals_full_forward():
@@ -72,7 +82,8 @@ def test_latent_cache_decoding_equals_full_forward():
         32, 4, kv_lora_rank=8, qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=6
     ).double()
     x = torch.randn(2, 10, 32, dtype=torch.float64)
-    assert_close(decode(mla, x, LatentCache(), 4), mla(x, is_causal=True), torch.float64)
+    scale = forward_scale(mla, x, is_causal=True)
+    assert_within(decode(mla, x, LatentCache(), 4), mla(x, is_causal=True), scale=scale)
 
 
 @pytest.mark.parametrize("prefill", [1, 3])
@@ -86,14 +97,15 @@ def test_sink_cache_equals_full_forward_over_the_kept_tokens(prefill):
         step = layer(x[:, t : t + 1], is_causal=True, cache=cache)
         kept = [j for j in range(t + 1) if j < N_SINK or t - j < WINDOW]
         expected = layer(x[:, kept], is_causal=True)[:, -1:]
-        assert_close(step, expected, torch.float64)
+        assert_within(step, expected, scale=forward_scale(layer, x[:, kept], is_causal=True))
 
 
 def test_sliding_window_prefill_longer_than_the_window():
     layer = make_mha(WINDOW)
     x = torch.randn(1, 11, 32, dtype=torch.float64)
     cache = SlidingWindowCache(WINDOW)
-    assert_close(decode(layer, x, cache, prefill=9), layer(x, is_causal=True), torch.float64)
+    scale = forward_scale(layer, x, is_causal=True)
+    assert_within(decode(layer, x, cache, prefill=9), layer(x, is_causal=True), scale=scale)
     assert len(cache) == WINDOW
 
 
@@ -184,9 +196,12 @@ def test_paged_cache_with_sequences_of_different_lengths_equals_each_alone():
         for b in range(2):
             n = T if lens is None else int(lens[b])
             kb, vb = alone[b].update(k[b : b + 1, :, T - n :], v[b : b + 1, :, T - n :])
-            ref = naive_attention(q[b : b + 1, :, T - n :], kb, vb, mask=alone[b].attention_mask(n))
-            assert_close(out[b : b + 1, :, T - n :], ref, torch.float64)
-            assert torch.all(out[b, :, : T - n] == 0)  # padding queries see nothing
+            qb = q[b : b + 1, :, T - n :]
+            ref = naive_attention(qb, kb, vb, mask=alone[b].attention_mask(n))
+            # the same keys, gathered from blocks and padded: rounding only
+            assert_within(out[b : b + 1, :, T - n :], ref, scale=attention_scale(qb, kb, vb))
+            padding = out[b, :, : T - n]
+            assert_identical(padding, torch.zeros_like(padding))  # padding queries see nothing
     assert paged.lengths == [8, 5] and len(paged.free_blocks) == 8 - 4 - 3
     used = paged.block_tables[0]
     paged.free(0)
@@ -194,7 +209,8 @@ def test_paged_cache_with_sequences_of_different_lengths_equals_each_alone():
     k, v = kv(1), kv(1)
     k_all, _ = paged.update(k, v)
     assert paged.lengths == [1, 6] and paged.block_tables[0] == [used[0]]
-    assert torch.equal(k_all[0, :, :1], k[0]) and paged.key_positions[0, 1:].eq(-1).all()
+    assert_identical(k_all[0, :, :1], k[0])  # read back as written
+    assert paged.key_positions[0, 1:].eq(-1).all()
 
 
 def test_paged_cache_runs_out_of_blocks():
@@ -213,7 +229,8 @@ def test_quantized_cache_with_everything_in_the_residual_is_exact():
     layer = make_mha()
     x = torch.randn(2, 10, 32, dtype=torch.float64)
     cache = QuantizedCache(bits=2, group_size=4, residual_length=16)
-    assert_close(decode(layer, x, cache, 3), layer(x, is_causal=True), torch.float64)
+    scale = forward_scale(layer, x, is_causal=True)
+    assert_within(decode(layer, x, cache, 3), layer(x, is_causal=True), scale=scale)
     assert cache.n_quantized == 0
 
 
@@ -226,15 +243,19 @@ def test_quantized_cache_error_is_within_half_a_step_per_group(bits):
     v = torch.randn(1, 2, 24, 8, generator=g)
     cache = QuantizedCache(bits=bits, group_size=8, residual_length=0)
     k_hat, v_hat = cache.update(k, v)  # returned before quantization: exact
-    assert torch.equal(k_hat, k) and cache.n_quantized == 24
+    assert_identical(k_hat, k)
+    assert cache.n_quantized == 24
     k_hat, v_hat = cache.update(k[:, :, :0], v[:, :, :0])  # now read back the quantized chunks
     levels = 2**bits - 1
     for s in range(0, 24, 8):
         kc, vc = k[:, :, s : s + 8], v[:, :, s : s + 8]
         k_step = (kc.amax(2, keepdim=True) - kc.amin(2, keepdim=True)) / levels  # per channel
         v_step = (vc.amax(3, keepdim=True) - vc.amin(3, keepdim=True)) / levels  # per token
-        assert torch.all((k_hat[:, :, s : s + 8] - kc).abs() <= k_step / 2 + 1e-5)
-        assert torch.all((v_hat[:, :, s : s + 8] - vc).abs() <= v_step / 2 + 1e-5)
+        # ... plus the float32 rounding of code * scale + minimum, of the group's magnitude
+        k_round = BOUND_FACTOR * eps(torch.float32) * kc.abs().amax(2, keepdim=True)
+        v_round = BOUND_FACTOR * eps(torch.float32) * vc.abs().amax(3, keepdim=True)
+        assert torch.all((k_hat[:, :, s : s + 8] - kc).abs() <= k_step / 2 + k_round)
+        assert torch.all((v_hat[:, :, s : s + 8] - vc).abs() <= v_step / 2 + v_round)
     # per-channel scales keep the outlier from spoiling the other channels
     normal = (k_hat - k)[..., [0, 1, 2, 4, 5, 6, 7]].abs().max()
     assert normal < (k[..., 3].abs().max() / levels / 2)
@@ -249,7 +270,13 @@ def test_quantized_cache_decoding_error_falls_with_bits():
         cache = QuantizedCache(bits=bits, group_size=4, residual_length=4)
         out = decode(layer, x.float().double(), cache, 8)
         errors.append((out - full).abs().max().item())
-    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-2
+    # max |error| for 2/4/8 bits, make_mha seeds 0/1/2, measured alike natively and with
+    # ATEN_CPU_CAPABILITY=avx2, 1 and 2 threads: 0.0593/0.0115/0.00077,
+    # 0.0477/0.0079/0.00050, 0.0453/0.0118/0.00071. Smallest gaps: 2 -> 4 bits 0.0335,
+    # 4 -> 8 bits 0.0074, 8 bits to 1e-2 0.0092; the margins are at most half of them.
+    assert_lower(errors[1], errors[0], margin=0.016, what="4-bit error below 2-bit")
+    assert_lower(errors[2], errors[1], margin=0.0035, what="8-bit error below 4-bit")
+    assert_lower(errors[2], 1e-2, margin=0.0045, what="8-bit error below 1e-2")
 
 
 def test_quantized_cache_memory():
