@@ -153,7 +153,8 @@ def _models(name: str, device: str) -> tuple[Any, Any]:
     import transformers
     from transformers import logging as hf_logging
 
-    from llmref.models import from_gguf, from_transformers, load_gguf, read_gguf
+    from llmref.models import from_gguf, from_transformers, load_gguf
+    from llmref.quant import read_gguf
 
     hf_logging.set_verbosity_error()
     if name == "llama-random":

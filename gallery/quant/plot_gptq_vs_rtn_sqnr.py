@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from llmref.models import from_gguf, gguf_tokenizer, read_gguf
+from llmref.models import from_gguf, gguf_tokenizer
+from llmref.quant import read_gguf
 from llmref.quant import (
     calibration_text,
     evaluation_text,

@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from llmref.cache import DynamicCache
-from llmref.models import from_gguf, gguf_tokenizer, read_gguf
+from llmref.models import from_gguf, gguf_tokenizer
+from llmref.quant import read_gguf
 from llmref.quant import (
     QuantLinear,
     activation_outliers,

@@ -13,7 +13,7 @@ from .classifier import TextClassifier
 from .config import ATTENTION_KINDS, DecoderConfig, MLAConfig, MoEConfig
 from .decoder import DecoderLM
 from .generation import generate, make_caches, top_k_filter, top_p_filter
-from .gguf import from_gguf, gguf_tokenizer, load_gguf, pack_gguf_linears, read_gguf
+from .gguf import from_gguf, gguf_tokenizer, load_gguf, pack_gguf_linears
 from .hf import SUPPORTED_ARCHITECTURES, config_from_transformers, from_transformers
 from .routing import ROUTERS, route_tokens
 
@@ -39,9 +39,23 @@ __all__ = [
     "make_caches",
     "moe",
     "pack_gguf_linears",
-    "read_gguf",
     "route_tokens",
     "swiglu",
     "top_k_filter",
     "top_p_filter",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "read_gguf":  # the GGUF container is quantization storage: it moved to llmref.quant
+        import warnings
+
+        from ..quant import read_gguf
+
+        warnings.warn(
+            "llmref.models.read_gguf is deprecated; use llmref.quant.read_gguf",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return read_gguf
+    raise AttributeError(f"module 'llmref.models' has no attribute {name!r}")

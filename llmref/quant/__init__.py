@@ -8,19 +8,26 @@ and :func:`~llmref.quant.quantize_model` apply weight-only quantization to
 ``nn.Linear`` layers.
 """
 
-from . import ggml as ggml
 from .calibration import calibration_text, evaluation_text, text_sequences, tokenize
 from .evaluate import embedding_cosine, layer_sqnr, perplexity
 from .formats import (
     BNB_FP4_VALUES,
     FORMATS,
     FP4_E2M1_VALUES,
+    GGML_INT_BITS,
+    GGUF_BLOCKS,
     NF4_VALUES,
     dequantize,
+    fake_quantize,
     format_values,
+    from_bnb_4bit,
+    from_ggml_blocks,
+    ggml_to_int,
     quantize,
+    to_bnb_4bit,
+    to_ggml_blocks,
 )
-from .ggml import from_gguf, to_gguf
+from .gguf import GGUFFile, read_gguf
 from .methods import (
     METHODS,
     Int8VectorwiseQuant,
@@ -41,11 +48,10 @@ from .methods import (
 from .metrics import cosine_similarity, max_abs_error, model_size_bytes, mse, sqnr
 from .model import LayerReport, QuantConfig, quantize_model
 from .modules import QuantLinear
-from .packing import from_bnb_4bit, pack_codes, to_bnb_4bit, unpack_codes
+from .packing import pack_codes, unpack_codes
 from .primitives import (
     choose_qparams,
     dequantize_affine,
-    fake_quantize,
     quantize_affine,
     round_values,
 )
@@ -55,8 +61,11 @@ __all__ = [
     "BNB_FP4_VALUES",
     "FORMATS",
     "FP4_E2M1_VALUES",
+    "GGML_INT_BITS",
+    "GGUF_BLOCKS",
     "METHODS",
     "NF4_VALUES",
+    "GGUFFile",
     "Int8VectorwiseQuant",
     "LayerReport",
     "OutlierStats",
@@ -76,7 +85,8 @@ __all__ = [
     "fake_quantize",
     "format_values",
     "from_bnb_4bit",
-    "from_gguf",
+    "from_ggml_blocks",
+    "ggml_to_int",
     "gptq",
     "gptq_hessian",
     "hqq",
@@ -93,13 +103,32 @@ __all__ = [
     "quantize",
     "quantize_affine",
     "quantize_model",
+    "read_gguf",
     "round_values",
     "rtn",
     "smoothquant",
     "sqnr",
     "text_sequences",
     "to_bnb_4bit",
-    "to_gguf",
+    "to_ggml_blocks",
     "tokenize",
     "unpack_codes",
 ]
+
+# Renamed: llmref.models.from_gguf reads a file into a model; these two convert between a
+# QuantizedTensor and ggml block bytes, and now say so.
+_RENAMED = {"to_gguf": "to_ggml_blocks", "from_gguf": "from_ggml_blocks"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _RENAMED:
+        import warnings
+
+        new = _RENAMED[name]
+        warnings.warn(
+            f"llmref.quant.{name} is deprecated; use llmref.quant.{new} (same arguments)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return globals()[new]
+    raise AttributeError(f"module 'llmref.quant' has no attribute {name!r}")

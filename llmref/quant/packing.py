@@ -9,11 +9,11 @@ holding stream bits ``8k .. 8k + 7``. For 4-bit codes this means **element
 ``float4_e2m1fn_x2``. Other libraries differ:
 
 * bitsandbytes (``quantize_4bit``): element ``2j`` in the **high** nibble;
-  the packed tensor has shape ``(n // 2, 1)``. See :func:`to_bnb_4bit`.
+  the packed tensor has shape ``(n // 2, 1)``. See :func:`~llmref.quant.to_bnb_4bit`.
 * ggml/GGUF (``q4_0``, ``q4_1``): within a block of 32, byte ``j`` holds
   element ``j`` (low nibble) and element ``j + 16`` (high nibble); ``q4_k``
   does the same per 64 elements (``j`` and ``j + 32``). See
-  :func:`llmref.quant.to_gguf`.
+  :func:`~llmref.quant.to_ggml_blocks`.
 * GPTQ / AutoGPTQ: eight 4-bit codes per ``int32`` along the input
   dimension, element ``i`` at bits ``4i``; AWQ packs along the output
   dimension with the interleaved order ``0, 2, 4, 6, 1, 3, 5, 7``.
@@ -25,7 +25,7 @@ import torch
 
 from .._checks import check_int, check_tensor
 
-__all__ = ["from_bnb_4bit", "pack_codes", "packed_nbytes", "to_bnb_4bit", "unpack_codes"]
+__all__ = ["pack_codes", "packed_nbytes", "unpack_codes"]
 
 
 def packed_nbytes(n: int, bits: int) -> int:
@@ -172,120 +172,3 @@ def unpack_codes(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     stream = ((flat.reshape(-1, 1) >> weights) & 1).reshape(-1)[: n * bits].to(torch.int32)
     shifts = torch.arange(bits, device=flat.device, dtype=torch.int32)
     return (stream.reshape(n, bits) << shifts).sum(dim=1).to(torch.uint8)
-
-
-def _swap_nibbles(b: torch.Tensor) -> torch.Tensor:
-    return ((b & 0x0F) << 4) | (b >> 4)
-
-
-def to_bnb_4bit(qt: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """Convert an ``nf4``/``fp4`` QuantizedTensor to bitsandbytes' 4-bit layout.
-
-    Parameters
-    ----------
-    qt : QuantizedTensor
-        Of format ``nf4`` or ``fp4``.
-
-    Returns
-    -------
-    packed : torch.Tensor
-        uint8 of shape ``(ceil(n / 2), 1)``: element ``2j`` in the high
-        nibble of byte ``j`` — what ``bitsandbytes.functional.quantize_4bit``
-        returns with ``quant_storage=torch.uint8``.
-    absmax : torch.Tensor
-        float32 block absmax values (reconstructed from the 8-bit codes when
-        the tensor was double-quantized).
-
-    Raises
-    ------
-    ValueError
-        If ``qt`` is not ``nf4`` or ``fp4``.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from llmref.quant import quantize, to_bnb_4bit
-    >>> packed, absmax = to_bnb_4bit(quantize(torch.randn(4, 64), "nf4"))
-    >>> packed.shape, absmax.shape
-    (torch.Size([128, 1]), torch.Size([4]))
-    """
-    from .formats import _absmax
-    from .tensor import QuantizedTensor
-
-    if not isinstance(qt, QuantizedTensor) or qt.fmt not in ("nf4", "fp4"):
-        got = qt.fmt if isinstance(qt, QuantizedTensor) else type(qt).__name__
-        raise ValueError(f"qt must be an 'nf4' or 'fp4' QuantizedTensor, got {got!r}")
-    return _swap_nibbles(qt["codes"]).reshape(-1, 1), _absmax(qt).to(torch.float32)
-
-
-def from_bnb_4bit(
-    packed: torch.Tensor,
-    absmax: torch.Tensor,
-    shape: tuple[int, ...] | torch.Size,
-    *,
-    quant_type: str = "nf4",
-    blocksize: int = 64,
-    dtype: torch.dtype = torch.float32,
-) -> object:
-    """Wrap bitsandbytes' packed 4-bit data and absmax as a QuantizedTensor.
-
-    Parameters
-    ----------
-    packed : torch.Tensor
-        uint8 from ``quantize_4bit`` (any shape; ``(n/2, 1)`` usually).
-    absmax : torch.Tensor
-        float32 block absmax (``quant_state.absmax`` of a non-nested state).
-    shape : tuple of int
-        Shape of the original tensor (``quant_state.shape``); its last
-        dimension must be a multiple of ``blocksize``.
-    quant_type : {"nf4", "fp4"}, default "nf4"
-        bitsandbytes' quant type, which is also the llmref format name.
-    blocksize : int, default 64
-        bitsandbytes' block size (llmref's ``group_size``).
-    dtype : torch.dtype, default torch.float32
-        dtype that dequantize returns.
-
-    Returns
-    -------
-    QuantizedTensor
-
-    Raises
-    ------
-    ValueError
-        If ``quant_type`` is unknown or the sizes do not agree.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from llmref.quant import quantize, to_bnb_4bit, from_bnb_4bit
-    >>> qt = quantize(torch.randn(4, 64), "nf4")
-    >>> from_bnb_4bit(*to_bnb_4bit(qt), (4, 64)).equal(qt)
-    True
-    """
-    from .tensor import QuantizedTensor
-
-    if quant_type not in ("nf4", "fp4"):
-        raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {quant_type!r}")
-    blocksize = check_int("blocksize", blocksize, minimum=1)
-    n = 1
-    for s in shape:
-        n *= int(s)
-    if int(shape[-1]) % blocksize != 0:
-        raise ValueError(
-            f"the last dimension of shape {tuple(shape)} must be a multiple of "
-            f"blocksize={blocksize}"
-        )
-    if packed.numel() != packed_nbytes(n, 4) or absmax.numel() != n // blocksize:
-        raise ValueError(
-            f"for shape {tuple(shape)} and blocksize {blocksize} expected {packed_nbytes(n, 4)} "
-            f"packed bytes and {n // blocksize} absmax values, got {packed.numel()} and "
-            f"{absmax.numel()}"
-        )
-    codes = _swap_nibbles(packed.reshape(-1).view(torch.uint8))
-    return QuantizedTensor(
-        quant_type,
-        tuple(shape),
-        dtype,
-        {"codes": codes, "absmax": absmax.reshape(-1).to(torch.float32)},
-        {"group_size": blocksize, "double_quant": False},
-    )

@@ -29,7 +29,6 @@ __all__ = [
     "MiniFloat",
     "choose_qparams",
     "dequantize_affine",
-    "fake_quantize",
     "group_length",
     "minifloat_decode",
     "minifloat_encode",
@@ -626,65 +625,6 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
         return grad, None
-
-
-def fake_quantize(x: torch.Tensor, fmt: str = "int8", **options: Any) -> torch.Tensor:
-    """Quantize and dequantize in one step, with a straight-through gradient.
-
-    The forward pass returns ``dequantize(quantize(x, fmt, **options))`` in
-    ``x``'s dtype; the backward pass treats the rounding as the identity
-    (straight-through estimator), so ``x.grad`` equals the incoming gradient.
-    This is the building block of quantization-aware training.
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        Floating tensor (may require grad).
-    fmt : str, default "int8"
-        Any name in :data:`llmref.quant.FORMATS`.
-    **options
-        Options of that format (``group_size``, ``bits``, ``rounding`` ...).
-
-    Returns
-    -------
-    torch.Tensor
-        Same shape and dtype as ``x``.
-
-    Raises
-    ------
-    KeyError
-        If ``fmt`` is not a registered format.
-    TypeError, ValueError
-        As :func:`llmref.quant.quantize`.
-
-    Notes
-    -----
-    The STE :cite:p:`bengio2013estimating` sets
-    :math:`\\partial \\hat x / \\partial x = 1` although the rounding has zero
-    derivative almost everywhere. Scales are computed from ``x`` without a
-    gradient (they are not learned here).
-
-    References
-    ----------
-    :cite:t:`bengio2013estimating`, :cite:t:`jacob2018quantization`
-
-    Examples
-    --------
-    >>> import torch
-    >>> from llmref.quant import fake_quantize
-    >>> w = torch.randn(4, 32, requires_grad=True)
-    >>> y = fake_quantize(w, "int4", group_size=16)
-    >>> y.sum().backward()
-    >>> bool(torch.equal(w.grad, torch.ones_like(w)))
-    True
-    """
-    from .formats import dequantize, quantize
-
-    def qdq(t: torch.Tensor) -> torch.Tensor:
-        return dequantize(quantize(t, fmt, **options)).to(t.dtype)
-
-    out: torch.Tensor = _StraightThrough.apply(x, qdq)
-    return out
 
 
 def describe_options(options: Mapping[str, Any]) -> str:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
+
+from .registry import FORMATS
 
 __all__ = ["QuantizedTensor"]
 
@@ -216,9 +218,12 @@ class QuantizedTensor:
             Of shape ``shape``: the effective weight, with ``1 / input_scale``
             applied when the tensor has one.
         """
-        from .formats import dequantize
-
-        return dequantize(self, dtype=dtype)
+        fn: Callable[[QuantizedTensor], torch.Tensor] = FORMATS[self.fmt].meta["dequantize"]
+        out = fn(self).reshape(self.shape)
+        s = self.input_scale
+        if s is not None:  # codes store W diag(s): the weight is dequant(codes) diag(1/s)
+            out = out.to(torch.float32) / s.to(device=out.device, dtype=torch.float32)
+        return out.to(dtype or self.dtype)
 
     def to(self, device: torch.device | str) -> QuantizedTensor:
         """A copy with the storage moved to ``device``.

@@ -15,9 +15,9 @@ from llmref.models import (
     generate,
     gguf_tokenizer,
     load_gguf,
-    read_gguf,
 )
-from llmref.models.gguf import GGML_TYPES
+from llmref.quant import read_gguf
+from llmref.quant.gguf import GGML_TYPES
 from tests.models.helpers import assert_logits_close
 
 pytestmark = pytest.mark.xcheck
@@ -209,7 +209,7 @@ def test_block_formats_read_through_llmref_quant_and_the_gguf_package(tmp_path):
     """bf16 values, q4_k (llmref.quant) and q6_k (the gguf package) against gguf's dequantize."""
     gguf = pytest.importorskip("gguf")
     from llmref.quant import quantize
-    from llmref.quant.ggml import to_gguf
+    from llmref.quant import to_ggml_blocks
 
     Q = gguf.GGMLQuantizationType
     rng = np.random.default_rng(1)
@@ -218,7 +218,7 @@ def test_block_formats_read_through_llmref_quant_and_the_gguf_package(tmp_path):
     q6k[:, -2:] = np.frombuffer(np.float16(0.01).tobytes(), dtype=np.uint8)  # a sane scale d
     raw = {
         "bf16": (gguf.quants.quantize(x, Q.BF16), Q.BF16),
-        "q4_k": (to_gguf(quantize(torch.from_numpy(x), "q4_k")).numpy(), Q.Q4_K),
+        "q4_k": (to_ggml_blocks(quantize(torch.from_numpy(x), "q4_k")).numpy(), Q.Q4_K),
         "q6_k": (q6k, Q.Q6_K),
     }
     path = tmp_path / "blocks.gguf"

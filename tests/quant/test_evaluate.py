@@ -185,7 +185,8 @@ def test_smollm2_texts_token_counts_and_per_channel_4bit_ordering():
     evaluation tokens, calibration 4 sequences of 256 tokens.
     """
     pytest.importorskip("tokenizers")
-    from llmref.models import from_gguf, gguf_tokenizer, read_gguf
+    from llmref.models import from_gguf, gguf_tokenizer
+    from llmref.quant import read_gguf
 
     f = read_gguf(smollm2_path())
     base, tok = from_gguf(f).eval(), gguf_tokenizer(f)

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from llmref.quant import dequantize, quantize
-from llmref.quant.ggml import GGUF_BLOCKS, from_gguf, to_gguf
+from llmref.quant import GGUF_BLOCKS
+from llmref.quant import from_ggml_blocks as from_gguf
+from llmref.quant import to_ggml_blocks as to_gguf
 from tests.quant.helpers import randn
 
 f32 = np.float32
@@ -100,7 +102,7 @@ def test_q4_k_matches_scalar_transcription_of_ggml():
     x = randn(3, 256, seed=21).numpy() * np.array([[1.0], [0.01], [30.0]], dtype=f32)
     x[1, 64:96] = 0  # a zero sub-block
     qt = quantize(torch.from_numpy(x), "q4_k")
-    from llmref.quant.ggml import _unpack_k_scales
+    from llmref.quant.formats.ggml import _unpack_k_scales
     from llmref.quant.packing import unpack_codes
 
     sc, mn = _unpack_k_scales(qt["scales"])

@@ -8,7 +8,8 @@ import torch
 
 from llmref.quant import dequantize, quantize, to_bnb_4bit
 from llmref.quant.formats import int_codes
-from llmref.quant.ggml import from_gguf, to_gguf
+from llmref.quant import from_ggml_blocks as from_gguf
+from llmref.quant import to_ggml_blocks as to_gguf
 from llmref.quant.packing import unpack_codes
 from tests.quant.helpers import randn
 

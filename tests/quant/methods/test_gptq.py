@@ -323,7 +323,8 @@ def test_real_smollm2_layer_gptq_sqnr_above_rtn_on_held_out_tokens():
     import inspect
     import textwrap
 
-    from llmref.models import gguf_tokenizer, read_gguf
+    from llmref.models import gguf_tokenizer
+    from llmref.quant import read_gguf
 
     start = time.perf_counter()
     f = read_gguf(smollm2_gguf())

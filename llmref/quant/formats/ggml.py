@@ -3,7 +3,8 @@
 ggml quantizes each row in blocks of 32 (256 for the k-quants) with a float16
 scale per block. llmref stores the same numbers as named tensors (``d``,
 ``m``, ``dmin``, ``scales`` and packed ``codes``) and converts to and from
-the exact GGUF byte layout with :func:`~llmref.quant.to_gguf` / :func:`~llmref.quant.from_gguf`:
+the exact GGUF byte layout with :func:`~llmref.quant.to_ggml_blocks` /
+:func:`~llmref.quant.from_ggml_blocks`:
 
 ============ ====== ===================================================== =====
 format       block  bytes per block                                       bpw
@@ -19,16 +20,18 @@ format       block  bytes per block                                       bpw
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from .formats import FORMATS
-from .packing import pack_codes, unpack_codes
-from .primitives import check_float_input, round_values
-from .tensor import QuantizedTensor
+from ..packing import pack_codes, unpack_codes
+from ..primitives import check_float_input, round_values
+from ..registry import FORMATS
+from ..tensor import QuantizedTensor
+from .integer import int_tensor_from_codes
 
-__all__ = ["GGUF_BLOCKS", "from_gguf", "to_gguf"]
+__all__ = ["GGML_INT_BITS", "GGUF_BLOCKS", "from_ggml_blocks", "ggml_to_int", "to_ggml_blocks"]
 
 GGUF_BLOCKS: dict[str, tuple[int, int]] = {
     "q8_0": (32, 34),
@@ -68,7 +71,7 @@ def _dequantize_q8_0(qt: QuantizedTensor) -> torch.Tensor:
 @FORMATS.register(
     "q8_0",
     paper="gerganov2023ggml",
-    reference="llmref.quant.ggml.to_gguf",
+    reference="llmref.quant.to_ggml_blocks",
     third_party="gguf.quants.quantize",
     dequantize=_dequantize_q8_0,
     values=lambda: torch.arange(-127, 128, dtype=torch.float32),
@@ -123,7 +126,7 @@ def _dequantize_q4_0(qt: QuantizedTensor) -> torch.Tensor:
 @FORMATS.register(
     "q4_0",
     paper="gerganov2023ggml",
-    reference="llmref.quant.ggml.to_gguf",
+    reference="llmref.quant.to_ggml_blocks",
     third_party="gguf.quants.quantize",
     dequantize=_dequantize_q4_0,
     values=lambda: torch.arange(-8, 8, dtype=torch.float32),
@@ -145,7 +148,7 @@ def quantize_q4_0(x: torch.Tensor, *, group_size: int | None = None) -> Quantize
     -------
     QuantizedTensor
         ``d`` (float16) and ``codes`` (4-bit ``q`` in 0..15, packed in llmref's
-        low-nibble-first order; :func:`~llmref.quant.to_gguf` gives ggml's byte order).
+        low-nibble-first order; :func:`~llmref.quant.to_ggml_blocks` gives ggml's byte order).
 
     Notes
     -----
@@ -181,7 +184,7 @@ def _dequantize_q4_1(qt: QuantizedTensor) -> torch.Tensor:
 @FORMATS.register(
     "q4_1",
     paper="gerganov2023ggml",
-    reference="llmref.quant.ggml.to_gguf",
+    reference="llmref.quant.to_ggml_blocks",
     third_party="gguf.quants.quantize",
     dequantize=_dequantize_q4_1,
     values=lambda: torch.arange(0, 16, dtype=torch.float32),
@@ -317,7 +320,7 @@ def _dequantize_q4_k(qt: QuantizedTensor) -> torch.Tensor:
 @FORMATS.register(
     "q4_k",
     paper="kawrakow2023kquants",
-    reference="llmref.quant.ggml.to_gguf",
+    reference="llmref.quant.to_ggml_blocks",
     third_party="gguf.quants.dequantize",
     dequantize=_dequantize_q4_k,
     values=lambda: torch.arange(0, 16, dtype=torch.float32),
@@ -410,7 +413,7 @@ def _join_halves(b: torch.Tensor, span: int) -> torch.Tensor:
     return torch.stack([b & 0x0F, b >> 4], dim=1).reshape(-1)
 
 
-def to_gguf(qt: QuantizedTensor) -> torch.Tensor:
+def to_ggml_blocks(qt: QuantizedTensor) -> torch.Tensor:
     """The GGUF block bytes of a ``q8_0``/``q4_0``/``q4_1``/``q4_k`` tensor.
 
     Parameters
@@ -433,8 +436,8 @@ def to_gguf(qt: QuantizedTensor) -> torch.Tensor:
     --------
     >>> import torch
     >>> from llmref.quant import quantize
-    >>> from llmref.quant.ggml import to_gguf
-    >>> to_gguf(quantize(torch.randn(3, 64), "q4_0")).shape
+    >>> from llmref.quant import to_ggml_blocks
+    >>> to_ggml_blocks(quantize(torch.randn(3, 64), "q4_0")).shape
     torch.Size([3, 36])
     """
     if qt.fmt not in GGUF_BLOCKS:
@@ -466,7 +469,7 @@ def to_gguf(qt: QuantizedTensor) -> torch.Tensor:
     return raw.reshape(*qt.shape[:-1], qt.shape[-1] // block * size)
 
 
-def from_gguf(data: Any, fmt: str, *, dtype: torch.dtype = torch.float32) -> QuantizedTensor:
+def from_ggml_blocks(data: Any, fmt: str, *, dtype: torch.dtype = torch.float32) -> QuantizedTensor:
     """Wrap GGUF block bytes as a :class:`~llmref.quant.QuantizedTensor` (no copy of the values).
 
     Parameters
@@ -494,9 +497,9 @@ def from_gguf(data: Any, fmt: str, *, dtype: torch.dtype = torch.float32) -> Qua
     --------
     >>> import torch
     >>> from llmref.quant import quantize
-    >>> from llmref.quant.ggml import from_gguf, to_gguf
+    >>> from llmref.quant import from_ggml_blocks, to_ggml_blocks
     >>> qt = quantize(torch.randn(2, 256), "q4_k")
-    >>> from_gguf(to_gguf(qt), "q4_k").equal(qt)
+    >>> from_ggml_blocks(to_ggml_blocks(qt), "q4_k").equal(qt)
     True
     """
     if fmt not in GGUF_BLOCKS:
@@ -529,3 +532,100 @@ def from_gguf(data: Any, fmt: str, *, dtype: torch.dtype = torch.float32) -> Qua
             "codes": pack_codes(_join_halves(b[:, 16:], 32), 4),
         }
     return QuantizedTensor(fmt, shape, dtype, tensors, {"group_size": block})
+
+
+GGML_INT_BITS: dict[str, int] = {"q4_0": 4, "q4_1": 4, "q8_0": 8}
+"""ggml formats that are exactly one of llmref's integer formats -> its code width.
+
+``q4_1`` (value ``d q + m``, ``q`` in ``0..15``) is ``int4`` with group size 32 and
+a float offset; ``q4_0`` (``d (q - 8)``) the same with offset ``-8 d``; ``q8_0``
+(``d q``) symmetric ``int8`` with group size 32."""
+
+
+def ggml_to_int(
+    blocks: Sequence[QuantizedTensor],
+    *,
+    row_order: Sequence[torch.Tensor | None] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> QuantizedTensor:
+    """Stack 2-D ggml tensors by rows into one llmref ``int4``/``int8`` tensor, exactly.
+
+    Parameters
+    ----------
+    blocks : sequence of QuantizedTensor
+        2-D tensors in formats of :data:`GGML_INT_BITS`, all of one code width
+        (``q4_0`` and ``q4_1`` mix; ``q8_0`` stands alone), with equal columns.
+    row_order : sequence of (torch.Tensor or None), optional
+        Per tensor, int64 row indices to take its rows in (for example GGUF's
+        interleaved RoPE rows to rotate-half); None keeps the order.
+    dtype : torch.dtype, default torch.float32
+        dtype :func:`~llmref.quant.dequantize` will return.
+
+    Returns
+    -------
+    QuantizedTensor
+        ``int4`` (asymmetric, float offsets) or ``int8`` (symmetric) with
+        group size 32. Nothing is rounded: it dequantizes to the same float32
+        values as the ggml blocks, bit for bit (``d q`` and ``-8 d`` are exact
+        in float32 for a float16 ``d`` and ``|q| <= 255``).
+
+    Raises
+    ------
+    ValueError
+        If ``blocks`` is empty, a format is not in :data:`GGML_INT_BITS`, the
+        code widths differ, a tensor is not 2-D, the columns differ, or
+        ``row_order`` has another length or a wrong permutation length.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from llmref.quant import dequantize, ggml_to_int, quantize
+    >>> a, b = quantize(torch.randn(2, 64), "q4_0"), quantize(torch.randn(3, 64), "q4_1")
+    >>> both = ggml_to_int([a, b])
+    >>> both.fmt, tuple(both.shape)
+    ('int4', (5, 64))
+    >>> bool(torch.equal(dequantize(both), torch.cat([dequantize(a), dequantize(b)])))
+    True
+    """
+    if not blocks:
+        raise ValueError("blocks must hold at least one ggml tensor, got none")
+    orders = list(row_order) if row_order is not None else [None] * len(blocks)
+    if len(orders) != len(blocks):
+        raise ValueError(f"row_order must have {len(blocks)} entries, got {len(orders)}")
+    widths = set()
+    for qt in blocks:
+        if qt.fmt not in GGML_INT_BITS:
+            raise ValueError(
+                f"blocks must be in {sorted(GGML_INT_BITS)} (ggml formats that are llmref "
+                f"integer formats), got {qt.fmt!r}"
+            )
+        if len(qt.shape) != 2 or qt.shape[1] != blocks[0].shape[1]:
+            raise ValueError(
+                "blocks must be 2-D with equal columns, got shapes "
+                f"{[tuple(b.shape) for b in blocks]}"
+            )
+        widths.add(GGML_INT_BITS[qt.fmt])
+    if len(widths) != 1:
+        raise ValueError(f"blocks must share one code width, got {sorted(widths)} bits")
+    bits = widths.pop()
+    codes, scales, offsets = [], [], []
+    for qt, order in zip(blocks, orders, strict=True):
+        n, k = qt.shape
+        d = qt["d"].to(torch.float32).reshape(n, k // 32)
+        if qt.fmt == "q8_0":
+            q, m = qt["codes"].to(torch.int32).reshape(n, k), None
+        else:
+            q = unpack_codes(qt["codes"], 4, n * k).to(torch.int32).reshape(n, k)
+            m = qt["m"].to(torch.float32).reshape(n, k // 32) if qt.fmt == "q4_1" else -8 * d
+        if order is not None:
+            if order.shape != (n,):
+                raise ValueError(
+                    f"row_order entries must have shape ({n},), got {tuple(order.shape)}"
+                )
+            q, d = q[order], d[order]
+            m = None if m is None else m[order]
+        codes.append(q)
+        scales.append(d)
+        offsets.append(m)
+    zero = None if bits == 8 else torch.cat(offsets)  # type: ignore[arg-type]
+    return int_tensor_from_codes(torch.cat(codes), torch.cat(scales), zero, bits=bits, dtype=dtype)

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmref.models import read_gguf
+from llmref.quant import read_gguf
 
 FUZZ = settings(
     max_examples=150,
@@ -196,7 +196,7 @@ def test_huge_counts_allocate_nothing_under_a_memory_limit(tmp_path):
     script = textwrap.dedent(
         """
         import resource, sys
-        from llmref.models import read_gguf
+        from llmref.quant import read_gguf
         vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize"))
         limit = vm * 1024 + (64 << 20)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
