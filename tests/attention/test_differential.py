@@ -11,16 +11,25 @@ import torch.nn.functional as F
 from llmref.attention import ATTENTION, naive_attention
 from llmref.attention.differential import differential_attention
 from llmref.attention.variants import VARIANTS
+from llmref.testing import (
+    LOW_PRECISION,
+    assert_low_precision,
+    assert_within,
+    attention_scale,
+)
+from tests.attention.reference import mag, rms_norm_err
 from tests.attention.test_functional import CONFIGS, make_qkv, random_mask
 from tests.attention.test_linear import bib_keys
-from tests.tolerances import assert_close
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
-def textbook_differential(q, k, v, lam, *, mask=None, is_causal=False, scale=None):
-    """(softmax(s Q1 K1^T) - lam softmax(s Q2 K2^T)) V in float64 with copied K/V heads."""
-    q, k, v = (t.to(torch.float64) for t in (q, k, v))
+def textbook_differential(
+    q, k, v, lam, *, mask=None, is_causal=False, scale=None, dtype=torch.float64
+):
+    """(softmax(s Q1 K1^T) - lam softmax(s Q2 K2^T)) V with copied K/V heads, every step in
+    ``dtype`` (float64: the reference; a 16-bit dtype: the naive low-precision one)."""
+    q, k, v = (t.to(dtype) for t in (q, k, v))
     H, d = q.shape[1], q.shape[-1] // 2
     group = H // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
@@ -36,9 +45,30 @@ def textbook_differential(q, k, v, lam, *, mask=None, is_causal=False, scale=Non
         logits = (qh @ kh.transpose(-1, -2) * scale).masked_fill(~allowed, -math.inf)
         return torch.nan_to_num(torch.softmax(logits, dim=-1))
 
-    lam = torch.as_tensor(lam, dtype=torch.float64).reshape(-1, 1, 1)
+    lam = torch.as_tensor(lam, dtype=dtype).reshape(-1, 1, 1)
     weights = softmax_map(q[..., :d], k[..., :d]) - lam * softmax_map(q[..., d:], k[..., d:])
     return weights @ v
+
+
+def differential_bound(q, k, v, lam, *, scale=None):
+    """Each softmax map's :func:`~llmref.testing.attention_scale`, the second weighted by
+    ``|lam|`` (pass the summed magnitude of lam where it was computed)."""
+    d = q.shape[-1] // 2
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    first = attention_scale(q[..., :d], k[..., :d], v, scale=scale)
+    second = attention_scale(q[..., d:], k[..., d:], v, scale=scale)
+    return first + mag(torch.as_tensor(lam)).reshape(-1, 1, 1) * second
+
+
+def assert_differential(out, expected, q, k, v, lam, **kwargs):
+    """Within :func:`differential_bound` (float32/64), or FlashAttention's rule against
+    :func:`textbook_differential` run in the low dtype (16-bit)."""
+    if out.dtype in LOW_PRECISION:
+        ref_lp = textbook_differential(q, k, v, lam, dtype=out.dtype, **kwargs)
+        assert_low_precision(out, expected, ref_lp)
+    else:
+        scale = differential_bound(q, k, v, lam, scale=kwargs.get("scale"))
+        assert_within(out, expected, scale=scale)
 
 
 def lam_for(kind, heads):
@@ -60,7 +90,7 @@ def test_matches_textbook_formula_float64(config, masking):
     out = differential_attention(q, k, v, lam=lam, mask=mask, is_causal=is_causal)
     assert out.shape == (B, H, T, Dv)
     expected = textbook_differential(q, k, v, lam, mask=mask, is_causal=is_causal)
-    assert_close(out, expected, torch.float64)
+    assert_differential(out, expected, q, k, v, lam)
 
 
 @pytest.mark.parametrize("lam_kind", ["float", "scalar-tensor", "per-head"])
@@ -68,19 +98,18 @@ def test_lambda_as_number_scalar_tensor_or_per_head(lam_kind):
     q, k, v = make_qkv(CONFIGS["gqa"])
     lam = lam_for(lam_kind, 8)
     out = differential_attention(q, k, v, lam=lam, is_causal=True)
-    assert_close(out, textbook_differential(q, k, v, lam, is_causal=True), torch.float64)
+    assert_differential(out, textbook_differential(q, k, v, lam, is_causal=True), q, k, v, lam)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_low_precision_against_float64(dtype, is_causal):
-    q64, k64, v64 = make_qkv(CONFIGS["gqa"])
-    lam = lam_for("per-head", 8)
-    expected = textbook_differential(q64, k64, v64, lam, is_causal=is_causal)
-    q, k, v = (t.to(dtype) for t in (q64, k64, v64))
-    out = differential_attention(q, k, v, lam=lam.to(dtype), is_causal=is_causal)
+    q, k, v = make_qkv(CONFIGS["gqa"], dtype)
+    lam = lam_for("per-head", 8).to(dtype)
+    expected = textbook_differential(q, k, v, lam, is_causal=is_causal)  # same rounded inputs
+    out = differential_attention(q, k, v, lam=lam, is_causal=is_causal)
     assert out.dtype == dtype
-    assert_close(out, expected, dtype)
+    assert_differential(out, expected, q, k, v, lam, is_causal=is_causal)
 
 
 @pytest.mark.parametrize("backend", list(ATTENTION))
@@ -89,7 +118,7 @@ def test_every_softmax_backend_gives_the_same_result(backend):
     mask = random_mask((9, 9))
     expected = textbook_differential(q, k, v, 0.6, mask=mask, is_causal=True)
     out = differential_attention(q, k, v, lam=0.6, mask=mask, is_causal=True, backend=backend)
-    assert_close(out, expected, torch.float64)
+    assert_differential(out, expected, q, k, v, 0.6)
 
 
 @pytest.mark.parametrize("config", ["mha", "gqa", "cross"])
@@ -98,18 +127,19 @@ def test_lambda_zero_is_ordinary_attention_on_the_first_half(config):
     d = q.shape[-1] // 2
     out = differential_attention(q, k, v, lam=0.0, is_causal=True)
     first = naive_attention(q[..., :d], k[..., :d], v, is_causal=True)  # default 1/sqrt(d)
-    assert_close(out, first, torch.float64)
+    assert_within(out, first, scale=attention_scale(q[..., :d], k[..., :d], v))
     # ...and the second half enters with weight -lam, linearly.
     second = naive_attention(q[..., d:], k[..., d:], v, is_causal=True)
     out_half = differential_attention(q, k, v, lam=0.5, is_causal=True)
-    assert_close(out_half, first - 0.5 * second, torch.float64)
+    assert_within(out_half, first - 0.5 * second, scale=differential_bound(q, k, v, 0.5))
 
 
 def test_equal_halves_scale_attention_by_one_minus_lambda():
     q, k, v = make_qkv(CONFIGS["gqa"])
     qq, kk = torch.cat([q, q], dim=-1), torch.cat([k, k], dim=-1)
     out = differential_attention(qq, kk, v, lam=0.3, scale=0.2)
-    assert_close(out, 0.7 * naive_attention(q, k, v, scale=0.2), torch.float64)
+    expected = 0.7 * naive_attention(q, k, v, scale=0.2)
+    assert_within(out, expected, scale=differential_bound(qq, kk, v, 0.3, scale=0.2))
 
 
 def test_fully_masked_rows_are_zero():
@@ -169,15 +199,25 @@ def test_matches_transformers_diffllama(is_causal):
             heads(layer.k_proj, H_kv_hf),
             heads(layer.v_proj, H_kv_hf),
         )
-        lam = (
-            torch.exp((layer.lambda_q1 * layer.lambda_k1).sum())
-            - torch.exp((layer.lambda_q2 * layer.lambda_k2).sum())
-            + layer.lambda_init
+        exps = (
+            torch.exp((layer.lambda_q1 * layer.lambda_k1).sum()),
+            torch.exp((layer.lambda_q2 * layer.lambda_k2).sum()),
         )
-        out = differential_attention(q, k, v, lam=lam, is_causal=is_causal, scale=hd**-0.5)
-        out = (1 - layer.lambda_init) * F.rms_norm(out, (2 * hd,), eps=config.rms_norm_eps)
-    # transformers' eager path takes the softmax and lambda in float32 even for float64 inputs.
-    assert_close(out.transpose(1, 2).reshape(B, T, -1), expected, torch.float32)
+        lam = exps[0] - exps[1] + layer.lambda_init
+        heads = differential_attention(q, k, v, lam=lam, is_causal=is_causal, scale=hd**-0.5)
+        out = (1 - layer.lambda_init) * F.rms_norm(heads, (2 * hd,), eps=config.rms_norm_eps)
+    # transformers' eager path takes the softmax, lambda and the norm in float32 even for
+    # float64 inputs: the float32 bound of the maps (lambda by what it sums), through the norm.
+    lam_mag = exps[0] + exps[1] + layer.lambda_init
+    heads_err = differential_bound(q, k, v, lam_mag, scale=hd**-0.5).expand_as(heads)
+    _, err = rms_norm_err(heads, heads_err, eps=config.rms_norm_eps)
+    scale = (1 - layer.lambda_init) * err
+    assert_within(
+        out.transpose(1, 2).reshape(B, T, -1),
+        expected,
+        scale=scale.transpose(1, 2).reshape(B, T, -1),
+        dtype=torch.float32,
+    )
 
 
 def test_registered_as_variant():

@@ -9,7 +9,16 @@ import torch
 
 from llmref.attention import ATTENTION, DifferentialAttention
 from llmref.position import RotaryEmbedding
-from tests.tolerances import assert_close
+from llmref.testing import assert_within
+from tests.attention.reference import (
+    assert_beyond_rounding,
+    attention_err,
+    group_norm_err,
+    linear_err,
+    mag,
+    rms_norm_err,
+    rope_err,
+)
 
 D_MODEL = 48
 
@@ -75,6 +84,79 @@ def textbook_layer(layer, x, *, is_causal=False, mask=None, rope=None):
     return torch.nn.functional.linear(out, layer.out_proj.weight, layer.out_proj.bias)
 
 
+def lambda_mag(layer):
+    """What lambda sums: ``e^(lq1.lk1) (1 + |lq1|.|lk1|) + e^(lq2.lk2) (...) + lambda_init``
+    (an exponential passes on its argument's rounding relative to its value)."""
+    total = layer.lambda_init
+    for a, b in ((layer.lambda_q1, layer.lambda_k1), (layer.lambda_q2, layer.lambda_k2)):
+        a, b = a.detach().double(), b.detach().double()
+        total = total + torch.exp(a @ b) * (1 + mag(a) @ mag(b))
+    return total
+
+
+ROUNDED = frozenset({"projections", "norm", "rope"})
+
+
+def layer_mag(layer, x, *, mask=None, is_causal=False, rounded=ROUNDED):
+    """The layer's error scale (tests.attention.reference): projections, RoPE on each half,
+    the two softmax maps (the second times lambda's magnitude, the first's and second's
+    output errors added), the head norm, 1 - lambda_init and the output projection.
+    ``rounded``: the steps whose own rounding counts, all unless the other side runs only
+    some in the dtype compared (the maps and lambda always count). Returns the output's
+    and the head norm input's scales, (B, T, d_model) and (B, T, H, head_dim)."""
+    own = {step: step in rounded for step in ROUNDED}
+    B, T, _ = x.shape
+    H, H_kv, D = layer.n_heads, layer.n_kv_heads, layer.head_dim
+    d = D // 2
+    acts, errs = [], []
+    for proj, n in ((layer.q_proj, H), (layer.k_proj, H_kv), (layer.v_proj, H_kv)):
+        y, e = linear_err(x, 0.0, proj.weight, proj.bias, own=own["projections"])
+        acts.append(y.view(B, T, n, D).transpose(1, 2))
+        errs.append(e.view(B, T, n, D).transpose(1, 2))
+    if layer.rope is not None:
+        for i in (0, 1):  # rotate each half: (B, H, T, 2, d) -> heads of d channels
+            halves = acts[i].unflatten(-1, (2, d)).transpose(2, 3)
+            halves_err = errs[i].unflatten(-1, (2, d)).transpose(2, 3)
+            y, e = rope_err(
+                halves.flatten(1, 2), halves_err.flatten(1, 2), layer.rope, own=own["rope"]
+            )
+            acts[i] = y.unflatten(1, (-1, 2)).transpose(2, 3).flatten(-2)
+            errs[i] = e.unflatten(1, (-1, 2)).transpose(2, 3).flatten(-2)
+    (q, k, v), (eq, ek, ev) = acts, errs
+    maps = [
+        attention_err(
+            q[..., h],
+            k[..., h],
+            v,
+            eq[..., h],
+            ek[..., h],
+            ev,
+            mask=mask,
+            is_causal=is_causal,
+            scale=layer.scale,
+        )
+        for h in (slice(0, d), slice(d, None))
+    ]
+    lam = layer.lam().detach().double()
+    heads = maps[0][0] - lam * maps[1][0]
+    # |lam| e_2 for the second map, lambda's own error times |o_2|, the subtraction's rounding
+    heads_err = (
+        maps[0][1] + lam.abs() * maps[1][1] + lambda_mag(layer) * maps[1][0].abs() + heads.abs()
+    )
+    norm = layer.head_norm
+    if layer.head_norm_kind == "rms":
+        normed, err = rms_norm_err(heads, heads_err, norm.weight, eps=norm.eps, own=own["norm"])
+    else:
+        w, b = (t.view(1, H, 1, D) for t in (norm.weight, norm.bias))
+        normed, err = group_norm_err(heads, heads_err, w, b, eps=norm.eps)  # only rounded
+    factor = 1 - layer.lambda_init
+    normed = normed.transpose(1, 2).reshape(B, T, H * D) * factor
+    err = err.transpose(1, 2).reshape(B, T, H * D) * factor
+    out = layer.out_proj
+    _, out_err = linear_err(normed, err, out.weight, out.bias, own=own["projections"])
+    return out_err, heads_err.transpose(1, 2)
+
+
 @pytest.mark.parametrize("n_heads,n_kv_heads", [(3, None), (4, 2), (4, 1)])
 @pytest.mark.parametrize("head_norm", ["rms", "group"])
 @pytest.mark.parametrize("masking", ["none", "causal", "mask"])
@@ -87,7 +169,8 @@ def test_matches_per_head_textbook_float64(n_heads, n_kv_heads, head_norm, maski
         mask[:, 0] = True
     is_causal = masking == "causal"
     expected = textbook_layer(layer, x, is_causal=is_causal, mask=mask)
-    assert_close(layer(x, is_causal=is_causal, mask=mask), expected, torch.float64)
+    scale, _ = layer_mag(layer, x, mask=mask, is_causal=is_causal)
+    assert_within(layer(x, is_causal=is_causal, mask=mask), expected, scale=scale)
 
 
 def test_rope_rotates_each_half_of_queries_and_keys():
@@ -95,34 +178,38 @@ def test_rope_rotates_each_half_of_queries_and_keys():
     layer = make_layer(3, rope=rope)
     x = torch.randn(2, 6, D_MODEL, dtype=torch.float64)
     expected = textbook_layer(layer, x, is_causal=True, rope=rope)
-    assert_close(layer(x, is_causal=True), expected, torch.float64)
+    scale, _ = layer_mag(layer, x, is_causal=True)  # position-free: RoPE's |cos|, |sin| <= 1
+    assert_within(layer(x, is_causal=True), expected, scale=scale)
     # Scores depend on relative positions only: a uniform shift changes nothing, while
     # positions spread apart do change the output.
-    assert_close(layer(x, is_causal=True, offset=5), expected, torch.float64)
-    assert_close(
-        layer(x, is_causal=True, position_ids=torch.arange(5, 11)), expected, torch.float64
-    )
-    assert not torch.allclose(layer(x, is_causal=True, position_ids=3 * torch.arange(6)), expected)
+    assert_within(layer(x, is_causal=True, offset=5), expected, scale=scale)
+    shifted = layer(x, is_causal=True, position_ids=torch.arange(5, 11))
+    assert_within(shifted, expected, scale=scale)
+    spread = layer(x, is_causal=True, position_ids=3 * torch.arange(6))
+    assert_beyond_rounding(spread, expected, scale=scale)
 
 
 @pytest.mark.parametrize("layer_index", [1, 2, 5, 12, 100])
 def test_lambda_init_follows_the_paper_schedule(layer_index):
     layer = DifferentialAttention(32, 2, layer_index=layer_index)
     expected = 0.8 - 0.6 * math.exp(-0.3 * (layer_index - 1))
-    assert layer.lambda_init == pytest.approx(expected, abs=1e-15)
+    assert layer.lambda_init == expected  # the same Python expression, the same float
     with torch.no_grad():
         layer.lambda_q1.zero_()
         layer.lambda_q2.zero_()
-    assert float(layer.lam().detach()) == pytest.approx(
-        expected, abs=1e-7
-    )  # exp(0) - exp(0) + init
+    # exp(0) - exp(0) + init in float32: what it sums is 1 + 1 + init.
+    lam = layer.lam().detach()
+    assert_within(lam, torch.tensor(expected, dtype=torch.float64), scale=2 + expected)
 
 
 def test_lambda_schedule_values():
     inits = [DifferentialAttention(32, 2, layer_index=i).lambda_init for i in (1, 2, 40)]
-    assert inits[0] == pytest.approx(0.2)  # first layer: 0.8 - 0.6
-    assert inits[1] == pytest.approx(0.8 - 0.6 * math.exp(-0.3))
-    assert inits[2] == pytest.approx(0.8, abs=1e-5)  # deep layers approach 0.8
+    as_tensor = torch.tensor(inits, dtype=torch.float64)
+    # first layer: 0.8 - 0.6, up to the rounding of that float64 difference
+    assert_within(as_tensor[0], torch.tensor(0.2, dtype=torch.float64), scale=0.8 + 0.6)
+    assert inits[1] == 0.8 - 0.6 * math.exp(-0.3)  # the same expression, the same float
+    # deep layers approach 0.8 from below: 0.6 e^(-0.3 * 39) = 4.9e-6 short of it
+    assert 0.8 - 1e-5 < inits[2] < 0.8
     assert inits == sorted(inits)
 
 
@@ -133,7 +220,7 @@ def test_lambda_is_the_reparameterisation_and_is_learned():
         - torch.exp(layer.lambda_q2 @ layer.lambda_k2)
         + layer.lambda_init
     )
-    assert_close(layer.lam(), expected, torch.float64)
+    assert_within(layer.lam(), expected, scale=lambda_mag(layer))
     layer(torch.randn(1, 5, D_MODEL, dtype=torch.float64), is_causal=True).sum().backward()
     for p in (layer.lambda_q1, layer.lambda_k1, layer.lambda_q2, layer.lambda_k2):
         assert p.grad is not None and p.grad.abs().sum() > 0
@@ -151,6 +238,7 @@ def test_equal_halves_collapse_to_scaled_ordinary_attention():
     captured = {}
     layer.head_norm.register_forward_pre_hook(lambda m, a: captured.setdefault("in", a[0]))
     layer(x, is_causal=True)
+    _, heads_mag = layer_mag(layer, x, is_causal=True)
     D = layer.head_dim
     q = layer.q_proj(x).view(1, 5, 2, D).transpose(1, 2)[..., : D // 2]
     k = layer.k_proj(x).view(1, 5, 2, D).transpose(1, 2)[..., : D // 2]
@@ -162,7 +250,7 @@ def test_equal_halves_collapse_to_scaled_ordinary_attention():
         dim=-1,
     )
     expected = ((1 - layer.lam()) * weights @ v).transpose(1, 2)
-    assert_close(captured["in"], expected, torch.float64)
+    assert_within(captured["in"], expected, scale=heads_mag)
 
 
 @pytest.mark.parametrize("backend", list(ATTENTION))
@@ -173,8 +261,9 @@ def test_every_backend_gives_the_same_layer(backend):
     layer.backend = DifferentialAttention(
         D_MODEL, 4, n_kv_heads=2, layer_index=2, backend=backend
     ).backend
+    scale, _ = layer_mag(layer, x, is_causal=True)
     with torch.no_grad():  # some backends (flex) have no backward on CPU
-        assert_close(layer(x, is_causal=True), expected, torch.float64)
+        assert_within(layer(x, is_causal=True), expected, scale=scale)
 
 
 def test_gradcheck_float64():
@@ -237,15 +326,17 @@ def test_matches_transformers_diffllama_layer():
         ours.out_proj.weight.copy_(theirs.o_proj.weight)
         for name in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"):
             getattr(ours, name).copy_(getattr(theirs, name))
-    assert ours.lambda_init == pytest.approx(theirs.lambda_init)
+    assert ours.lambda_init == theirs.lambda_init  # 0.8 - 0.6 * exp(-0.3 * 2) on both sides
     x = torch.randn(B, T, H_hf * hd, dtype=torch.float64)
     cos, sin = rotary(x, torch.arange(T)[None])
     causal = torch.full((T, T), -math.inf, dtype=torch.float64).triu(1).expand(B, 1, T, T)
     with torch.no_grad():
         expected, _ = theirs(x, (cos.double(), sin.double()), attention_mask=causal)
         out = ours(x, is_causal=True)
-    # transformers takes the softmax and lambda in float32 and rotates with float32 tables.
-    assert_close(out, expected, torch.float32)
+    # transformers takes the softmax, lambda and the head norm in float32 and rotates with
+    # float32 tables; the projections are float64 on both sides, 2^29 times finer.
+    scale, _ = layer_mag(ours, x, is_causal=True, rounded={"norm", "rope"})
+    assert_within(out, expected, scale=scale, dtype=torch.float32)
 
 
 # -- bad input --------------------------------------------------------------------------

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from llmref.attention import LinearAttention, LinearAttentionState
+from llmref.testing import assert_within
+from tests.attention.reference import feature_attention_err, linear_err
 from tests.attention.test_linear import textbook_linear
-from tests.tolerances import assert_close
 
 D_MODEL = 24
 
@@ -31,6 +32,50 @@ def textbook_layer(layer, x, *, is_causal=False):
     return F.linear(out.transpose(1, 2).reshape(B, T, H * D), *_wb(layer.out_proj))
 
 
+def _square_features(t):
+    return torch.cat([F.elu(t) + 1, t.square()], dim=-1)
+
+
+# A bound on each feature map at x and its error: what it sums, plus its slope times the
+# input's error e (elu + 1: slope <= 1, sums |elu(x)| + 1; relu: exact, slope <= 1; x^2:
+# slope 2|x|).
+FEATURE_MAGS = {
+    "elu_plus_one": lambda x, e: F.elu(x).abs() + 1 + e,
+    "relu": lambda x, e: F.relu(x) + e,
+    _square_features: lambda x, e: torch.cat(
+        [F.elu(x).abs() + 1 + e, x.square() + 2 * x.abs() * e], dim=-1
+    ),
+}
+FEATURES = {
+    "elu_plus_one": lambda x: F.elu(x) + 1,
+    "relu": F.relu,
+    _square_features: _square_features,
+}
+
+
+def layer_mag(layer, x, *, is_causal=False):
+    """The layer's error scale (tests.attention.reference): the projections, the features
+    (``FEATURE_MAGS``), linear attention (``feature_attention_err``) and the output
+    projection. Returns it, the keys' features, a bound on them and their errors, and
+    one on the values (what the state sums)."""
+    B, T, _ = x.shape
+    H, H_kv, D = layer.n_heads, layer.n_kv_heads, layer.head_dim
+    acts, errs = [], []
+    for proj, n in ((layer.q_proj, H), (layer.k_proj, H_kv), (layer.v_proj, H_kv)):
+        y, e = linear_err(x, 0.0, proj.weight, proj.bias)
+        acts.append(y.view(B, T, n, D).transpose(1, 2))
+        errs.append(e.view(B, T, n, D).transpose(1, 2))
+    (q, k, v), (eq, ek, ev) = acts, errs
+    phi, phi_mag = FEATURES[layer.feature_map], FEATURE_MAGS[layer.feature_map]
+    fk, fmk, vm = phi(k), phi_mag(k, ek), v.abs() + ev
+    heads, err = feature_attention_err(
+        phi(q), fk, phi_mag(q, eq), fmk, v, vm, is_causal=is_causal, eps=layer.eps
+    )
+    heads, err = (t.transpose(1, 2).reshape(B, T, H * D) for t in (heads, err))
+    _, out_err = linear_err(heads, err, layer.out_proj.weight, layer.out_proj.bias)
+    return out_err, fk, fmk, vm
+
+
 def _wb(linear):
     return linear.weight, linear.bias
 
@@ -49,7 +94,8 @@ def test_matches_textbook_float64(n_heads, n_kv_heads, is_causal):
     layer = make_layer(n_heads, n_kv_heads, bias=True, chunk_size=3)
     x = torch.randn(2, 11, D_MODEL, dtype=torch.float64)
     expected = textbook_layer(layer, x, is_causal=is_causal)
-    assert_close(layer(x, is_causal=is_causal), expected, torch.float64)
+    scale, *_ = layer_mag(layer, x, is_causal=is_causal)
+    assert_within(layer(x, is_causal=is_causal), expected, scale=scale)
 
 
 @pytest.mark.parametrize("n_kv_heads", [None, 2])
@@ -58,7 +104,8 @@ def test_parallel_form_equals_recurrent_steps(n_kv_heads):
     layer = make_layer(4, n_kv_heads, chunk_size=4)
     x = torch.randn(3, 13, D_MODEL, dtype=torch.float64)
     stepped, state = run_steps(layer, x)
-    assert_close(stepped, layer(x, is_causal=True), torch.float64)
+    scale, *_ = layer_mag(layer, x, is_causal=True)
+    assert_within(stepped, layer(x, is_causal=True), scale=scale)
     H_kv = n_kv_heads or 4
     assert state.S.shape == (3, H_kv, 6, 6) and state.z.shape == (3, H_kv, 6)
 
@@ -70,18 +117,22 @@ def test_prefill_state_continues_with_steps():
     prefix, state = layer(x[:, :6], is_causal=True, return_state=True)
     assert isinstance(state, LinearAttentionState)
     _, stepped_state = run_steps(layer, x[:, :6])
-    assert_close(state.S, stepped_state.S, torch.float64)
-    assert_close(state.z, stepped_state.z, torch.float64)
+    # The state sums phi(k_j) v_j^T and phi(k_j) over the prefix.
+    scale, _, fmk, vm = layer_mag(layer, x[:, :6], is_causal=True)
+    assert_within(state.S, stepped_state.S, scale=fmk.transpose(-1, -2) @ vm, what="S")
+    assert_within(state.z, stepped_state.z, scale=fmk.sum(dim=2), what="z")
     rest, _ = run_steps(layer, x[:, 6:], state)
-    assert_close(torch.cat([prefix, rest], dim=1), full, torch.float64)
+    scale, *_ = layer_mag(layer, x, is_causal=True)
+    assert_within(torch.cat([prefix, rest], dim=1), full, scale=scale)
 
 
 def test_other_feature_map_and_callable():
     x = torch.randn(1, 7, D_MODEL, dtype=torch.float64)
-    for feature_map in ("relu", lambda t: torch.cat([F.elu(t) + 1, t.square()], dim=-1)):
+    for feature_map in ("relu", _square_features):
         layer = make_layer(feature_map=feature_map)
         stepped, _ = run_steps(layer, x)
-        assert_close(stepped, layer(x, is_causal=True), torch.float64)
+        scale, *_ = layer_mag(layer, x, is_causal=True)
+        assert_within(stepped, layer(x, is_causal=True), scale=scale, what=str(feature_map))
 
 
 class _Stepper(torch.nn.Module):

@@ -15,9 +15,16 @@ from llmref.attention.performer import (
     performer_attention,
 )
 from llmref.attention.variants import VARIANTS
+from llmref.testing import (
+    LOW_PRECISION,
+    assert_identical,
+    assert_low_precision,
+    assert_lower,
+    assert_within,
+)
+from tests.attention.reference import feature_attention_err, mag
 from tests.attention.test_functional import CONFIGS, make_qkv
 from tests.attention.test_linear import bib_keys
-from tests.tolerances import assert_close
 
 
 def seeded(seed):
@@ -41,7 +48,11 @@ def test_projection_shape_and_block_orthogonality(m, d):
         block = w[start : start + d]
         gram = block @ block.T
         off_diagonal = gram - torch.diag(gram.diagonal())
-        assert off_diagonal.abs().max() < 1e-10 * gram.diagonal().max()
+        # Householder QR's Q is orthogonal to O(d eps) (Higham, Thm. 19.4); rows rescaled
+        # to norms |w_i| leave |w_i . w_j| <= d eps |w_i| |w_j|.
+        norms = block.norm(dim=-1)
+        scale = block.shape[-1] * norms[:, None] * norms[None, :]
+        assert_within(off_diagonal, torch.zeros_like(gram), scale=scale)
 
 
 def test_projection_rows_have_gaussian_norms():
@@ -60,10 +71,12 @@ def test_projection_is_reproducible_and_follows_dtype():
     a = orthogonal_random_features(40, 8, generator=seeded(7))
     b = orthogonal_random_features(40, 8, generator=seeded(7))
     c = orthogonal_random_features(40, 8, generator=seeded(8))
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert_identical(a, b)  # the same call on the same generator state
+    assert not torch.equal(a, c)
     assert a.dtype == torch.float32 and a.device.type == "cpu"
     half = orthogonal_random_features(40, 8, generator=seeded(7), dtype=torch.bfloat16)
-    assert half.dtype == torch.bfloat16 and torch.equal(half, a.to(torch.bfloat16))
+    # both round the same float64 draw; torch converts float64 to bfloat16 through float32
+    assert_identical(half, a.to(torch.bfloat16))
 
 
 # -- favor_features ---------------------------------------------------------------------
@@ -101,13 +114,21 @@ def test_stabiliser_values():
     fk = favor_features(x, w, is_query=False)
     raw = favor_features(x, w, is_query=True, stabilize=False)
     top = torch.full((2, 3, 5), 1 / 8, dtype=torch.float64)
-    assert_close(fq.amax(-1), top, torch.float64)
-    assert_close(fk.amax(dim=(-2, -1)), top[..., 0], torch.float64)
-    assert torch.all(fk.amax(-1) <= 1 / 8 + 1e-15)
-    # Each stabilised feature is the raw one times one common factor (per row / per head).
-    assert_close(fq / raw, (fq / raw)[..., :1].expand_as(fq), torch.float64)
+    # exp(0) / sqrt(64): one rounding of 1/8 at most
+    assert_within(fq.amax(-1), top, scale=top, what="query maxima")
+    assert_within(fk.amax(dim=(-2, -1)), top[..., 0], scale=top[..., 0], what="key maxima")
+    assert torch.all(fk.amax(-1) <= 1 / 8)  # exp of an exponent <= 0 never rounds above 1
+    # Each stabilised feature is the raw one times one common factor (per row / per head):
+    # exp(u - c) / exp(u), both exponents off by what u sums (A = |w| . |x| + |x|^2 / 2)
+    # and c by the largest A, so each ratio is off by up to 4 max A + 6 roundings (both
+    # ratios compared, two exponentials and a division each).
+    A = mag(x) @ mag(w).T + x.square().sum(-1, keepdim=True) / 2
+    ratio = fq / raw
+    scale = ratio.abs() * (4 * A.amax(-1, keepdim=True) + 6)
+    assert_within(ratio, ratio[..., :1].expand_as(fq), scale=scale, what="query ratios")
     ratio = (fk / raw).flatten(-2)
-    assert_close(ratio, ratio[..., :1].expand_as(ratio), torch.float64)
+    scale = ratio.abs() * (4 * A.amax(dim=(-2, -1)).unsqueeze(-1) + 6)
+    assert_within(ratio, ratio[..., :1].expand_as(ratio), scale=scale, what="key ratios")
 
 
 def test_features_dtype():
@@ -134,6 +155,29 @@ def reference_with_raw_features(q, k, v, w, is_causal, scale=None):
     return (weights @ v) / weights.sum(-1, keepdim=True)
 
 
+def favor_err(x, w, *, is_query, scale):
+    """Raw FAVOR+ features of ``x sqrt(scale)`` and their rounding scale: the exponent
+    ``u = w . x' - |x'|^2 / 2`` is off by what it sums, ``A = |w| . |x'| + |x'|^2 / 2``,
+    the stabiliser (the largest u of a row or head) by the largest ``A``, so a feature is
+    off by ``A + max A + 2`` roundings relative (the exponential's and the 1/sqrt(m))."""
+    x = x.detach().double() * math.sqrt(scale)
+    w = w.detach().double()
+    half_sq = x.square().sum(-1, keepdim=True) / 2
+    A = mag(x) @ mag(w).T + half_sq
+    f = torch.exp(x @ w.T - half_sq) / math.sqrt(w.shape[0])
+    dims = (-1,) if is_query else (-2, -1)
+    return f, f * (A + A.amax(dim=dims, keepdim=True) + 2)
+
+
+def performer_bound(q, k, v, w, *, is_causal=False, scale=None):
+    """Performer is linear attention on FAVOR+ features: ``feature_attention_err`` with
+    the features' rounding from :func:`favor_err` (the stabilisers cancel in the ratio)."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    fq, fmq = favor_err(q, w, is_query=True, scale=scale)
+    fk, fmk = favor_err(k, w, is_query=False, scale=scale)
+    return feature_attention_err(fq, fk, fmq, fmk, v, mag(v), is_causal=is_causal)[1]
+
+
 @pytest.mark.parametrize("config", ["mha", "gqa", "mqa", "cross", "value-dim"])
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_stabilisers_cancel(config, is_causal):
@@ -141,7 +185,7 @@ def test_stabilisers_cancel(config, is_causal):
     w = orthogonal_random_features(48, q.shape[-1], generator=seeded(2), dtype=torch.float64)
     expected = reference_with_raw_features(q, k, v, w, is_causal, scale=0.3)
     out = performer_attention(q, k, v, projection=w, is_causal=is_causal, scale=0.3, chunk_size=2)
-    assert_close(out, expected, torch.float64)
+    assert_within(out, expected, scale=performer_bound(q, k, v, w, is_causal=is_causal, scale=0.3))
 
 
 def test_causal_chunk_size_does_not_matter():
@@ -150,16 +194,22 @@ def test_causal_chunk_size_does_not_matter():
     outs = [
         performer_attention(q, k, v, projection=w, is_causal=True, chunk_size=c) for c in (1, 5, 64)
     ]
+    scale = performer_bound(q, k, v, w, is_causal=True)
     for out in outs[1:]:
-        assert_close(out, outs[0], torch.float64)
+        assert_within(out, outs[0], scale=scale)
 
 
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_error_falls_as_features_grow(is_causal):
-    """Median relative error over 5 projections, 16 -> 256 -> 4096 features: strictly falling.
+    """Median relative error over 5 projections, 16 -> 256 -> 4096 features: falling.
 
-    Expected roughly 1/sqrt(m) (a factor 4 per step here); measured medians are about
-    0.35 -> 0.15 -> 0.04 (non-causal) and 0.3 -> 0.12 -> 0.03 (causal).
+    Expected roughly 1/sqrt(m) (a factor 4 per step here). Medians measured for the data
+    seeds 0..3 of make_qkv (the test uses 0), the same to 1e-15 natively and with
+    ATEN_CPU_CAPABILITY=avx2, with 1 and 2 threads:
+    non-causal 0.47/0.43/0.32/0.43 -> 0.19/0.14/0.11/0.13 -> 0.056/0.039/0.031/0.040,
+    causal 0.26/0.26/0.27/0.35 -> 0.10/0.098/0.084/0.099 -> 0.031/0.026/0.026/0.032.
+    Smallest gaps: 0.152 (16 -> 256), 0.058 (256 -> 4096), 0.044 (4096 below 0.1); the
+    margins are at most half of each.
     """
     q, k, v = small_qkv((1, 2, 1, 48, 48, 16, 16))
     exact = naive_attention(q, k, v, is_causal=is_causal)
@@ -171,20 +221,24 @@ def test_error_falls_as_features_grow(is_causal):
             out = performer_attention(q, k, v, projection=w, is_causal=is_causal)
             errors.append(((out - exact).norm() / exact.norm()).item())
         medians.append(statistics.median(errors))
-    assert medians[0] > medians[1] > medians[2], medians
-    assert medians[2] < 0.1, medians
+    assert_lower(medians[1], medians[0], margin=0.07, what="256 vs 16 features")
+    assert_lower(medians[2], medians[1], margin=0.025, what="4096 vs 256 features")
+    assert_lower(medians[2], 0.1, margin=0.02, what="4096 features vs 10 %")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_low_precision_against_float64(dtype, is_causal):
-    q64, k64, v64 = small_qkv(CONFIGS["gqa"])
-    w = orthogonal_random_features(64, 32, generator=seeded(0), dtype=torch.float64)
-    expected = performer_attention(q64, k64, v64, projection=w, is_causal=is_causal)
-    q, k, v = (t.to(dtype) for t in (q64, k64, v64))
-    out = performer_attention(q, k, v, projection=w.to(dtype), is_causal=is_causal, chunk_size=4)
+    q, k, v = small_qkv(CONFIGS["gqa"], dtype)
+    w = orthogonal_random_features(64, 32, generator=seeded(0), dtype=dtype)
+    args = q, k, v, w, is_causal
+    expected = reference_with_raw_features(*(t.double() for t in (q, k, v, w)), is_causal)
+    out = performer_attention(q, k, v, projection=w, is_causal=is_causal, chunk_size=4)
     assert out.dtype == dtype
-    assert_close(out, expected, dtype)
+    if dtype in LOW_PRECISION:  # against the same formula run in the low dtype
+        assert_low_precision(out, expected, reference_with_raw_features(*args))
+    else:
+        assert_within(out, expected, scale=performer_bound(q, k, v, w, is_causal=is_causal))
 
 
 def test_gqa_equals_repeated_heads():
@@ -198,7 +252,7 @@ def test_gqa_equals_repeated_heads():
         projection=w,
         is_causal=True,
     )
-    assert_close(grouped, repeated, torch.float64)
+    assert_within(grouped, repeated, scale=performer_bound(q, k, v, w, is_causal=True))
 
 
 @pytest.mark.parametrize("is_causal", [False, True])
