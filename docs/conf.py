@@ -61,6 +61,9 @@ extensions = [
     "sphinxcontrib.bibtex",
     "sphinx_gallery.gen_gallery",
     "llmref_docs",  # docs/_ext: registry tables, API pages, reference resolution
+    "llmref_sections",  # docs/_ext: every theory page has the canonical sections
+    "llmref_gallery",  # docs/_ext: no empty panels, no stray reprs in the gallery
+    "llmref_landing",  # docs/_ext: the landing page's headline results
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -78,7 +81,18 @@ exclude_patterns = [
     "auto_examples/**/*.ipynb",
     "auto_examples/**/*.py",
     "theory/quant/ptq-results.md",  # generated; included by theory/quant/ptq.md
+    "_data",  # headlines.json and the script that measures it (read by llmref_landing)
 ]
+
+# -- The section check (docs/_ext/llmref_sections.py) ----------------------------
+#
+# Every page under theory/ except index pages has the level-2 sections Complexity and
+# memory, How implementations differ, Pitfalls, See it run, References, and a figure;
+# exceptions are listed, each with a reason, in this file (the build prints them).
+llmref_sections_optout = "theory/sections-optout.toml"
+# While the pages are being completed, opt-outs whose reason starts with "TODO" are
+# accepted for any section; set this to False to make every TODO an error.
+llmref_sections_allow_todo = True
 
 # Every cross-reference must resolve (run with -n).  Nothing is ignored
 # wholesale; add a specific (type, target) pair here only with a reason.
@@ -195,7 +209,11 @@ sphinx_gallery_conf = {
     "backreferences_dir": "api/generated/backreferences",
     # No "reference_url": recent sphinx-gallery (0.22 here) ignores it with a
     # deprecation notice and links example code from this build and intersphinx.
-    "image_scrapers": ("matplotlib",),
+    # matplotlib's scraper, refusing a figure with an empty axes (a figure is saved at
+    # the end of the cell that leaves it open: a panel drawn in the next cell is lost).
+    "image_scrapers": ("llmref_gallery.matplotlib_scraper",),
+    # A cell ending in ax.legend() would print "<matplotlib.legend.Legend object at 0x..>".
+    "ignore_repr_types": r"matplotlib[.]",
     "reset_modules": ("matplotlib",),
     "remove_config_comments": True,
     "min_reported_time": 1,
@@ -211,6 +229,7 @@ sphinx_gallery_conf = {
 
 html_theme = "pydata_sphinx_theme"
 html_title = f"llmref {release}"
+html_favicon = "_static/favicon.svg"
 html_theme_options = {
     "logo": {"text": "llmref"},
     "github_url": "https://github.com/llmref/llmref",

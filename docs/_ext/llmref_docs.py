@@ -451,7 +451,8 @@ def _clean_alias_reprs(
     signature: str | None,
     return_annotation: str | None,
 ) -> tuple[str | None, str | None]:
-    """Work around Sphinx writing ``TypeAliasForwardRef('x.Y')`` inside ``X | None``.
+    """Work around Sphinx writing ``TypeAliasForwardRef('x.Y')`` inside ``X | None``,
+    and drop a ``-> Any`` return annotation.
 
     An ``autodoc_type_aliases`` entry used inside a union or a generic is
     stringified as its repr; put the aliased name back.
@@ -463,7 +464,12 @@ def _clean_alias_reprs(
     signature = fix(signature)
     if signature and "<factory>" in signature:
         signature = _factory_defaults(obj, signature)
-    return signature, fix(return_annotation)
+    return_annotation = fix(return_annotation)
+    if return_annotation is not None and return_annotation.lstrip("~") in ("Any", "typing.Any"):
+        # ``-> Any`` tells the reader nothing (chunked_attention returns a tensor, or a
+        # tuple with return_lse=True): leave it out; the Returns section says what it is.
+        return_annotation = None
+    return signature, return_annotation
 
 
 def _factory_defaults(cls: Any, signature: str) -> str:
@@ -845,8 +851,29 @@ def _remove_stale_stubs(app: Sphinx) -> None:
         app.env.find_files(app.config, app.builder)
 
 
+_DOTTED_TITLE = re.compile(r"(<h1>)([A-Za-z_]\w*(?:\.\w+)+)(<a class=\"headerlink\")")
+
+
+def _breakable_titles(
+    app: Sphinx, pagename: str, templatename: str, context: dict[str, Any], doctree: Any
+) -> None:
+    """Let a dotted-name page title (``llmref.attention.chunked_attention``) wrap at its dots.
+
+    The name is one word, wider than the column on a narrow window; a ``<wbr>``
+    after each dot offers a line break there without changing the text that is
+    copied or searched.
+    """
+    body = context.get("body")
+    if not pagename.startswith("api/") or not isinstance(body, str):
+        return
+    context["body"] = _DOTTED_TITLE.sub(
+        lambda m: m.group(1) + m.group(2).replace(".", ".<wbr>") + m.group(3), body, count=1
+    )
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     _patch_autosummary()
+    app.connect("html-page-context", _breakable_titles)
     # Before autosummary (priority 500) looks for autosummary directives: on an
     # incremental build its list of source files comes from the pickled
     # environment and misses API pages conf.py has just written.

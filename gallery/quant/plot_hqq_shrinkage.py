@@ -36,6 +36,9 @@ def shrink(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
 # remove them — while large errors pass almost unchanged: the outliers are
 # conceded instead of dragging the fit towards them.
 
+# sphinx_gallery_defer_figures
+# The right-hand panel is drawn in the next cell; the figure is shown there.
+
 x = torch.linspace(-0.6, 0.6, 1201)
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
 ax1.plot(x, x, "k:", lw=1, label="identity")
@@ -43,7 +46,7 @@ for p in (1.0, 0.7, 0.5):
     ax1.plot(x, shrink(x, 10.0, p), label=f"p = {p}")
 ax1.set(xlabel="error x", ylabel="shrink(x, β = 10)", title="The lp shrinkage operator")
 ax1.grid(alpha=0.3)
-ax1.legend()
+_ = ax1.legend()
 
 # %%
 # The error HQQ leaves

@@ -124,8 +124,9 @@ def draw(ax, metric: str, bits: str, ylabel: str, higher_is_better: bool, key_at
 # %%
 # The plot
 # --------
-# Filled markers are 4-bit rows, hollow ones 3-bit; squares are per-channel
-# scales, circles groups, diamonds the 8-bit W8A8 methods. Perplexity is on a
+# Filled markers are 4-bit rows (and the 8-bit W8A8 ones), hollow ones 3-bit;
+# squares are per-channel scales, circles groups, diamonds the 8-bit W8A8
+# methods; the key below the plots says the same. Perplexity is on a
 # log scale, because at 3 bits per channel some rows can be off by orders of
 # magnitude.
 
@@ -139,9 +140,21 @@ if rows:
     handles = [
         plt.Line2D([], [], color=c, marker="o", ls="", label=m) for m, c in METHOD_COLOURS.items()
     ]
-    ax1.legend(handles=handles, fontsize=7, loc="upper right")
+    ax1.legend(handles=handles, fontsize=7, loc="upper right", title="method", title_fontsize=7)
     ax2.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    # What the marker fill and shape say (the colour is the method, legend on the left).
+    grey = "0.35"
+    key = [
+        plt.Line2D([], [], color=grey, marker="o", ls="", label="filled: 4 bits (8 for W8A8)"),
+        plt.Line2D([], [], color=grey, marker="o", mfc="none", ls="", label="hollow: 3 bits"),
+        plt.Line2D(
+            [], [], color=grey, marker="o", ls="", label="circle: groups (g64, MiniLM g128)"
+        ),
+        plt.Line2D([], [], color=grey, marker="s", ls="", label="square: per-channel scales"),
+        plt.Line2D([], [], color=grey, marker="D", ls="", label="diamond: W8A8"),
+    ]
+    fig.legend(handles=key, loc="lower center", ncol=len(key), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     plt.show()
 
 # %%
