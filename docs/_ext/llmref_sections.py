@@ -122,8 +122,13 @@ def _warn(message: str, location: str | None = None) -> None:
     logger.warning(message, type="llmref", subtype="sections", location=location)
 
 
-def load_optouts(path: Path) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """``(results pages, opt-outs per page)`` from the TOML file; problems are warned."""
+def load_optouts(
+    path: Path, shown: Path | str | None = None
+) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """``(results pages, opt-outs per page)`` from the TOML file; problems are warned.
+
+    ``shown`` is how messages name the file (default: ``path``).
+    """
     if not path.exists():
         return {}, {}
     try:
@@ -131,6 +136,7 @@ def load_optouts(path: Path) -> tuple[dict[str, str], dict[str, dict[str, str]]]
     except tomllib.TOMLDecodeError as exc:
         _warn(f"cannot read {path}: {exc}")
         return {}, {}
+    path = Path(shown) if shown is not None else path
     unknown = set(data) - {"results", "optout"}
     if unknown:
         _warn(f'{path}: unknown table(s) {sorted(unknown)}; expected [results] and [optout."page"]')
@@ -151,9 +157,14 @@ def load_optouts(path: Path) -> tuple[dict[str, str], dict[str, dict[str, str]]]
                 )
             if not isinstance(reason, str) or not reason.strip():
                 _warn(f'{path}: [optout."{page}"] {key!r} needs a reason (a non-empty string)')
+    # Only well-formed entries count: an empty reason opts nothing out.
     return (
-        {p: r for p, r in results.items() if isinstance(r, str)},
-        {p: e for p, e in optouts.items() if isinstance(e, dict)},
+        {p: r for p, r in results.items() if isinstance(r, str) and r.strip()},
+        {
+            p: {k: r for k, r in e.items() if isinstance(r, str) and r.strip()}
+            for p, e in optouts.items()
+            if isinstance(e, dict)
+        },
     )
 
 
@@ -161,7 +172,7 @@ def check_sections(app: Sphinx, env: Any) -> None:
     root = app.config.llmref_sections_root
     path = Path(app.srcdir) / app.config.llmref_sections_optout
     shown = path.relative_to(Path(app.srcdir).parent) if path.is_absolute() else path
-    results, optouts = load_optouts(path)
+    results, optouts = load_optouts(path, shown)
     allow_todo = app.config.llmref_sections_allow_todo
     pages = {d for d in env.found_docs if _is_checked(d, root)}
     store = _store(env)
@@ -206,7 +217,8 @@ def check_sections(app: Sphinx, env: Any) -> None:
                     f"(only pages listed under [results] in {shown} may)",
                     location=docname,
                 )
-            (todo if is_todo else granted).append(f"  {page}: {key} -- {reason}")
+            else:
+                (todo if is_todo else granted).append(f"  {page}: {key} -- {reason}")
         for key in entries:
             if key in SECTIONS and key in have:
                 _warn(
