@@ -33,6 +33,11 @@ def _rope(config: Any) -> tuple[float, str, dict[str, Any]]:
     params = {k: v for k, v in dict(params).items() if v is not None}
     theta = float(params.pop("rope_theta", _get(config, "rope_theta", 10000.0)))
     rope_type = params.pop("rope_type", params.pop("type", "default"))
+    if rope_type == "dynamic" and params.get("alpha"):
+        # HunYuan's checkpoints spell static NTK-alpha as "dynamic" + "alpha" (a fixed alpha:
+        # nothing depends on the sequence length); llmref's name for that rule is ntk_alpha.
+        rope_type = "ntk_alpha"
+        params = {k: v for k, v in params.items() if k in ("alpha", "partial_rotary_factor")}
     return theta, rope_type, params
 
 
@@ -66,7 +71,9 @@ def config_from_transformers(config: Any) -> DecoderConfig:
     ``"gqa"`` or ``"mqa"``), ``rope_parameters -> rope_theta, rope_type,
     rope_parameters``, Mistral's ``sliding_window`` on every layer, Qwen2's
     ``layer_types`` per layer, DeepSeek's MLA sizes, MoE settings and
-    ``first_k_dense_replace`` dense layers. transformers' DeepSeek-V2 ignores
+    ``first_k_dense_replace`` dense layers. A ``rope_type`` of ``"dynamic"`` with an
+    ``"alpha"`` key (HunYuan's spelling of static NTK-alpha scaling) becomes
+    ``"ntk_alpha"``. transformers' DeepSeek-V2 ignores
     ``norm_topk_prob``, and so does this conversion; for YaRN it multiplies
     the MLA score scale by ``mscale(factor, mscale_all_dim)**2``, as here.
 

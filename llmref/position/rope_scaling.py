@@ -369,9 +369,12 @@ def ntk_alpha_frequencies(
     (:math:`i = 0`, wavelength :math:`2\pi`) unchanged and divides the slowest
     pair's frequency by exactly :math:`\alpha`: high frequencies are
     extrapolated, low ones interpolated, smoothly in between
-    {cite:p}`bloc972023ntk`. transformers has no generic ``rope_type`` for it;
-    its HunYuan models call it ``ntk_alpha`` with parameter ``alpha``, and so
-    does llmref.
+    {cite:p}`bloc972023ntk`. transformers has no generic ``rope_type`` for it.
+    HunYuan's checkpoints spell it ``rope_type: "dynamic"`` with an ``alpha``
+    key although nothing depends on the sequence length (the rule is static);
+    transformers' HunYuan rotary embedding relabels that ``ntk_alpha``
+    internally, llmref names the rule ``ntk_alpha``, and
+    :func:`~llmref.models.config_from_transformers` maps HunYuan's spelling to it.
 
     References
     ----------
