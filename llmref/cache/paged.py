@@ -19,8 +19,10 @@ class PagedCache(KVCache):
     pool blocks holding its tokens, in order) and length; blocks come from a
     free list and return to it when a sequence is freed, so sequences of
     different lengths share memory without padding and a finished sequence's
-    memory is reused at once (continuous batching). Memory is wasted only in
-    each sequence's last, partly filled block.
+    memory is reused at once. (That is what makes continuous batching — admitting
+    new requests at every decoding step, a scheduling policy — cheap in memory;
+    the cache itself only allocates blocks.) Memory is wasted only in each
+    sequence's last, partly filled block.
 
     Parameters
     ----------
