@@ -42,6 +42,10 @@ __all__ = [
 LLC_MULTIPLE = 4
 """A rotating set holds at least this many times the last-level cache."""
 
+_CLOCK: list[Callable[[], float]] = [time.perf_counter]
+"""The clock of every timing here: wall time, or with ``--clock thread`` (one thread
+only) the calling thread's CPU time, which a busy machine's preemptions do not inflate."""
+
 
 def last_level_cache_bytes(default: int = 32 << 20) -> int:
     """Size of the largest CPU cache (Linux sysfs), else ``default``.
@@ -101,10 +105,11 @@ def read_bandwidth(nbytes: int | None = None, *, repeats: int = 7) -> float:
     buf = torch.ones(nbytes // 4, dtype=torch.float32)
     buf.sum()
     best = math.inf
+    clock = _CLOCK[0]
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = clock()
         buf.sum()
-        best = min(best, time.perf_counter() - t)
+        best = min(best, clock() - t)
     return nbytes / best
 
 
@@ -226,23 +231,25 @@ def _median_time(calls: Sequence[Callable[[], object]], rounds: int) -> float:
     for call in calls[: min(len(calls), 2)]:
         call()  # warm up (kernels repack on first use)
     times = []
+    clock = _CLOCK[0]
     for i in range(rounds):
         call = calls[i % len(calls)]
-        t = time.perf_counter()
+        t = clock()
         call()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return statistics.median(times)
 
 
 def measure_stream(
     name: str,
-    make: Callable[[], nn.Module],
+    make: Callable[[], nn.Module] | None,
     tokens: int,
     *,
     in_features: int,
     rounds: int | None = None,
     total_bytes: int | None = None,
     seed: int = 0,
+    layers: Sequence[nn.Module] | None = None,
 ) -> StreamResult:
     """Time one implementation on a rotating set and on its first weight alone.
 
@@ -250,8 +257,8 @@ def measure_stream(
     ----------
     name : str
         Label of the result.
-    make : callable
-        Returns the layer (see :func:`rotating_layers`).
+    make : callable or None
+        Returns the layer (see :func:`rotating_layers`); None with ``layers``.
     tokens : int
         Rows of the input ``x`` of shape ``(tokens, in_features)``.
     in_features : int
@@ -263,6 +270,8 @@ def measure_stream(
         See :func:`rotating_layers`.
     seed : int, default 0
         Seed of the input.
+    layers : sequence of torch.nn.Module, optional
+        A rotating set built before (then ``make`` and ``total_bytes`` are unused).
 
     Returns
     -------
@@ -277,7 +286,10 @@ def measure_stream(
     >>> r.layers, r.tokens
     (4, 1)
     """
-    layers = rotating_layers(make, total_bytes=total_bytes)
+    if layers is None:
+        if make is None:
+            raise ValueError("measure_stream needs make or layers, got neither")
+        layers = rotating_layers(make, total_bytes=total_bytes)
     x = torch.randn(tokens, in_features, generator=torch.Generator().manual_seed(seed))
     rounds = rounds or max(24, 3 * len(layers))
     with torch.inference_mode():
@@ -313,6 +325,7 @@ IMPLEMENTATIONS: dict[str, tuple[str, str, dict[str, object]]] = {
     "q8_0 (auto)": ("q8_0", "auto", {}),
     "int4 g128 (int4_tinygemm_bf16)": ("int4", "int4_tinygemm_bf16", {"group_size": 128}),
     "int8 (int8_weight_bf16)": ("int8", "int8_weight_bf16", {}),
+    "int4 g128 (int4_w4a8)": ("int4", "int4_w4a8", {"group_size": 128}),
 }
 """The quantized layers :func:`main` measures: label -> (format, backend, options)."""
 
@@ -343,19 +356,29 @@ def main(argv: Sequence[str] | None = None) -> list[StreamResult]:
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 128])
     parser.add_argument("--only", nargs="*", default=None, help="labels containing any of these")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--isa",
+        nargs="+",
+        default=["native"],
+        help="ISA paths of llmref's kernels to measure side by side: native, avx512, avx2",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "thread"],
+        default="wall",
+        help="thread: the calling thread's CPU time (needs --threads 1), steady on a busy machine",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "thread" and torch.get_num_threads() != 1:
+        parser.error("--clock thread times one thread only: add --threads 1")
+    _CLOCK[0] = time.thread_time if args.clock == "thread" else time.perf_counter
     info = machine_info()
     print(info.line())
-    print(f"load average {info.load_average}; LLMREF_CPU_ISA={os.environ.get('LLMREF_CPU_ISA')}")
+    print(f"load average {info.load_average}; clock: {args.clock}")
     status = kernel_status()
-    print(
-        "kernels: "
-        + ", ".join(
-            f"{k}: {v.detail}" for k, v in status.items() if "native" in v.detail or not v.available
-        )
-    )
+    print("kernels: " + ", ".join(f"{k}: {v.detail}" for k, v in status.items()))
     bandwidth = read_bandwidth()
     llc = last_level_cache_bytes()
     print(
@@ -364,22 +387,45 @@ def main(argv: Sequence[str] | None = None) -> list[StreamResult]:
         f"rotating sets >= {LLC_MULTIPLE * llc >> 20} MiB"
     )
     n = k = args.size
+    sets: dict[str, list[nn.Module]] = {"float32 nn.Linear": rotating_layers(_float_linear(n, k))}
+    saved = os.environ.get("LLMREF_CPU_ISA")
+    try:
+        for isa in args.isa:
+            if isa == "native":
+                os.environ.pop("LLMREF_CPU_ISA", None)
+            else:
+                os.environ["LLMREF_CPU_ISA"] = isa
+            for label, (fmt, backend, options) in IMPLEMENTATIONS.items():
+                if args.only and not any(s in label for s in args.only):
+                    continue
+                if isa != args.isa[0] and backend != "auto":
+                    continue  # PyTorch's kernels do not depend on LLMREF_CPU_ISA
+                layers = rotating_layers(_quant_linear(n, k, fmt, backend, **options))
+                try:
+                    with torch.inference_mode():
+                        for layer in layers:  # pack under this ISA path, outside the timing
+                            layer(torch.zeros(1, k))
+                except ValueError as err:  # a kernel named explicitly is unavailable here
+                    print(f"skipped {label} [{isa}]: {err}")
+                    continue
+                kernel = layers[0].kernel.name  # type: ignore[union-attr]
+                sets[f"{label} {kernel} [{isa}]"] = layers
+    finally:
+        if saved is None:
+            os.environ.pop("LLMREF_CPU_ISA", None)
+        else:
+            os.environ["LLMREF_CPU_ISA"] = saved
     results = []
     for tokens in args.tokens:
-        base = measure_stream("float32 nn.Linear", _float_linear(n, k), tokens, in_features=k)
-        results.append(base)
         print(f"\nM = {tokens}, {n} x {k}:")
         print(
-            f"{'layer':34} {'layers':>6} {'stream ms':>10} {'GB/s':>6} {'% bw':>5} "
+            f"{'layer':48} {'layers':>6} {'stream ms':>10} {'GB/s':>6} {'% bw':>5} "
             f"{'vs fp32':>8} {'cached vs fp32':>15}"
         )
-        _row(base, base, bandwidth)
-        for label, (fmt, backend, options) in IMPLEMENTATIONS.items():
-            if args.only and not any(s in label for s in args.only):
-                continue
-            r = measure_stream(
-                label, _quant_linear(n, k, fmt, backend, **options), tokens, in_features=k
-            )
+        base = None
+        for label, layers in sets.items():
+            r = measure_stream(label, None, tokens, in_features=k, layers=layers)
+            base = base or r
             results.append(r)
             _row(r, base, bandwidth)
     return results
@@ -387,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> list[StreamResult]:
 
 def _row(r: StreamResult, base: StreamResult, bandwidth: float) -> None:
     print(
-        f"{r.name:34} {r.layers:>6} {r.stream_s * 1e3:>10.3f} {r.stream_gbps:>6.1f} "
+        f"{r.name:48} {r.layers:>6} {r.stream_s * 1e3:>10.3f} {r.stream_gbps:>6.1f} "
         f"{100 * r.stream_gbps * 1e9 / bandwidth:>4.0f}% {base.stream_s / r.stream_s:>7.2f}x "
         f"{base.cached_s / r.cached_s:>14.2f}x"
     )

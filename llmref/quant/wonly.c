@@ -209,6 +209,9 @@ typedef grp_t gp_t;
 #endif
 
 #define NV (32 / VLEN) /* vectors per block of 32 inputs */
+#ifndef LLMREF_PREFETCH
+#define LLMREF_PREFETCH 1024 /* bytes ahead in each weight row the kernel asks for (0: none) */
+#endif
 
 /* R weight rows n.. (params p[0..R-1]) against MB activation rows: y[m * ldy + n + r].
  * Two accumulators per (row, token); the block's vectors alternate between them. */
@@ -225,6 +228,9 @@ INLINE void tile(const wq_t *w, int64_t n, const int R, const rowp_t *p, const i
         for (int64_t kb = gi * bpg; kb < (gi + 1) * bpg; ++kb) {
             for (int r = 0; r < R; ++r) {
                 VEC v[NV];
+                /* one prefetch per 64-byte line: 4 int4 blocks, 2 int8 blocks */
+                if (LLMREF_PREFETCH && (kb & (BITS == 4 ? 3 : 1)) == 0)
+                    __builtin_prefetch(codes + r * rowb + kb * (BITS * 4) + LLMREF_PREFETCH, 0, 0);
                 BLOCK(codes + r * rowb, kb, gp[r], MODE, BITS, v);
                 for (int m = 0; m < MB; ++m) {
                     const float *xm = x + m * ldx + kb * 32;
