@@ -20,8 +20,9 @@ default dynamic cache and SDPA attention, float32 weights), ``"llmref-<kind>"``
 :data:`llmref.cache.CACHES`, on the same float32 weights) and, for SmolLM2 only,
 ``"llmref-<kind>+packed"``: the same generation on the model loaded with
 ``from_gguf(..., keep_quantized=True)``, whose linear layers keep the file's ``q4_1``
-blocks as ``int4`` :class:`~llmref.quant.QuantLinear` layers (bfloat16-activation
-``int4_tinygemm_bf16`` kernel; the tied ``q8_0`` embedding / output head stays float32).
+blocks as ``int4`` :class:`~llmref.quant.QuantLinear` layers (``backend="auto"``: the
+exact ``int4_w4a32`` kernel where it builds; the tied ``q8_0`` embedding / output head
+stays float32).
 So two ratios are reported, and they answer different questions: ``llmref-<kind>`` vs
 ``transformers`` compares the libraries on identical float32 weights (both near the
 same memory-bandwidth floor at batch 1); ``llmref-<kind>+packed`` vs ``transformers``

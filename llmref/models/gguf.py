@@ -212,11 +212,12 @@ def from_gguf(
 
     With ``keep_quantized=True`` the stored weights are still exactly the
     file's values (``d q + m`` per block), but the matmul is a packed kernel:
-    with ``backend="auto"`` on a CPU that is ``"int4_tinygemm_bf16"``, which
-    rounds the activations and the per-group scales to bfloat16, so logits
-    differ from the float model by about 0.1-1 % and greedy tokens may
-    diverge after a while; ``backend="reference"`` dequantizes on the fly and
-    gives the float model's results. A batch-1 decoding step reads about a
+    ``backend="auto"`` picks an exact one (``int4_w4a32``: float32 activations,
+    only the summation order differs from the float model, see
+    :data:`~llmref.quant.kernels.AUTO_ORDER`); naming an inexact kernel such as
+    ``"int4_tinygemm_bf16"`` rounds activations and scales to bfloat16 (logits
+    off by about 0.1-1 %, greedy tokens may diverge). ``backend="reference"``
+    dequantizes on the fly. A batch-1 decoding step reads about a
     seventh of the bytes of the float32 model, which is what makes it faster
     (see ``benchmarks/bench_generate.py``).
 
