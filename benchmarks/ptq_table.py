@@ -225,10 +225,6 @@ def run_model(
 # -- output -------------------------------------------------------------------------------
 
 
-def _fmt_bytes(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
-
-
 def write_outputs(cache: dict[str, Any], out: Path, command: str) -> None:
     smol = cache.get("smollm2", {})
     mini = cache.get("minilm", {})
@@ -285,7 +281,8 @@ def write_outputs(cache: dict[str, Any], out: Path, command: str) -> None:
         "",
         f"with Python {env.get('python', '?')}, torch {env.get('torch', '?')} on "
         f"{env.get('machine', '?')} (torch threads: {env.get('threads', '?')});"
-        " the full results are in `ptq-results.csv` next to this page.",
+        " the full results,",
+        "unrounded, are in {download}`ptq-results.csv <ptq-results.csv>`.",
         "",
         "- **Text.** Evaluation and calibration text are the two disjoint halves of the Python",
         "  reference help shipped with CPython (`pydoc_data.topics`, see",
@@ -301,7 +298,9 @@ def write_outputs(cache: dict[str, Any], out: Path, command: str) -> None:
         "  weights dequantized to float32, and every row re-quantizes them.",
         "- **Groups**: SmolLM2's hidden size 576 is not a multiple of 128, and llmref's groups",
         f"  must divide `in_features`, so SmolLM2 uses groups of {SMOLLM2_GROUP}; MiniLM (384,"
-        f" 1536) uses {MINILM_GROUP}. Integer rows are asymmetric (zero point), scales float32;"
+        f" 1536) uses {MINILM_GROUP}:",
+        f"  a row marked `g{SMOLLM2_GROUP}` has groups of {MINILM_GROUP} in the MiniLM columns."
+        " Integer rows are asymmetric (zero point), scales float32;"
         " layers run on the reference kernel (dequantize, float32 matmul).",
         "- **Not quantized**: the token embedding and the output head (tied to it in SmolLM2),",
         "  norms and biases, as is standard; sizes and bits per weight count the quantized",
@@ -312,13 +311,13 @@ def write_outputs(cache: dict[str, Any], out: Path, command: str) -> None:
         f" {mi.get('calib_sentences', '?')} paragraphs of the calibration text.",
         "- **Time** is the wall time of `quantize_model` (calibration forward passes included).",
         "",
-        "| method | SmolLM2 perplexity | Δ vs float | linear weights | bits/weight | time (s) "
-        "| MiniLM cosine | bits/weight | time (s) |",
+        "```{container} llmref-results-table",
+        "",
+        "| method | SmolLM2 perplexity | Δ vs float | linear weights (MiB) | bits per weight "
+        "| time (s) | MiniLM cosine | bits per weight | time (s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, mlabel, s, m in rows:
-        if label != mlabel:
-            label = f"{label} (MiniLM: {mlabel.split()[-1]})"
+    for label, _mlabel, s, m in rows:
 
         def cell(d: dict[str, Any], key: str, fmt: str) -> str:
             if "error" in d:
@@ -328,13 +327,14 @@ def write_outputs(cache: dict[str, Any], out: Path, command: str) -> None:
         delta = (
             f"{s['metric'] - base_ppl:+.2f}" if "metric" in s and not math.isnan(base_ppl) else "-"
         )
+        size = f"{s['linear_bytes'] / 2**20:.1f}" if "linear_bytes" in s else "-"
         lines.append(
-            f"| {label} | {cell(s, 'metric', '.2f')} | {delta} | "
-            f"{_fmt_bytes(s['linear_bytes']) if 'linear_bytes' in s else '-'} | "
+            f"| {label} | {cell(s, 'metric', '.2f')} | {delta} | {size} | "
             f"{cell(s, 'bits_per_weight', '.2f')} | {cell(s, 'seconds', '.1f')} | "
             f"{cell(m, 'metric', '.4f')} | {cell(m, 'bits_per_weight', '.2f')} | "
             f"{cell(m, 'seconds', '.1f')} |"
         )
+    lines += ["```"]
     errors = [
         f"- {model} / {label}: {d['error']}"
         for model, table in (("SmolLM2", smol), ("MiniLM", mini))
