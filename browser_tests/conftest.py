@@ -1,234 +1,25 @@
 """Fixtures for the real-browser check of the built documentation site.
 
-The built HTML directory (``LLMREF_DOCS_HTML``, default ``docs/_build/html``)
-is served over ``http.server`` on 127.0.0.1 and opened in headless Chromium
-(Debian's ``/usr/bin/chromium``; Playwright must not download its own browser).
-
-Everything the browser reports while the tests run -- console errors, uncaught
-page errors, failed or 4xx/5xx requests to the local server, and *any* request
-to another origin (which is blocked) -- is collected in one session-wide
-``Problems`` list that ``test_no_console_errors_or_failed_requests`` asserts
-is empty.
+The machinery (local server, Chromium, problem collection) is in ``docs_browser.py``;
+the checks of what a page shows are in ``site_checks.py``.
 """
 
 from __future__ import annotations
 
-import functools
-import http.server
-import os
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
-from urllib.parse import urljoin, urlsplit
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_HTML_DIR = "docs/_build/html"
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-# Per-action timeout in the browser (ms). Pages are local, so this is generous.
-TIMEOUT_MS = 15_000
-
-
-# --------------------------------------------------------------------------- #
-# Locating the build and the browser
-# --------------------------------------------------------------------------- #
-def html_dir_path() -> Path:
-    """The built HTML directory; a relative ``LLMREF_DOCS_HTML`` is taken from the repo root."""
-    raw = os.environ.get("LLMREF_DOCS_HTML", DEFAULT_HTML_DIR)
-    path = Path(raw)
-    if not path.is_absolute():
-        path = REPO_ROOT / path
-    return path
-
-
-def missing_html_message(path: Path) -> str | None:
-    """None if ``path`` looks like a Sphinx HTML build, else an explanation."""
-    if not path.is_dir():
-        what = f"the built documentation directory {path} does not exist"
-    elif not (path / "index.html").is_file():
-        what = f"{path} exists but has no index.html (incomplete or failed docs build)"
-    else:
-        return None
-    return (
-        f"{what}. Build the docs first with `tox -e docs` (or set LLMREF_DOCS_HTML "
-        f"to a built HTML directory), then run `tox -e browser` again."
-    )
-
-
-def chromium_executable() -> str:
-    env = os.environ.get("LLMREF_CHROMIUM")
-    if env:
-        if not Path(env).is_file():
-            pytest.fail(f"LLMREF_CHROMIUM={env!r} does not point to a file", pytrace=False)
-        return env
-    for cand in CHROMIUM_CANDIDATES:
-        if Path(cand).is_file():
-            return cand
-    pytest.fail(
-        "No Chromium found (looked at LLMREF_CHROMIUM, "
-        + ", ".join(CHROMIUM_CANDIDATES)
-        + "). Install Debian's browser: `apt-get install -y chromium`. "
-        "(Playwright's own browser download is not used.)",
-        pytrace=False,
-    )
-
-
-# --------------------------------------------------------------------------- #
-# Local HTTP server
-# --------------------------------------------------------------------------- #
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    # Make sure the MIME types that matter to a browser are right whatever the
-    # host's /etc/mime.types says (module scripts are refused with a wrong type).
-    extensions_map: ClassVar[dict[str, str]] = {
-        **http.server.SimpleHTTPRequestHandler.extensions_map,
-        ".js": "text/javascript",
-        ".mjs": "text/javascript",
-        ".css": "text/css",
-        ".json": "application/json",
-        ".svg": "image/svg+xml",
-        ".png": "image/png",
-        ".woff": "font/woff",
-        ".woff2": "font/woff2",
-        ".wasm": "application/wasm",
-        ".txt": "text/plain",
-    }
-
-    def log_message(self, format, *args):
-        pass  # keep pytest output clean; failures are recorded by the browser
-
-
-@dataclass
-class LocalSite:
-    root: Path
-    base_url: str  # always ends with "/"
-
-    @property
-    def origin(self) -> str:
-        parts = urlsplit(self.base_url)
-        return f"{parts.scheme}://{parts.netloc}"
-
-    def url(self, rel: str) -> str:
-        return urljoin(self.base_url, rel)
-
-    def rel(self, url: str) -> str:
-        """Site-relative path of a URL of this site (query/fragment dropped)."""
-        path = urlsplit(url).path
-        return path[1:] if path.startswith("/") else path
-
-    def is_local(self, url: str) -> bool:
-        return url.startswith(self.origin + "/") or url == self.origin
-
-
-# --------------------------------------------------------------------------- #
-# Problem collection
-# --------------------------------------------------------------------------- #
-@dataclass
-class Problems:
-    """Everything that went wrong in the browser, across all pages visited."""
-
-    items: list[str] = field(default_factory=list)
-    foreign: list[str] = field(default_factory=list)
-    visited: list[str] = field(default_factory=list)
-
-    def add(self, page: str, kind: str, detail: str) -> None:
-        self.items.append(f"[{page}] {kind}: {detail}")
-
-
-class Browser:
-    """Opens site pages in one Chromium context and records what goes wrong."""
-
-    def __init__(self, context, site: LocalSite, problems: Problems):
-        self.context = context
-        self.site = site
-        self.problems = problems
-
-    def open(self, rel: str, *, wait_until: str = "load"):
-        """Open ``rel`` (site-relative, may carry ?query) in a new page and return it.
-
-        The caller must ``close()`` it (use ``with browser.page(rel) as page``).
-        """
-        page = self.context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        label = rel
-        state = {"closing": False}
-        problems, site = self.problems, self.site
-
-        def on_console(msg):
-            if msg.type == "error":
-                loc = msg.location or {}
-                where = loc.get("url", "")
-                if loc.get("lineNumber") is not None and where:
-                    where += f":{loc['lineNumber']}"
-                problems.add(
-                    label, "console error", msg.text + (f"  (at {where})" if where else "")
-                )
-
-        def on_pageerror(err):
-            problems.add(label, "uncaught JavaScript exception", str(err))
-
-        def on_requestfailed(req):
-            if state["closing"] or not site.is_local(req.url):
-                return  # foreign requests are reported by the route handler
-            problems.add(label, "request failed", f"{req.url} ({req.failure})")
-
-        def on_response(resp):
-            if resp.status >= 400 and site.is_local(resp.url):
-                problems.add(
-                    label, f"HTTP {resp.status}", f"{resp.url} (missing file in the build?)"
-                )
-
-        page.on("console", on_console)
-        page.on("pageerror", on_pageerror)
-        page.on("requestfailed", on_requestfailed)
-        page.on("response", on_response)
-
-        def close():
-            state["closing"] = True
-            page.close()
-
-        page._llmref_close = close
-        page._llmref_label = label
-        problems.visited.append(rel)
-        resp = page.goto(site.url(rel), wait_until=wait_until)
-        if resp is None or resp.status >= 400:
-            status = "no response" if resp is None else f"HTTP {resp.status}"
-            close()
-            pytest.fail(f"Could not open page {rel}: {status} from the local server", pytrace=False)
-        return page
-
-    def page(self, rel: str, **kw):
-        return _PageCtx(self, rel, kw)
-
-
-class _PageCtx:
-    def __init__(self, browser: Browser, rel: str, kw):
-        self.browser, self.rel, self.kw, self.pg = browser, rel, kw, None
-
-    def __enter__(self):
-        self.pg = self.browser.open(self.rel, **self.kw)
-        return self.pg
-
-    def __exit__(self, *exc):
-        if self.pg is not None:
-            try:
-                # let late requests (search summaries, lazy fonts) finish so they are checked
-                self.pg.wait_for_load_state("networkidle", timeout=5_000)
-            except Exception:
-                pass
-            self.pg._llmref_close()
-        return False
+from docs_browser import (
+    BLOCKING_PROXY,
+    CHROMIUM_ARGS,
+    LocalSite,
+    Problems,
+    chromium_executable,
+    html_dir_path,
+    missing_html_message,
+    open_browser,
+    serve,
+)
 
 
 # --------------------------------------------------------------------------- #
@@ -251,18 +42,8 @@ def html_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def site(html_dir: Path):
-    handler = functools.partial(_QuietHandler, directory=str(html_dir))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    host, port = server.server_address[:2]
-    thread = threading.Thread(target=server.serve_forever, name="docs-http", daemon=True)
-    thread.start()
-    try:
-        yield LocalSite(root=html_dir, base_url=f"http://{host}:{port}/")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve(html_dir) as local_site:
+        yield local_site
 
 
 @pytest.fixture(scope="session")
@@ -271,7 +52,8 @@ def problems() -> Problems:
 
 
 @pytest.fixture(scope="session")
-def browser(site: LocalSite, problems: Problems):
+def chromium():
+    """One headless Chromium for the whole session (each site gets its own context)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:  # pragma: no cover - environment problem
@@ -282,31 +64,18 @@ def browser(site: LocalSite, problems: Problems):
     exe = chromium_executable()
     with sync_playwright() as pw:
         try:
-            chromium = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+            launched = pw.chromium.launch(
+                executable_path=exe, args=CHROMIUM_ARGS, headless=True, proxy=BLOCKING_PROXY
+            )
         except Exception as exc:
             pytest.fail(f"Could not launch Chromium at {exe}: {exc}", pytrace=False)
-        # service workers would hide requests from the route handler below
-        context = chromium.new_context(service_workers="block")
-
-        def route_handler(route):
-            url = route.request.url
-            if site.is_local(url):
-                route.continue_()
-            else:
-                frame_url = ""
-                try:
-                    frame_url = site.rel(route.request.frame.url)
-                except Exception:
-                    pass
-                problems.foreign.append(
-                    f"[{frame_url or '?'}] {route.request.resource_type} request to another origin "
-                    f"(blocked): {url}"
-                )
-                route.abort()
-
-        context.route("**/*", route_handler)
         try:
-            yield Browser(context, site, problems)
+            yield launched
         finally:
-            context.close()
-            chromium.close()
+            launched.close()
+
+
+@pytest.fixture(scope="session")
+def browser(chromium, site: LocalSite, problems: Problems):
+    with open_browser(chromium, site, problems) as opened:
+        yield opened
