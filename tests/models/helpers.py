@@ -9,7 +9,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from llmref.models import DecoderConfig, DecoderLM, MLAConfig, MoEConfig
-from llmref.testing import attention_scale, matmul_scale
+from llmref.testing import (
+    BOUND_FACTOR,
+    assert_within,
+    attention_scale,
+    decisive_steps,
+    eps,
+    matmul_scale,
+)
 
 VOCAB = 96
 
@@ -114,3 +121,54 @@ def forward_scale(fn, *args, **kwargs) -> float:
     with torch.no_grad(), mode:
         fn(*args, **kwargs)
     return mode.total
+
+
+def float64_twin(model: DecoderLM) -> DecoderLM:
+    """The same DecoderLM in float64: the reference a float32 model (or transformers') meets.
+
+    A DecoderLM built in float64 keeps float32 RoPE angles, as transformers' models compute
+    them at any dtype and as the float32 models do (a ``model.double()`` would compute them
+    in float64).
+    """
+    with torch.random.fork_rng():  # its random initialisation leaves the global RNG alone
+        twin = DecoderLM(model.config, dtype=torch.float64).eval()
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def assert_logits_within(reference, ids, mask, **models) -> tuple[torch.Tensor, float]:
+    """Each float32 model's logits at the real positions (``mask == 1``) against the float64
+    ``reference``'s, within ``c * eps(float32) * forward_scale``.
+
+    ``models`` maps names to DecoderLMs or transformers models (their ``.logits``). Returns the
+    reference logits and the scale.
+    """
+    real = mask.bool()  # padding rows are don't-care
+    with torch.no_grad():
+        ref = reference(ids, attention_mask=mask)
+        scale = forward_scale(reference, ids, attention_mask=mask)
+        for name, model in models.items():
+            out = model(ids, attention_mask=mask)
+            out = getattr(out, "logits", out)
+            assert_within(out[real], ref[real], scale=scale, what=f"{name}'s logits")
+    return ref, scale
+
+
+def assert_greedy_tokens_match(
+    out: torch.Tensor, expected: torch.Tensor, ref_logits: torch.Tensor, scale: float, prompt: int
+) -> list[int]:
+    """Two float32 greedy generations agree up to the first step whose top-2 margin is within
+    both sides' rounding.
+
+    ``ref_logits`` are the reference's teacher-forced logits along ``expected`` (whose
+    float32 logits :func:`assert_logits_within` held within ``c * eps * scale``): a margin
+    above twice that picks the same token on both sides. Returns the decisive steps per row.
+    """
+    steps = ref_logits[:, prompt - 1 : -1]  # the logits that chose tokens prompt ..
+    tolerance = 2 * BOUND_FACTOR * eps(torch.float32) * scale
+    decisive = []
+    for b in range(out.shape[0]):
+        n = decisive_steps(steps[b], tolerance=tolerance)
+        assert torch.equal(out[b, : prompt + n], expected[b, : prompt + n]), (b, n)
+        decisive.append(n)
+    return decisive
