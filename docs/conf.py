@@ -26,10 +26,10 @@ sys.path.insert(0, str(DOCS / "_ext"))
 sys.path.insert(0, str(DOCS / "_scripts"))
 sys.path.insert(0, str(DOCS / "_intersphinx"))
 
-# Gallery examples run with the example's folder as working directory; the
-# benchmark example reads ``results/bench_attention.json`` relative to the
-# repository root, which llmref.bench.paths.find_project_root finds through
-# this variable (it also searches upwards, so this is belt and braces).
+# Gallery examples run with the example's folder as working directory; a results
+# file named by LLMREF_BENCH_JSON / LLMREF_MEMORY_JSON is resolved against the
+# repository root, which llmref.bench.paths.find_project_root finds through this
+# variable (nothing under results/ is read unless named).
 os.environ.setdefault("LLMREF_ROOT", str(ROOT))
 
 import llmref_docs  # noqa: E402
