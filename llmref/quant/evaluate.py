@@ -168,7 +168,9 @@ def perplexity(
                 f"shape {tuple(logits.shape)}"
             )
         for row, (b, e, first) in enumerate(group):
-            pred = logits[row, first - b - 1 : e - b - 1].float()
+            # at least float32 (bfloat16/float16 logits), float64 kept
+            pred = logits[row, first - b - 1 : e - b - 1]
+            pred = pred.to(torch.promote_types(pred.dtype, torch.float32))
             target = batch[row, first - b : e - b]
             nll += float(nn.functional.cross_entropy(pred, target, reduction="sum"))
             count += e - first

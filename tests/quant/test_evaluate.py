@@ -20,9 +20,12 @@ from llmref.quant import (
     layer_sqnr,
     perplexity,
     quantize_model,
+    sqnr,
     text_sequences,
     tokenize,
 )
+from llmref.testing import assert_identical, assert_lower, assert_within
+from tests.quant.helpers import db
 
 
 def tiny_lm(seed=0):
@@ -51,17 +54,33 @@ def by_hand(model, ids, seq_len, stride):
     return math.exp(total / count), count
 
 
+def assert_log_ppl(got, expected, scale, dtype, what):
+    """log-perplexities (mean NLLs) within the rounding of a log-softmax of ``scale``."""
+    g, e = (torch.tensor(math.log(v), dtype=torch.float64) for v in (got, expected))
+    assert_within(g, e, scale=scale, dtype=dtype, what=what)
+
+
 @pytest.mark.parametrize(("seq_len", "stride"), [(16, None), (16, 5), (24, 24), (100, None)])
-def test_perplexity_equals_the_hand_computation(seq_len, stride):
-    model, ids = tiny_lm(), stream()
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_perplexity_equals_the_hand_computation(seq_len, stride, dtype):
+    model, ids = tiny_lm().to(dtype), stream()
     expected, _ = by_hand(model, ids, seq_len, stride or seq_len)
-    for batch_size in (1, 3):
+    with torch.no_grad():
+        logits = model(ids[None])
+    # Both sides score each token by a log-softmax of the same logits (the NLL rounds like
+    # attention_scale's m + log S + 1: max|logit| + log V + 1), perplexity in the model's
+    # dtype, by_hand in float64. In float32 only one window per forward, as by_hand runs
+    # them: batched windows are other GEMM shapes, a rounding the logits do not bound.
+    scale = float(logits.abs().max()) + math.log(logits.shape[-1]) + 1
+    for batch_size in (1, 3) if dtype == torch.float64 else (1,):
         got = perplexity(model, ids, seq_len=seq_len, stride=stride, batch_size=batch_size)
-        assert got == pytest.approx(expected, rel=1e-6)
+        assert_log_ppl(got, expected, scale, dtype, f"batch_size={batch_size}")
     # the whole stream in one window: exp of the mean next-token cross-entropy
     with torch.no_grad():
         ce = nn.functional.cross_entropy(model(ids[None])[0, :-1], ids[1:])
-    assert perplexity(model, ids[None], seq_len=70) == pytest.approx(math.exp(float(ce)), rel=1e-5)
+    assert_log_ppl(
+        perplexity(model, ids[None], seq_len=70), math.exp(float(ce)), scale, dtype, "one window"
+    )
 
 
 def test_perplexity_accepts_outputs_with_logits_and_checks_arguments():
@@ -95,7 +114,10 @@ def test_quantization_raises_perplexity_in_bit_order():
         q = copy.deepcopy(model)
         quantize_model(q, QuantConfig(fmt, backend="reference"))
         ppl[fmt] = perplexity(q, ids, seq_len=50)
-    assert abs(ppl["int8"] - base) < abs(ppl["int4"] - base)
+    # |ppl - base| in dB, int8 below int4 (an untrained model: either may move it either
+    # way). Gaps over model and stream seeds 0-2 x {native, avx2} x {1, 2 threads}: 22.1,
+    # 2.10 and 8.77 dB (seeds 3-9: 7.6-16.4); asserted at 1.05
+    assert_lower(db(abs(ppl["int8"] - base)), db(abs(ppl["int4"] - base)), margin=1.05)
 
 
 def test_embedding_cosine_and_layer_sqnr():
@@ -113,21 +135,33 @@ def test_embedding_cosine_and_layer_sqnr():
         def forward(self, input_ids, attention_mask):
             return (self.inner(input_ids),)
 
-    assert embedding_cosine(enc, enc, ids) == pytest.approx(1.0, abs=1e-12)
+    # identical embeddings: cosine 1 up to the float64 rounding of a dot product and norms
+    same = torch.tensor(embedding_cosine(enc, enc, ids), dtype=torch.float64)
+    assert_within(same, torch.tensor(1.0, dtype=torch.float64), scale=1.0, what="cos(a, a)")
     q8, q4 = copy.deepcopy(enc), copy.deepcopy(enc)
     quantize_model(q8, QuantConfig("int8", backend="reference"))
     quantize_model(q4, QuantConfig("int4", backend="reference"))
     batch = {"input_ids": ids, "attention_mask": mask}
     c8 = embedding_cosine(Masked(enc), Masked(q8), [batch, batch])
     c4 = embedding_cosine(Masked(enc), Masked(q4), batch)
-    assert 1 > c8 > c4 > 0.9
+    assert 1 > c8 and c4 > 0.9
+    # 1 - cos in dB: int8 below int4. Smallest gap over seeds 0-2 x {native, avx2} x {1, 2
+    # threads}: 23.9 dB; asserted at 11.9
+    assert_lower(db(1 - c8), db(1 - c4), margin=11.9)
     s8, s4 = layer_sqnr(enc, q8, ids), layer_sqnr(enc, q4, [ids, ids[:2]])
     assert list(s8) == ["1", "3"] and all(math.isfinite(v) for v in (*s8.values(), *s4.values()))
-    assert all(s8[k] > s4[k] + 15 for k in s8)  # ~6 dB per bit
+    # ~6 dB per bit: 24 dB in theory; smallest layer gap over the same runs 24.7 dB,
+    # asserted at 12.3
+    for k in s8:
+        assert_lower(s4[k], s8[k], margin=12.3, what=f"layer {k}: int4 vs int8 SQNR")
     assert layer_sqnr(enc, enc, ids) == {"1": math.inf, "3": math.inf}
-    # propagated: the second layer's error includes the first one's
+    # propagated: the first layer sees the same input either way (the same computation);
+    # the second layer's error includes the first one's
     local, prop = layer_sqnr(enc, q4, ids), layer_sqnr(enc, q4, ids, propagate=True)
-    assert prop["1"] == pytest.approx(local["1"]) and prop["3"] < local["3"]
+    first = [torch.tensor(d["1"], dtype=torch.float64) for d in (prop, local)]
+    assert_identical(*first, what="first layer SQNR")
+    # smallest gap over the same runs: 2.6 dB; asserted at 1.3
+    assert_lower(prop["3"], local["3"], margin=1.3, what="propagated vs local SQNR")
     with pytest.raises(TypeError, match=r"reference_model must be an nn\.Module"):
         layer_sqnr("enc", q4, ids)
 
@@ -177,12 +211,46 @@ def smollm2_path() -> Path:
     return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+class _Stop(Exception):
+    pass
+
+
+def block_output(model, ids, index):
+    """The residual stream after ``model.layers[index]`` (the blocks above it are not run)."""
+    out = []
+
+    def grab(module, args, output):
+        out.append(output[0] if isinstance(output, tuple) else output)
+        raise _Stop
+
+    handle = model.layers[index].register_forward_hook(grab)
+    try:
+        with torch.no_grad():
+            model(ids)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return out[0]
+
+
 @pytest.mark.xcheck
 def test_smollm2_texts_token_counts_and_per_channel_4bit_ordering():
-    """At 4 bits per channel, GPTQ and AWQ give a lower perplexity than RTN on SmolLM2.
+    """On SmolLM2-135M's first block, GPTQ and AWQ leave less output error than RTN.
 
-    Layers 0-5 only (30 in the model) keep the test affordable; the slice is 1024
-    evaluation tokens, calibration 4 sequences of 256 tokens.
+    Per-channel int4 (asymmetric, integer zero point) on the five linear layers of block 0,
+    calibrated on 16 sequences of 256 tokens of the calibration text; the error is the SQNR
+    of block 0's output (the residual stream) on 4 x 256 tokens of the evaluation text.
+
+    Why these settings. The shipped model is itself Q4_1: its "float" weights are
+    dequantized codes on 32-wide groups, so int4 on 32-wide groups would reproduce them
+    and leave nothing for GPTQ or AWQ to improve on. One grid per output channel spans
+    18 (or 48) of those groups with their own scales and minima: RTN is 17 dB here, a
+    real error. 4096 calibration tokens are more than down_proj's 1536 inputs: with the
+    1024 used before, its Hessian was singular, GPTQ fitted the calibration rows and lost
+    to RTN on held-out ones (19.3 vs 20.3 dB on that layer), and the old whole-model
+    perplexity ordering flipped with it. One block keeps the test at ~12 s of CPU time
+    (perplexity through all 30 blocks costs ~10 s per model).
     """
     pytest.importorskip("tokenizers")
     from llmref.models import from_gguf, gguf_tokenizer
@@ -192,16 +260,22 @@ def test_smollm2_texts_token_counts_and_per_channel_4bit_ordering():
     base, tok = from_gguf(f).eval(), gguf_tokenizer(f)
     cal_ids, ev_ids = tokenize(calibration_text(), tok), tokenize(evaluation_text(), tok)
     assert len(cal_ids) > 20_000 and len(ev_ids) > 20_000
-    calib = text_sequences(cal_ids, 256, n_sequences=4)
-    ev = ev_ids[:1024]
+    calib = text_sequences(cal_ids, 256, n_sequences=16)
+    ev = text_sequences(ev_ids, 256, n_sequences=4)
+    reference = block_output(base, ev, 0)
 
-    def first_layers(name, module):
-        return name.startswith(tuple(f"layers.{i}." for i in range(6)))
+    def block0(name, module):
+        return name.startswith("layers.0.")
 
-    ppl = {}
+    sqnrs = {}
     for method in ("rtn", "gptq", "awq"):
         model = copy.deepcopy(base)
         cfg = QuantConfig("int", {"bits": 4, "symmetric": False}, "reference", method=method)
-        quantize_model(model, cfg, first_layers, calibration=calib)
-        ppl[method] = perplexity(model, ev, seq_len=512, batch_size=2)
-    assert ppl["gptq"] < ppl["rtn"] and ppl["awq"] < ppl["rtn"], ppl
+        quantize_model(model, cfg, block0, calibration=calib)
+        sqnrs[method] = sqnr(reference, block_output(model, ev, 0))
+    # SQNR in dB: RTN 17.2. Gaps over three disjoint slices of both texts (calibration
+    # tokens from 4096 s, evaluation tokens from 1024 s, s = 0, 1, 2; the test is s = 0) x
+    # {native, avx2} x {1, 2 threads}: GPTQ 3.31, 2.44, 1.75 dB and AWQ 2.25, 2.13, 1.81
+    # dB above RTN (ISA and threads move them by < 0.002 dB); asserted at 0.85
+    for method in ("gptq", "awq"):
+        assert_lower(sqnrs["rtn"], sqnrs[method], margin=0.85, what=f"{method} vs RTN")

@@ -16,7 +16,8 @@ from llmref.quant import (
     quantize,
     sqnr,
 )
-from tests.quant.helpers import SHAPE, error_bound, randn
+from llmref.testing import assert_lower
+from tests.quant.helpers import SHAPE, assert_error_within, error_bound, group_absmax, randn
 
 ALL = list(FORMATS)
 
@@ -83,8 +84,7 @@ def test_round_trip_within_the_format_bound(fmt):
     assert torch.all(torch.isfinite(y))
     bound = error_bound(qt)
     if bound is not None:
-        err = (y.double() - x.double()).abs()
-        assert torch.all(err <= bound + 1e-12), f"{fmt}: max excess {(err - bound).max():.3g}"
+        assert_error_within(y, x, bound, scale=group_absmax(x, qt), what=f"{fmt} round trip")
     assert sqnr(x, y) >= MIN_SQNR[fmt]
 
 
@@ -96,8 +96,9 @@ def test_fp8_relative_error_bound(fmt):
     mbits = 3 if fmt == "fp8_e4m3" else 2
     scale = qt["scale"]
     tiny = float(torch.finfo(qt["codes"].dtype).smallest_normal)
-    bound = x.abs() * 2.0 ** -(mbits + 1) + scale * tiny * 2.0**-mbits
-    assert torch.all((y - x).abs() <= bound * (1 + 1e-6))
+    bound = x.double().abs() * 2.0 ** -(mbits + 1) + scale.double() * tiny * 2.0**-mbits
+    # on top of half an fp8 step, the float32 x / scale and code * scale: eps of |x|
+    assert_error_within(y, x, bound, scale=x.abs(), what=f"{fmt} round trip")
 
 
 @pytest.mark.parametrize("fmt", ALL)
@@ -247,7 +248,10 @@ def test_double_quant_is_close_to_plain_nf4():
     plain = dequantize(quantize(x, "nf4"))
     dq = quantize(x, "nf4", double_quant=True)
     assert set(dq.tensors) == {"codes", "absmax_codes", "absmax_scale", "absmax_offset"}
-    assert sqnr(x, dequantize(dq)) > sqnr(x, plain) - 0.1
+    # costs less than 0.1 dB of SQNR: measured 0.0018-0.0051 dB over seeds 0-2 x {native,
+    # avx2} x {1, 2 threads}; asserted below 0.1 by half the smallest gap
+    loss = sqnr(x, plain) - sqnr(x, dequantize(dq))
+    assert_lower(loss, 0.1, margin=0.047, what="SQNR lost to double quantization, dB")
     # absmax count not a multiple of 256: ragged last block
     y = randn(10, 640, seed=7)
     assert sqnr(y, dequantize(quantize(y, "nf4", double_quant=True))) > 19

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from llmref.quant import dequantize, quantize
-from llmref.quant import GGUF_BLOCKS
+from llmref.quant import GGUF_BLOCKS, dequantize, quantize
 from llmref.quant import from_ggml_blocks as from_gguf
 from llmref.quant import to_ggml_blocks as to_gguf
-from tests.quant.helpers import randn
+from tests.quant.helpers import assert_error_within, randn
 
 f32 = np.float32
 
@@ -145,6 +144,16 @@ def test_gguf_errors():
 def test_q4_k_all_positive_and_constant_blocks():
     x = torch.full((2, 256), 0.5)
     x[1] = torch.linspace(0.1, 3.0, 256)
-    y = dequantize(quantize(x, "q4_k"))
+    qt = quantize(x, "q4_k")
+    y = dequantize(qt)
     assert torch.all(torch.isfinite(y))
-    assert (y - x).abs().max() < 0.1
+    # each value is on its sub-block's grid d*ls*q - dmin*lm, q = 0..15, at the nearest point:
+    # within half a step, or the distance to the grid's ends where it clamps
+    from llmref.quant.formats.ggml import _unpack_k_scales
+
+    sc, mn = _unpack_k_scales(qt["scales"])
+    step = (qt["d"].double().reshape(-1, 1) * sc.double()).repeat_interleave(32, dim=1)
+    lo = -(qt["dmin"].double().reshape(-1, 1) * mn.double()).repeat_interleave(32, dim=1)
+    xd = x.double()
+    bound = step / 2 + (lo - xd).clamp(min=0) + (xd - (lo + 15 * step)).clamp(min=0)
+    assert_error_within(y, x, bound, scale=xd.abs() + lo.abs(), what="q4_k")

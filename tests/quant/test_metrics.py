@@ -19,19 +19,31 @@ from llmref.quant import (
     quantize_model,
     sqnr,
 )
+from llmref.testing import assert_lower, assert_within
 from tests.quant.helpers import randn
+
+
+def assert_value(got, expected, scale, what):
+    """Two float64 numbers within c eps(float64) scale (llmref's metrics run in float64)."""
+    g, e = torch.tensor(got, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64)
+    assert_within(g, e, scale=scale, what=what)
 
 
 def test_metrics_against_float64_formulas():
     x, y = randn(100, seed=1), randn(100, seed=2) * 0.1
     a = x + y
     xd, ad = x.double(), a.double()
-    assert mse(x, a) == pytest.approx(float(((xd - ad) ** 2).mean()), rel=1e-12)
-    assert max_abs_error(x, a) == pytest.approx(float((xd - ad).abs().max()), rel=1e-12)
+    # sums of non-negative terms in float64 (x - a is exact there): rounding relative to
+    # the value; SQNR = 10 log10(S / N) moves by 10 / ln 10 dB per unit relative error of
+    # each sum; the cosine has three sums (a dot product and two norms) of magnitude 1
+    expected = float(((xd - ad) ** 2).mean())
+    assert_value(mse(x, a), expected, expected, "mse")
+    expected = float((xd - ad).abs().max())
+    assert_value(max_abs_error(x, a), expected, expected, "max_abs_error")
     expected = 10 * math.log10(float((xd**2).sum() / ((xd - ad) ** 2).sum()))
-    assert sqnr(x, a) == pytest.approx(expected, rel=1e-12)
+    assert_value(sqnr(x, a), expected, 2 * 10 / math.log(10), "sqnr")
     cos = float(xd @ ad / (xd.norm() * ad.norm()))
-    assert cosine_similarity(x, a) == pytest.approx(cos, rel=1e-12)
+    assert_value(cosine_similarity(x, a), cos, 3.0, "cosine_similarity")
 
 
 def test_metric_edge_cases():
@@ -53,8 +65,11 @@ def test_sqnr_grows_about_6db_per_bit():
     x = randn(64, 512, seed=3)
     s = [sqnr(x, dequantize(quantize(x, "int", bits=b, group_size=32))) for b in range(3, 9)]
     slopes = [b - a for a, b in itertools.pairwise(s)]
+    # theory 6.02 dB; measured 6.07-6.32 over seeds 0-2 x {native, avx2} x {1, 2 threads}
     assert all(5.8 < d < 6.5 for d in slopes[2:]), slopes
-    assert slopes[0] > slopes[1] > slopes[2]
+    # smallest gaps over the same runs: 0.70 and 0.29 dB; asserted at half
+    assert_lower(slopes[1], slopes[0], margin=0.35, what="3->4 bits vs 4->5 bits")
+    assert_lower(slopes[2], slopes[1], margin=0.14, what="4->5 bits vs 5->6 bits")
 
 
 def test_model_size_bytes():

@@ -17,7 +17,8 @@ from llmref.quant.primitives import (
     qrange,
     round_values,
 )
-from tests.quant.helpers import randn
+from llmref.testing import assert_identical, assert_lower
+from tests.quant.helpers import assert_error_within, db, randn
 
 
 def test_round_nearest_even_and_half_away():
@@ -85,12 +86,14 @@ def test_symmetric_scale_conventions(bits, convention):
     p = choose_qparams(x, bits=bits, scale_convention=convention)
     amax = x.abs().amax(dim=1)
     denom = qmax if convention == "qmax" else (qmax - qmin) / 2
-    torch.testing.assert_close(p.scale, amax / denom, rtol=0, atol=0)
+    assert_identical(p.scale, amax / denom)  # one division, as choose_qparams does it
     q = quantize_affine(x, p.scale, bits=bits, scale_convention=convention)
     lo = -qmax if convention == "qmax" else qmin
     assert int(q.min()) >= lo and int(q.max()) <= qmax
-    err = (dequantize_affine(q, p.scale) - x).abs()
-    assert torch.all(err <= p.scale.reshape(-1, 1) / 2 * (1 + 1e-4))  # half a step
+    # half a step, plus the float32 rounding of x / scale and code * scale (eps of max|x|)
+    half_step = p.scale.double().reshape(-1, 1).expand_as(x) / 2
+    absmax = amax.double().reshape(-1, 1).expand_as(x)
+    assert_error_within(dequantize_affine(q, p.scale), x, half_step, scale=absmax)
 
 
 @pytest.mark.parametrize("zero_point", ["int", "float"])
@@ -100,9 +103,11 @@ def test_asymmetric_quantization(zero_point, bits):
     p = choose_qparams(x, bits=bits, symmetric=False, zero_point=zero_point)
     q = quantize_affine(x, p.scale, p.zero_point, bits=bits)
     assert int(q.min()) >= 0 and int(q.max()) <= 2**bits - 1
-    err = (dequantize_affine(q, p.scale, p.zero_point) - x).abs()
-    bound = p.scale.reshape(-1, 1) * (1.0 if zero_point == "int" else 0.5) * (1 + 1e-5)
-    assert torch.all(err <= bound)
+    # half a step (a whole one with an integer zero point: rounding it shifts the grid by
+    # up to half a step), plus the float32 rounding of the affine map (eps of max|x|)
+    bound = p.scale.double().reshape(-1, 1).expand_as(x) * (1.0 if zero_point == "int" else 0.5)
+    absmax = x.double().abs().amax(dim=1, keepdim=True).expand_as(x)
+    assert_error_within(dequantize_affine(q, p.scale, p.zero_point), x, bound, scale=absmax)
     if zero_point == "int":  # zero is exactly representable
         z = quantize_affine(torch.zeros(4, 64), p.scale, p.zero_point, bits=bits)
         assert torch.all(dequantize_affine(z, p.scale, p.zero_point) == 0)
@@ -110,9 +115,10 @@ def test_asymmetric_quantization(zero_point, bits):
 
 def test_asymmetric_beats_symmetric_on_shifted_data():
     x = randn(16, 128) * 0.1 + 1.0
-    e_sym = (dequantize(quantize(x, "int4")) - x).pow(2).mean()
-    e_asym = (dequantize(quantize(x, "int4", symmetric=False)) - x).pow(2).mean()
-    assert e_asym < e_sym / 3
+    e_sym = float((dequantize(quantize(x, "int4")) - x).pow(2).mean())
+    e_asym = float((dequantize(quantize(x, "int4", symmetric=False)) - x).pow(2).mean())
+    # in dB; smallest gap over seeds 0-2 x {native, avx2} x {1, 2 threads}: 6.5; asserted 3.2
+    assert_lower(db(e_asym), db(e_sym), margin=3.2)
 
 
 def test_group_length():
@@ -231,5 +237,6 @@ def test_fake_quantize_keeps_dtype_and_trains():
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    assert losses[-1] < losses[0] / 4
+    # in dB; smallest drop over seeds 0-2 x {native, avx2} x {1, 2 threads}: 27.5; asserted 13.7
+    assert_lower(db(losses[-1]), db(losses[0]), margin=13.7, what="loss after 20 steps")
     assert fake_quantize(w.detach().to(torch.bfloat16), "int8").dtype == torch.bfloat16

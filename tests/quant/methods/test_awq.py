@@ -7,6 +7,9 @@ import torch
 
 from llmref.quant import METHODS, QuantLinear, awq, quantize, rtn
 from llmref.quant.formats import int_codes
+from llmref.quant.kernels import KERNELS
+from llmref.testing import assert_identical, assert_lower, assert_within, matmul_scale
+from tests.quant.helpers import db, int_weight_magnitude, linear_reference
 
 
 def layer_with_outliers(out_f=128, in_f=256, n=512, *, n_outliers=6, magnitude=30.0, seed=0):
@@ -30,11 +33,13 @@ def test_awq_loss_is_below_rtn_with_outlier_channels(group_size, seed):
     scaled = output_loss(w, x, awq(w, x, fmt="int4", group_size=group_size, clip=False))
     clipped = output_loss(w, x, awq(w, x, fmt="int4", group_size=group_size))
     # alpha = 0 is RTN itself, so the scale search can only lower the loss on the rows it
-    # sees (all of them here). Measured: scale search 0.25-0.33 x RTN's loss, with the
-    # clipping search 0.22-0.31 x (int4, groups of 64 or per channel, 6 channels at 30x).
-    assert scaled <= base
-    assert clipped <= 0.5 * base
-    assert clipped <= scaled * 1.01
+    # sees (all of them here), and the clipping search lowers it further. Losses in dB,
+    # measured over seeds 0-2 x {native, avx2} x {1, 2 threads} (int4, groups of 64 or per
+    # channel, 6 channels at 30x), smallest gaps: scale search 4.84 dB below RTN, with
+    # clipping 5.06 dB, clipping over the scale search alone 0.21 dB; asserted at half
+    assert_lower(db(scaled), db(base), margin=2.4, what="scale search vs RTN")
+    assert_lower(db(clipped), db(base), margin=2.5, what="with clipping vs RTN")
+    assert_lower(db(clipped), db(scaled), margin=0.1, what="with vs without clipping")
 
 
 def test_one_grid_point_without_clipping_is_rtn():
@@ -51,21 +56,29 @@ def test_codes_store_the_scaled_weight_and_dequantize_divides():
     s = qt.input_scale
     stored = quantize(w * s, "int4", group_size=64, symmetric=False)
     assert torch.equal(int_codes(qt), int_codes(stored))
-    assert torch.equal(qt.dequantize(), stored.dequantize() / s)
-    # normalised as the reference: sqrt(max * min) == 1
-    assert abs(float(s.max() * s.min()) - 1) < 1e-5
+    assert_identical(qt.dequantize(), stored.dequantize() / s)  # dequantize divides by s
+    # normalised as the reference, s / sqrt(max s * min s): max * min == 1 up to the float32
+    # rounding of the square root, the divisions and the product (a few eps of 1)
+    product = (s.max() * s.min()).reshape(())
+    assert_within(product, torch.tensor(1.0), scale=1.0, what="max(s) * min(s)")
 
 
 def test_quant_linear_runs_awq_weights_on_every_kernel():
     w, x = layer_with_outliers()
     qt = awq(w, x, fmt="int4", group_size=64)
-    expected = x[:7] @ qt.dequantize().T
-    for backend, tol in [("reference", 1e-5), ("int4_tinygemm", 1e-5), ("auto", 2e-2)]:
+    stored = qt.without_input_scale()
+    # every kernel computes (x / s) codes^T in float32 (auto picks an exact kernel): within
+    # c eps of the float64 product, of the terms |x / s| (|w| + 30 step) the int4 kernels
+    # sum (int_weight_magnitude; the reference's |w| is smaller)
+    xs = x[:7] / qt.input_scale
+    expected, _ = linear_reference(xs, stored.dequantize())
+    scale = matmul_scale(xs, int_weight_magnitude(stored).T)
+    for backend in ("reference", "int4_tinygemm", "auto"):
         layer = QuantLinear(qt, backend=backend)
+        assert KERNELS[layer.kernel.name].exact
         with torch.no_grad():
             y = layer(x[:7])
-        err = float((y - expected).abs().max() / expected.abs().max())
-        assert err <= tol, (backend, err)
+        assert_within(y, expected, scale=scale, what=f"{backend} ({layer.kernel.name})")
 
 
 def test_deterministic_subsampling_and_dtypes():

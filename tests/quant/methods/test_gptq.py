@@ -12,6 +12,8 @@ import torch
 from llmref.quant import METHODS, gptq, gptq_hessian, quantize, rtn, sqnr
 from llmref.quant.formats import int_codes
 from llmref.quant.primitives import choose_qparams, dequantize_affine, quantize_affine
+from llmref.testing import assert_identical, assert_lower, assert_within, matmul_scale
+from tests.quant.helpers import db
 
 
 def randn(*shape, seed=0, dtype=torch.float32):
@@ -131,24 +133,31 @@ def test_block_size_and_static_groups_variants():
         # same math, other summation order: codes agree but for float32 ties
         assert (int_codes(other) != int_codes(base)).float().mean() < 0.01
     static = gptq(w, x, group_size=32, static_groups=True)
-    assert torch.equal(static["scale"], rtn(w, group_size=32)["scale"])  # scales up front
+    # scales up front: choose_qparams on the original weights, as rtn computes them
+    assert_identical(static["scale"], rtn(w, group_size=32)["scale"])
     act = gptq(w, x, group_size=32, static_groups=True, act_order=True)
     e_rtn = output_error(w, rtn(w, group_size=32), x)
-    for qt in (base, static, act):
-        assert output_error(w, qt, x) < 0.5 * e_rtn
+    # output error below RTN's, in dB. Measured over seeds 0-2 (weights and inputs) x
+    # {native, avx2} x {1, 2 threads}, smallest gap: 14.6 (block_size=128), 15.3 (static
+    # groups), 18.7 dB (act order); asserted at 7.3
+    for name, qt in (("block_size=128", base), ("static_groups", static), ("act_order", act)):
+        assert_lower(db(output_error(w, qt, x)), db(e_rtn), margin=7.3, what=name)
 
 
 # -- defining properties --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("group_size", [64, None])
-def test_lower_output_error_than_rtn_on_correlated_inputs(group_size):
+def test_lower_output_error_than_rtn_on_held_out_correlated_inputs(group_size):
+    """Calibrated on 1024 rows, measured on 1024 other rows of the same distribution."""
     w = randn(128, 256, seed=7)
-    x = correlated_inputs(1024, 256, seed=8)
-    e_gptq = output_error(w, gptq(w, x, group_size=group_size), x)
-    e_rtn = output_error(w, rtn(w, group_size=group_size), x)
-    # measured: 0.015x (group 64) and 0.016x (per channel) RTN's error on these inputs
-    assert e_gptq < 0.1 * e_rtn
+    x = correlated_inputs(2048, 256, seed=8)
+    x_cal, x_eval = x[:1024], x[1024:]
+    e_gptq = output_error(w, gptq(w, x_cal, group_size=group_size), x_eval)
+    e_rtn = output_error(w, rtn(w, group_size=group_size), x_eval)
+    # in dB; smallest gap over seeds 0-2 x {native, avx2} x {1, 2 threads}: 16.3 (group 64)
+    # and 16.9 dB (per channel), 0.1 dB from the in-sample gaps; asserted at 8.1
+    assert_lower(db(e_gptq), db(e_rtn), margin=8.1)
 
 
 @pytest.mark.parametrize(
@@ -171,7 +180,9 @@ def test_int3_and_other_widths_give_valid_codes_and_beat_rtn():
         ref = rtn(w, fmt=fmt, group_size=32, **opts)
         assert qt.fmt == ref.fmt and qt.options == ref.options
         assert set(qt.tensors) == set(ref.tensors)
-        assert output_error(w, qt, x) < output_error(w, ref, x)
+        # in dB; smallest gap over seeds 0-2 x {native, avx2} x {1, 2 threads}: int3 13.8,
+        # int2 12.3, int8 13.5, int5 13.8; asserted at 6.1
+        assert_lower(db(output_error(w, qt, x)), db(output_error(w, ref, x)), margin=6.1, what=fmt)
 
 
 def test_hessian_accumulated_over_batches_gives_the_same_result():
@@ -180,8 +191,10 @@ def test_hessian_accumulated_over_batches_gives_the_same_result():
     h, n = None, 0
     for batch in x.split(70):
         h, n = gptq_hessian(batch, hessian=h, n_samples=n)
-    assert n == 300
-    torch.testing.assert_close(h, 2 * x.double().T @ x.double() / 300)
+    assert n == 300 and h.dtype == torch.float64
+    # float64 sums in another order (and rescaled by n each batch): within eps of 2/n |x|^T|x|
+    scale = 2 * matmul_scale(x.T, x) / 300
+    assert_within(h, 2 * x.double().T @ x.double() / 300, scale=scale, what="accumulated Hessian")
     direct = gptq(w, x, group_size=16)
     # another summation order: equal codes but for float32 ties
     assert (int_codes(gptq(w, hessian=h, group_size=16)) != int_codes(direct)).sum() <= 2
@@ -230,14 +243,18 @@ def test_singular_hessian_with_dead_columns_takes_the_damping_path(monkeypatch):
     deq = qt.dequantize()
     assert torch.isfinite(deq).all()
     assert torch.all(deq[:, [3, 10]] == 0)  # dead columns are zeroed, as the reference
-    assert output_error(w, qt, x) < output_error(w, rtn(w, group_size=16), x)
+    e_rtn = output_error(w, rtn(w, group_size=16), x)
+    # in dB; smallest gap over seeds 0-2 x {native, avx2} x {1, 2 threads}: 7.6; asserted 3.8
+    assert_lower(db(output_error(w, qt, x)), db(e_rtn), margin=3.8)
 
 
 def test_rank_deficient_inputs_work_without_help():
     w = randn(16, 64, seed=14)
     x = correlated_inputs(10, 64, rank=3, noise=0.0)  # 10 rows, rank 3: H singular
     qt = gptq(w, x, group_size=16, damp=1e-6)
-    assert output_error(w, qt, x) < output_error(w, rtn(w, group_size=16), x)
+    e_rtn = output_error(w, rtn(w, group_size=16), x)
+    # in dB; smallest gap over seeds 0-2 x {native, avx2} x {1, 2 threads}: 14.0; asserted 7.0
+    assert_lower(db(output_error(w, qt, x)), db(e_rtn), margin=7.0)
     qt_all_dead = gptq(w, torch.zeros(5, 64), group_size=16)  # H = 0: every input dead
     assert torch.all(qt_all_dead.dequantize() == 0)
 
@@ -319,7 +336,9 @@ def test_real_smollm2_layer_gptq_sqnr_above_rtn_on_held_out_tokens():
     """blk.0.attn_q (576x576) on the activations that reach it, RMSNorm(embedding) * gamma, of
     real text (the source of Python's textwrap module, ~4800 tokens): calibrate on the first
     1024 tokens, measure the SQNR of X W^T on the last 1024. Measured: int4 group 64
-    RTN 28.4 dB -> GPTQ 33.4 dB; per channel 25.5 -> 30.7 dB."""
+    RTN 28.4 dB -> GPTQ 33.3 dB; per channel 25.5 -> 30.7 dB. The same on the sources of
+    shutil and argparse (the "seeds" of real data), each x {native, avx2} x {1, 2 threads}:
+    smallest gaps 4.43 (group 64, shutil) and 4.74 dB (per channel); asserted at 2.2."""
     import inspect
     import textwrap
 
@@ -345,5 +364,5 @@ def test_real_smollm2_layer_gptq_sqnr_above_rtn_on_held_out_tokens():
     for group_size in (64, None):
         s_rtn = sqnr(y, x_eval @ rtn(w, group_size=group_size).dequantize().T)
         s_gptq = sqnr(y, x_eval @ gptq(w, x_cal, group_size=group_size).dequantize().T)
-        assert s_gptq > s_rtn + 3.0, (group_size, s_gptq, s_rtn)
+        assert_lower(s_rtn, s_gptq, margin=2.2, what=f"group_size={group_size}")
     assert time.perf_counter() - start < 60

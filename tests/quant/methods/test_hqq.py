@@ -8,6 +8,8 @@ import torch
 from llmref.quant import METHODS, hqq, quantize
 from llmref.quant.formats import int_codes
 from llmref.quant.methods.hqq import _hqq_solve
+from llmref.testing import assert_identical, assert_lower, assert_within
+from tests.quant.helpers import db
 
 
 def weights(kind, shape=(64, 512), seed=0):
@@ -32,11 +34,25 @@ def l2(w, qt):
     return float((w - qt.dequantize()).pow(2).mean())
 
 
-# Measured mean squared errors, min-max RTN (float zero point) -> HQQ, on 128x512 draws:
-#   gaussian int4 g64 0.00799 -> 0.00738; g128 0.00997 -> 0.00937; int3 g64 0.0369 -> 0.0334;
-#            int2 per channel 0.350 -> 0.346
-#   t3       int4 g64 0.0559 -> 0.0500;   g128 0.0943 -> 0.0863;   int3 g64 0.249 -> 0.221;
-#            int2 per channel 8.15 -> 6.56
+# Squared errors in dB, gaps measured on 64x512 draws over seeds 0-2 x {native, avx2} x
+# {1, 2 threads}, smallest per case (HQQ below min-max RTN, optimize_scale below HQQ):
+#   gaussian int4 g64 0.343, 0.197;  g128 0.241, 0.306;  int3 g64 0.382, 0.636;
+#            int2 per channel 0.050, 4.54
+#   t3       int4 g64 0.335, 0.130;  g128 0.225, 0.237;  int3 g64 0.354, 0.595;
+#            int2 per channel 1.12, 1.01
+# asserted at half of each:
+HQQ_MARGINS = {
+    ("gaussian", "int4", 64): (0.17, 0.098),
+    ("gaussian", "int4", 128): (0.12, 0.15),
+    ("gaussian", "int3", 64): (0.19, 0.31),
+    ("gaussian", "int2", None): (0.025, 2.27),
+    ("heavy", "int4", 64): (0.16, 0.065),
+    ("heavy", "int4", 128): (0.11, 0.11),
+    ("heavy", "int3", 64): (0.17, 0.29),
+    ("heavy", "int2", None): (0.56, 0.50),
+}
+
+
 @pytest.mark.parametrize("kind", ["gaussian", "heavy"])
 @pytest.mark.parametrize(
     "fmt,opts,group_size",
@@ -49,12 +65,14 @@ def test_error_at_most_min_max_rtn_and_typically_below(kind, fmt, opts, group_si
     assert qt.fmt == ref.fmt and qt.options == ref.options and set(qt.tensors) == set(ref.tensors)
     # guaranteed: every group's mean absolute error (the solver's criterion) is at most RTN's
     assert torch.all(l1(w, qt) <= l1(w, ref))
-    # measured: the squared error drops too (1-20 %, see the table above)
-    assert l2(w, qt) < l2(w, ref)
+    # measured: the squared error drops too (see the table above)
+    margins = HQQ_MARGINS[kind, fmt + str(opts.get("bits", "")), group_size]
+    assert_lower(db(l2(w, qt)), db(l2(w, ref)), margin=margins[0], what="HQQ vs RTN")
     # the scale is HQQ's starting one: only the zero point moved
-    assert torch.equal(qt["scale"], ref["scale"])
+    assert_identical(qt["scale"], ref["scale"])
     scaled = hqq(w, fmt=fmt, group_size=group_size, optimize_scale=True, **opts)
-    assert torch.all(l1(w, scaled) <= l1(w, ref)) and l2(w, scaled) < l2(w, qt)
+    assert torch.all(l1(w, scaled) <= l1(w, ref))
+    assert_lower(db(l2(w, scaled)), db(l2(w, qt)), margin=margins[1], what="scale optimized")
 
 
 def test_iters_zero_is_min_max_rtn_exactly():
@@ -78,9 +96,13 @@ def test_objective_history_and_result_is_the_best_seen(early_stop):
         assert all(history[i + 1] < history[i] for i in range(len(history) - 2))
         assert len(history) == 21 or history[-1] >= history[-2]
     qt = hqq(w, group_size=64, early_stop=early_stop)
-    total = float(l1(w, qt).mean())
-    assert total <= min(history) + 1e-7  # per group best: at most the best whole iterate
-    assert torch.equal(qt["scale"], scale) and torch.equal(qt["offset"], zp)
+    total, best = float(l1(w, qt).mean()), min(history)
+    # per group best: at most the best whole iterate, up to the float32 rounding of the two
+    # means of the same 256 group errors (summed in different orders)
+    excess = torch.tensor(max(total - best, 0.0), dtype=torch.float64)
+    assert_within(excess, torch.zeros((), dtype=torch.float64), scale=best, dtype=torch.float32)
+    assert_identical(qt["scale"], scale)
+    assert_identical(qt["offset"], zp)
 
 
 def test_early_stop_triggers_and_more_iterations_do_not_hurt():

@@ -8,6 +8,8 @@ import torch
 from llmref.cache import QuantizedCache
 from llmref.quant import METHODS, QuantizedKV, kivi, kivi_dequantize
 from llmref.quant.formats import int_codes
+from llmref.testing import assert_identical, assert_lower
+from tests.quant.helpers import assert_error_within, db
 
 
 def kv(B=2, H=3, T=32, D=16, *, seed=0, dtype=torch.float32):
@@ -30,8 +32,9 @@ def test_the_quantized_cache_stores_what_kivi_returns(bits):
     for i in range(3):
         sl = slice(i * G, (i + 1) * G)
         k2, v2 = kivi_dequantize(kivi(k[:, :, sl], v[:, :, sl], bits=bits, group_size=G))
-        assert torch.equal(k_all[:, :, sl], k2) and torch.equal(v_all[:, :, sl], v2)
-    assert torch.equal(k_all[:, :, 3 * G :], k[:, :, 3 * G :])
+        assert_identical(k_all[:, :, sl], k2, what=f"keys, chunk {i}")
+        assert_identical(v_all[:, :, sl], v2, what=f"values, chunk {i}")
+    assert_identical(k_all[:, :, 3 * G :], k[:, :, 3 * G :], what="residual keys")
     one = kivi(k[:, :, :G], v[:, :, :G], bits=bits, group_size=G)
     residual = 2 * k[:, :, 3 * G :].numel() * k.element_size()
     assert cache.nbytes == 3 * (one.keys.nbytes + one.values.nbytes) + residual
@@ -42,15 +45,14 @@ def test_error_within_half_a_step_per_group(bits):
     k, v = kv(T=64)
     out = kivi(k, v, bits=bits, group_size=32, value_group_size=8)
     k2, v2 = kivi_dequantize(out)
-    # keys: groups are (channel, 32 tokens); values: (token, 8 channels)
-    kg = k.reshape(2, 3, 2, 32, 16)
-    k_step = (kg.amax(dim=3, keepdim=True) - kg.amin(dim=3, keepdim=True)) / (2**bits - 1)
-    vg = v.reshape(2, 3, 64, 2, 8)
-    v_step = (vg.amax(dim=4, keepdim=True) - vg.amin(dim=4, keepdim=True)) / (2**bits - 1)
-    k_err = (k2 - k).abs().reshape(kg.shape)
-    v_err = (v2 - v).abs().reshape(vg.shape)
-    assert torch.all(k_err <= k_step / 2 * (1 + 1e-5) + 1e-6)
-    assert torch.all(v_err <= v_step / 2 * (1 + 1e-5) + 1e-6)
+    # keys: groups are (channel, 32 tokens); values: (token, 8 channels); half a step of
+    # (max - min) / (2^bits - 1) in exact arithmetic, plus the float32 rounding of the scale,
+    # code * scale + min: a few eps of the group's max |x|
+    for x, x2, shape, dim in ((k, k2, (2, 3, 2, 32, 16), 3), (v, v2, (2, 3, 64, 2, 8), 4)):
+        g = x.double().reshape(shape)
+        step = (g.amax(dim=dim, keepdim=True) - g.amin(dim=dim, keepdim=True)) / (2**bits - 1)
+        absmax = g.abs().amax(dim=dim, keepdim=True).expand(shape)
+        assert_error_within(x2.reshape(shape), g, (step / 2).expand(shape), scale=absmax)
     assert out.keys.shape == (2, 3, 2, 16, 32) and out.values.shape == (2, 3, 64, 2, 8)
     assert int(int_codes(out.keys).max()) <= 2**bits - 1
 
@@ -62,9 +64,10 @@ def test_per_channel_keys_beat_per_token_keys_with_an_outlier_channel():
     per_token = kivi_dequantize(kivi(v, k, bits=2, group_size=32))[1]
     # the outlier channel inflates every per-token step: the other channels suffer
     others = [c for c in range(16) if c != 3]
-    err_c = (per_channel - k)[..., others].pow(2).mean()
-    err_t = (per_token - k)[..., others].pow(2).mean()
-    assert err_c < 0.5 * err_t
+    err_c = float((per_channel - k)[..., others].pow(2).mean())
+    err_t = float((per_token - k)[..., others].pow(2).mean())
+    # in dB; smallest gap over seeds 0-2 x {native, avx2} x {1, 2 threads}: 8.8; asserted 4.4
+    assert_lower(db(err_c), db(err_t), margin=4.4)
 
 
 def test_dtypes_determinism_and_registry():

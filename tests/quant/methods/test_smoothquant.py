@@ -10,11 +10,14 @@ from llmref.quant import (
     QuantizedTensor,
     QuantLinear,
     activation_outliers,
+    int8_vectorwise_quant,
     quantize,
     smoothquant,
 )
 from llmref.quant.kernels import select_kernel
 from llmref.quant.methods.smoothquant import smooth_scales
+from llmref.testing import assert_identical, assert_lower, assert_within, matmul_scale
+from tests.quant.helpers import db
 
 
 def layer_with_outliers(out_f=128, in_f=256, n=256, *, n_outliers=4, magnitude=50.0, seed=0):
@@ -35,16 +38,17 @@ def test_smoothing_lowers_outlier_ratio_and_w8a8_error(seed):
     y = x @ w.T
     qt = smoothquant(w, x, alpha=0.5)
     before, after = activation_outliers(x), activation_outliers(x, qt.input_scale)
-    # measured: max/median channel ratio ~55 -> ~8 (alpha 0.5)
-    assert after.ratio < before.ratio / 4
-    assert torch.equal(before.channel_max, x.abs().amax(dim=0))
+    # max/median channel ratio (~55 -> ~8 at alpha 0.5) and the W8A8 relative MSE (~15x
+    # lower), both in dB; smallest gaps over seeds 0-2 x {native, avx2} x {1, 2 threads}:
+    # ratio 8.3 dB, MSE 11.7 dB; asserted at half
+    assert_lower(db(after.ratio), db(before.ratio), margin=4.1, what="outlier ratio")
+    assert_identical(before.channel_max, x.abs().amax(dim=0))
     plain = QuantLinear(quantize(w, "int8"), backend="int8_dynamic")  # W8A8, no smoothing
     smooth = QuantLinear(qt)
     assert smooth.kernel.name == "int8_dynamic"
     with torch.no_grad():
         e_plain, e_smooth = relative_mse(plain(x), y), relative_mse(smooth(x), y)
-    # measured: relative MSE 7-8e-4 (plain W8A8) vs ~5e-5 (SmoothQuant): ~15x lower
-    assert e_smooth < e_plain / 5
+    assert_lower(db(e_smooth), db(e_plain), margin=5.8, what="W8A8 relative MSE")
 
 
 def test_scales_follow_the_formula():
@@ -52,7 +56,8 @@ def test_scales_follow_the_formula():
     act_max, w_max = x.abs().amax(dim=0), w.abs().amax(dim=0)
     for alpha in (0.0, 0.3, 1.0):
         s = smoothquant(w, x, alpha=alpha).input_scale
-        torch.testing.assert_close(s, act_max.pow(alpha) / w_max.pow(1 - alpha))
+        # the same float32 ops as smooth_scales (no clamp active on these inputs)
+        assert_identical(s, act_max.pow(alpha) / w_max.pow(1 - alpha), what=f"alpha={alpha}")
     assert torch.equal(smooth_scales(torch.zeros(3), torch.ones(2, 3)), torch.full((3,), 1e-5))
 
 
@@ -63,12 +68,18 @@ def test_storage_kernels_and_reference_agree():
     assert qt.options["group_size"] == 256 and qt.options["symmetric"]
     stored = quantize(w * qt.input_scale, "int8")
     assert qt.without_input_scale().tensors["codes"].equal(stored["codes"])
-    torch.testing.assert_close(qt.dequantize(), stored.dequantize() / qt.input_scale)
+    assert_identical(qt.without_input_scale()["scale"], stored["scale"])
+    assert_identical(qt.dequantize(), stored.dequantize() / qt.input_scale)
     fast, ref = QuantLinear(qt), QuantLinear(qt, backend="reference")
     with torch.no_grad():
         y, y_ref = fast(x), ref(x)
-    # the same W8A8 arithmetic: int32 accumulation vs float32 on the same int8 values
-    assert float((y - y_ref).abs().max() / y_ref.abs().max()) < 1e-5
+    # the same W8A8 arithmetic on the same int8 values of x / s: int32 accumulation (fast)
+    # and float32 (reference), each within rounding of the float64 product
+    q = int8_vectorwise_quant(x / qt.input_scale)
+    xq = q.codes.double() * (q.absmax.double() / 127)[:, None]
+    w = stored.dequantize().double()
+    for out, name in ((y, "int8_dynamic"), (y_ref, "reference")):
+        assert_within(out, xq @ w.T, scale=matmul_scale(xq, w.T), what=name)
     # weight-only kernels refuse a weight that asks for quantized activations
     with pytest.raises(ValueError, match="does not support"):
         select_kernel(qt.without_input_scale(), torch.device("cpu"), "int8_weight")
