@@ -33,7 +33,10 @@ __all__ = ["flex_attention"]
 
 @functools.cache
 def _compiled_flex() -> Callable[..., Any]:
-    return torch.compile(_torch_flex_attention, dynamic=False)
+    # Inductor's on-disk FX-graph cache does not key on ATEN_CPU_CAPABILITY (torch 2.13): a
+    # kernel cached by an AVX-512 process gave wrong results (|error| ~ 2) in an AVX2 one.
+    # Each process compiles its own kernel instead.
+    return torch.compile(_torch_flex_attention, dynamic=False, options={"fx_graph_cache": False})
 
 
 def _full(x: torch.Tensor, shapes: AttentionShapes) -> torch.Tensor:

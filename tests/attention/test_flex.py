@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch._inductor import config as inductor_config
 
 from llmref.attention import (
     ATTENTION,
@@ -47,11 +46,9 @@ def test_compiled_kernel_matches_eager():
     k, v = k[:, :2], v[:, :2]
     mod = as_mask_mod("sliding_window", window=64)
     eager = flex_attention(q, k, v, mask_mod=mod, is_causal=True)
-    # Inductor's on-disk FX-graph cache does not key on ATEN_CPU_CAPABILITY: a kernel that
-    # an AVX-512 run cached gives wrong results (|error| ~ 2) in an avx2 run, and back. So
-    # compile without it: each process compiles its own kernel.
-    with inductor_config.patch(fx_graph_cache=False):
-        compiled = flex_attention(q, k, v, mask_mod=mod, is_causal=True, compiled=True)
+    # llmref compiles without inductor's on-disk FX-graph cache, which does not key on
+    # ATEN_CPU_CAPABILITY (a kernel cached by an AVX-512 run was wrong in an avx2 run).
+    compiled = flex_attention(q, k, v, mask_mod=mod, is_causal=True, compiled=True)
     # Two float32 kernels with their own op orders: each against the float64 reference.
     expected = textbook_attention(q, k, v, sliding_window_mask(256, window=64), True)
     assert_within(eager, expected, scale=attention_scale(q, k, v), what="eager")
