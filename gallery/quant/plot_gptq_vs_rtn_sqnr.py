@@ -23,12 +23,12 @@ import torch
 from torch import nn
 
 from llmref.models import from_gguf, gguf_tokenizer
-from llmref.quant import read_gguf
 from llmref.quant import (
     calibration_text,
     evaluation_text,
     gptq,
     gptq_hessian,
+    read_gguf,
     rtn,
     sqnr,
     text_sequences,

@@ -20,13 +20,13 @@ import torch
 
 from llmref.cache import DynamicCache
 from llmref.models import from_gguf, gguf_tokenizer
-from llmref.quant import read_gguf
 from llmref.quant import (
     QuantLinear,
     activation_outliers,
     calibration_text,
     evaluation_text,
     fake_quantize,
+    read_gguf,
     smoothquant,
     sqnr,
     text_sequences,
