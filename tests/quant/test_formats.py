@@ -104,7 +104,7 @@ def test_fp8_relative_error_bound(fmt):
 @pytest.mark.parametrize("fmt", ALL)
 def test_bits_per_weight_and_nbytes(fmt):
     qt = quantize(randn(*SHAPE), fmt)
-    assert qt.bits_per_weight == pytest.approx(BPW[fmt], abs=1e-12)
+    assert qt.bits_per_weight == BPW[fmt]  # both sides dyadic rationals: exact in float
     assert qt.nbytes == sum(t.numel() * t.element_size() for t in qt.tensors.values())
     assert qt.numel == math.prod(SHAPE)
 

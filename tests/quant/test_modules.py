@@ -254,8 +254,9 @@ def test_input_scale_dequantize_and_reference_forward(fmt):
     stored = qt.without_input_scale()
     assert stored.input_scale is None and "input_scale" not in stored.tensors
     # dequantize() returns the effective weight dequant(codes) diag(1/s), in every format
-    assert torch.equal(qt.dequantize(), stored.dequantize() / s)
-    assert torch.equal(dequantize(qt), qt.dequantize())
+    # (dequantize divides the stored codes' float32 values by s: the same two ops)
+    assert_identical(qt.dequantize(), stored.dequantize() / s, what=f"{fmt} with input_scale")
+    assert_identical(dequantize(qt), qt.dequantize())
     # the reference kernel multiplies x / s by the stored codes: 1/s applied once
     layer = QuantLinear(qt, torch.zeros(96), backend="reference")
     x = randn(5, 256, seed=3)
