@@ -79,7 +79,7 @@ for ax, name in zip(axes.flat, names, strict=False):
     ax.set_xlabel(f"key j   ({density:.0%} of pairs)", fontsize=8)
     ax.set_ylabel("query i", fontsize=8)
 for ax in axes.flat[len(names) :]:
-    ax.set_axis_off()
+    ax.remove()  # fewer masks than panels: no empty panel
 fig.suptitle("llmref.attention.MASKS: True (blue) = may attend")
 plt.show()
 

@@ -191,6 +191,13 @@ class Results:
         Files that were not pytest-benchmark output of llmref's suites.
     skipped_records : list of Skipped
         Records that could not be placed, by id.
+
+    Examples
+    --------
+    >>> from llmref.bench.results import Results
+    >>> empty = Results()
+    >>> empty.records, empty.skipped_files, empty.skipped_records
+    ([], [], [])
     """
 
     records: list[Record] = field(default_factory=list)

@@ -81,9 +81,12 @@ class TensorInfo(NamedTuple):
 class GGUFFile:
     """A parsed GGUF file: metadata, tensor table, and the memory-mapped data.
 
-    Attributes
+    Made by :func:`read_gguf`, not by hand.
+
+    Parameters
     ----------
     path : pathlib.Path
+        The file.
     version : int
         GGUF format version (2 or 3).
     metadata : dict
@@ -92,6 +95,14 @@ class GGUFFile:
         Name -> ``TensorInfo``, in file order.
     data_start : int
         Byte offset of the tensor data.
+    _buffer : mmap.mmap or bytes
+        The mapped file (private).
+
+    Examples
+    --------
+    >>> from llmref.quant import GGUFFile, read_gguf
+    >>> [name for name in ("raw", "blocks", "tensor") if callable(getattr(GGUFFile, name))]
+    ['raw', 'blocks', 'tensor']
     """
 
     path: Path

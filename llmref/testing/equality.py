@@ -242,6 +242,11 @@ def assert_within(
     what : str, optional
         What is compared, for the failure message.
 
+    Returns
+    -------
+    None
+        Returns only when the check holds.
+
     Raises
     ------
     AssertionError
@@ -301,6 +306,11 @@ def assert_low_precision(
     what : str, optional
         What is compared, for the failure message.
 
+    Returns
+    -------
+    None
+        Returns only when the check holds.
+
     Raises
     ------
     AssertionError
@@ -346,6 +356,11 @@ def assert_identical(actual: torch.Tensor, expected: torch.Tensor, *, what: str 
         The result of the same operations.
     what : str, optional
         What is compared, for the failure message.
+
+    Returns
+    -------
+    None
+        Returns only when the check holds.
 
     Raises
     ------
@@ -439,6 +454,11 @@ def assert_lower(
         test states those measurements in a comment.
     what : str, optional
         What is compared, for the failure message.
+
+    Returns
+    -------
+    None
+        Returns only when the check holds.
 
     Raises
     ------
