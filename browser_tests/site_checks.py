@@ -17,7 +17,6 @@ Pages are discovered from the built HTML directory itself, never from a hard-cod
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -469,27 +468,6 @@ class Overflow:
             f"{self.page}: {self.element} (section {self.section!r}, text {self.text!r}) "
             f"{where} {self.by}: it spans x={self.left}..{self.right} ({self.width}px), "
             f"the box x={self.limit_left}..{self.limit_right} ({self.limit_width}px)"
-        )
-
-
-@dataclass(frozen=True)
-class KnownOverflow:
-    """Known overflows of one kind of element on a set of pages (to excuse, and track)."""
-
-    name: str
-    pages: str  # regular expression matching the whole site-relative path
-    element: str  # regular expression searched in the Overflow's element path
-    reason: str
-    kind: str = "outside"
-
-    def on(self, rel: str) -> bool:
-        return re.fullmatch(self.pages, rel) is not None
-
-    def matches(self, overflow: Overflow) -> bool:
-        return (
-            self.on(overflow.page)
-            and overflow.kind == self.kind
-            and re.search(self.element, overflow.element) is not None
         )
 
 

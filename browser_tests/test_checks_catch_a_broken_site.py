@@ -130,23 +130,6 @@ def test_overflow_check_catches_wide_elements(fake):
     assert "extends outside the column" in str(table) and "px" in str(table)
 
 
-def test_known_overflow_matches_only_its_elements_on_its_pages():
-    def overflow(page, element, kind="outside"):
-        return site_checks.Overflow(
-            page=page, kind=kind, element=element, section=None, text="", left=0,
-            right=900, width=900, limit_left=0, limit_right=700, limit_width=700, by="article",
-        )  # fmt: skip
-
-    known = site_checks.KnownOverflow(
-        name="titles", pages=r"api/generated/.+\.html", element=r"(^|> )h1$", reason="r"
-    )
-    assert known.matches(overflow("api/generated/x.html", "section#x > h1"))
-    assert not known.matches(overflow("api/generated/x.html", "section#x > h1 > span"))
-    assert not known.matches(overflow("api/generated/x.html", "section#x > h1", "clipped"))
-    assert not known.matches(overflow("theory/x.html", "section#x > h1"))
-    assert not known.matches(overflow("xapi/generated/x.html", "section#x > h1"))
-
-
 def test_overflow_check_needs_a_content_column(chromium, tmp_path):
     (tmp_path / "bare.html").write_text("<!DOCTYPE html><p>no column here</p>")
     with serve(tmp_path) as local, open_browser(chromium, local, Problems()) as browser:

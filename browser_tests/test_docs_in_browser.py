@@ -28,20 +28,6 @@ GALLERY_INDEXES = site_checks.gallery_index_pages(_BUILD) if _BUILD.is_dir() els
 EXAMPLE_PAGES = site_checks.example_pages(_BUILD) if _BUILD.is_dir() else []
 
 
-# Overflows known and tracked elsewhere (issue 18), as site_checks.KnownOverflow(name,
-# pages, element, reason): excused in test_page_fits_its_column, while
-# test_known_overflow_is_fixed (a strict xfail) fails as soon as one is gone, so that its
-# entry gets removed. Empty since 6474dcc: the one this check found on the site before,
-#     KnownOverflow(
-#         name="api-page-titles",
-#         pages=r"api/generated/llmref\..+\.html",
-#         element=r"(^|> )h1$",
-#         reason="issue 18: API pages clip long titles ...",
-#     ),
-# (the title of 196 of the API pages ran out of the 656px column at 1280px, by up to
-# 464px) is fixed by the <wbr> after each dot and overflow-wrap on headings.
-KNOWN_OVERFLOWS: list[site_checks.KnownOverflow] = []
-
 # How many typeset formulas make "many" on the scaled-dot-product page.
 MIN_FORMULAS = 5
 
@@ -367,37 +353,18 @@ def test_page_fits_its_column(page_reports, rel):
     """8. Nothing on any page sticks out of, or is cut off by, its content column.
 
     Boxes that scroll sideways (code blocks, scrolling tables and equations) are fine
-    when they themselves fit. Known cases (issue 18) are excused here and tracked by
-    test_known_overflow_is_fixed.
+    when they themselves fit. Nothing is excused: fix the page or the site's CSS.
     """
     report = _report(page_reports, rel)
     if report.no_column:
         pytest.fail(report.no_column, pytrace=False)
     if report.settle:
         pytest.fail(f"{rel} could not be measured: {report.settle}", pytrace=False)
-    new = [o for o in report.overflows if not any(k.matches(o) for k in KNOWN_OVERFLOWS)]
     _fail_if(
-        [str(o) for o in new],
-        f"On {rel}, {len(new)} element(s) do not fit their column at "
+        [str(o) for o in report.overflows],
+        f"On {rel}, {len(report.overflows)} element(s) do not fit their column at "
         f"{site_checks.VIEWPORT['width']}x{site_checks.VIEWPORT['height']}:",
     )
-
-
-@pytest.mark.parametrize(
-    "known",
-    [
-        pytest.param(k, id=k.name, marks=pytest.mark.xfail(strict=True, reason=k.reason))
-        for k in KNOWN_OVERFLOWS
-    ],
-)
-def test_known_overflow_is_fixed(page_reports, known):
-    """A known overflow is gone from every page (strict xfail: when this passes, remove
-    the entry from KNOWN_OVERFLOWS)."""
-    pages = [rel for rel in ALL_PAGES if known.on(rel)]
-    still = [
-        str(o) for rel in pages for o in _report(page_reports, rel).overflows if known.matches(o)
-    ]
-    assert not still, f"{len(still)} left on {len(pages)} pages, e.g.:\n  " + "\n  ".join(still[:5])
 
 
 def test_no_console_errors_or_failed_requests(browser, site, problems):
