@@ -5,13 +5,14 @@ reference and against production libraries, explained in the docs and measured.
 """
 
 from . import attention, cache, models, position, quant
-from ._registry import Registry, RegistryEntry
+from ._registry import Registry, RegistryEntry, Spec
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Registry",
     "RegistryEntry",
+    "Spec",
     "__version__",
     "attention",
     "cache",

@@ -42,3 +42,46 @@ def test_registry_is_read_only():
     reg = Registry("thing")
     with pytest.raises(TypeError):
         reg["x"] = None  # type: ignore[index]
+
+
+def test_typed_spec_registry_checks_the_spec_class():
+    from dataclasses import FrozenInstanceError, dataclass
+
+    from llmref import Spec
+
+    @dataclass(frozen=True, kw_only=True)
+    class ColourSpec(Spec):
+        rgb: tuple[int, int, int]
+
+    reg = Registry("colour", ColourSpec)
+    red = reg.add(ColourSpec(name="red", rgb=(255, 0, 0), paper="p"))
+    assert reg["red"] is red and reg["red"].rgb == (255, 0, 0)
+    with pytest.raises(FrozenInstanceError):
+        red.rgb = (0, 0, 0)  # type: ignore[misc]
+    with pytest.raises(TypeError, match="entries must be ColourSpec instances, got RegistryEntry"):
+        reg.add(RegistryEntry(name="f", fn=len))
+    with pytest.raises(ValueError, match="'red' is already registered"):
+        reg.add(ColourSpec(name="red", rgb=(1, 1, 1)))
+    with pytest.raises(TypeError, match="ColourSpec has no 'fn' field; register a spec"):
+        reg.register("green")
+    with pytest.raises(ValueError, match="ColourSpec: name must be a non-empty str"):
+        ColourSpec(name="", rgb=(0, 0, 0))
+    with pytest.raises(TypeError, match="spec must be a Spec subclass"):
+        Registry("bad", dict)  # type: ignore[arg-type]
+
+
+def test_function_spec_registry_builds_its_spec():
+    from dataclasses import dataclass
+
+    from llmref import Spec
+
+    @dataclass(frozen=True, kw_only=True)
+    class KernelLike(Spec):
+        fn: object
+        exact: bool
+
+    reg = Registry("kernel", KernelLike)
+    reg.register("k", exact=True)(abs)
+    assert reg["k"].fn is abs and reg["k"].exact is True
+    with pytest.raises(TypeError, match="unexpected keyword argument 'fast'"):
+        reg.register("j", exact=True, fast=1)(abs)

@@ -76,7 +76,7 @@ def recording(monkeypatch):
         seen[len(seen)] = inputs
         return rtn(weight, fmt=fmt, group_size=group_size, **options)
 
-    entry = RegistryEntry("record", record, meta={"needs_inputs": True, "formats": None})
+    entry = RegistryEntry(name="record", fn=record, meta={"needs_inputs": True, "formats": None})
     monkeypatch.setitem(METHODS._entries, "record", entry)
     return seen
 
