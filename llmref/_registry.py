@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 __all__ = ["Registry", "RegistryEntry", "Spec"]
 
@@ -43,6 +43,10 @@ class Spec:
     >>> ColourSpec(name="red", rgb=(255, 0, 0)).rgb
     (255, 0, 0)
     """
+
+    #: Name of the field holding the function that implements the variant (the
+    #: docs' registry tables link to it); ``None`` when there is no one function.
+    primary: ClassVar[str | None] = None
 
     name: str
     paper: str | None = None
@@ -79,6 +83,8 @@ class RegistryEntry(Spec):
     >>> entry.name, entry.paper
     ('naive', 'vaswani2017attention')
     """
+
+    primary: ClassVar[str | None] = "fn"
 
     fn: Callable[..., Any]
     meta: Mapping[str, Any] = field(default_factory=dict)

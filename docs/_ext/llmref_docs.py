@@ -37,6 +37,7 @@ Re-exported data
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import importlib
 import re
@@ -88,9 +89,23 @@ def _public_name(fn: Any, home: Any, home_name: str) -> str | None:
     return None
 
 
-def _format_meta(meta: Any) -> str:
-    """Show simple option values; callables (e.g. a FlexAttention ``mask_mod``) are left out."""
-    parts = [f"``{k}={v!r}``" for k, v in meta.items() if not callable(v)]
+def _spec_options(spec: Any) -> str:
+    """The fields a spec class adds to :class:`llmref.Spec` (and a ``RegistryEntry``'s
+    ``meta``), as ``name=value``: callables (e.g. a FlexAttention ``mask_mod``) are left
+    out, classes (e.g. a config class) are shown by name, ``None`` values are omitted."""
+    import llmref
+
+    base = {f.name for f in dataclasses.fields(llmref.Spec)} | {spec.primary, "meta"}
+    items = [(f.name, getattr(spec, f.name)) for f in dataclasses.fields(spec)]
+    items += list(getattr(spec, "meta", {}).items())
+    parts = []
+    for key, value in items:
+        if key in base or value is None:
+            continue
+        if isinstance(value, type):
+            parts.append(f"``{key}={value.__name__}``")
+        elif not callable(value):
+            parts.append(f"``{key}={value!r}``")
     return ", ".join(parts)
 
 
@@ -145,15 +160,15 @@ class RegistryTable(SphinxDirective):
 
         columns = [
             ("Name", lambda name, e: f'``"{name}"``'),
-            ("Function", lambda name, e: fn_ref(e.fn)),
+            ("Function", lambda name, e: fn_ref(getattr(e, e.primary)) if e.primary else ""),
             ("Paper", lambda name, e: f":cite:p:`{e.paper}`" if e.paper else ""),
             ("Tested against", lambda name, e: reference_ref(e.reference)),
             ("Third-party equivalent", lambda name, e: third_party_ref(e.third_party)),
-            ("Options", lambda name, e: _format_meta(e.meta)),
+            ("Options", lambda name, e: _spec_options(e)),
         ]
         rows = [[cell(name, entry) for _, cell in columns] for name, entry in obj.items()]
         # Leave out columns that are empty for every entry.
-        keep = [i for i in range(len(columns)) if i < 2 or any(row[i] for row in rows)]
+        keep = [i for i in range(len(columns)) if i < 1 or any(row[i] for row in rows)]
         lines = [
             ".. list-table::",
             "   :header-rows: 1",
