@@ -4,7 +4,7 @@ Each technique is a plain function over tensors, tested against a naive float64
 reference and against production libraries, explained in the docs and measured.
 """
 
-from . import attention, cache, models, position, quant
+from . import attention, cache, inference, models, position, quant
 from ._registry import Registry, RegistryEntry, Spec
 
 __version__ = "0.1.0"
@@ -16,6 +16,7 @@ __all__ = [
     "__version__",
     "attention",
     "cache",
+    "inference",
     "models",
     "position",
     "quant",

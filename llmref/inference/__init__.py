@@ -1,0 +1,47 @@
+"""Inference: how next-token logits become tokens — sampling rules, penalties and beam search.
+
+The sampling rules are plain functions over next-token logits ``(B, V)``:
+temperature (:func:`apply_temperature`), the truncation rules of
+:data:`TRUNCATION` (:func:`top_k_filter`, :func:`top_p_filter`,
+:func:`min_p_filter`, :func:`typical_filter`, :func:`epsilon_filter`,
+:func:`eta_filter`) and the penalties on tokens already seen
+(:func:`repetition_penalty`, :func:`presence_frequency_penalty`), each equal to
+transformers' logits processor of the same name where it has one. A
+:class:`SamplingConfig` holds a choice of them, :func:`process_logits` applies it
+in transformers' order and :func:`sample` draws from the result.
+:func:`beam_search` decodes with transformers' beam search semantics from any
+:class:`~llmref.models.DecoderLM`.
+"""
+
+from .beam import beam_search
+from .config import SamplingConfig
+from .penalties import presence_frequency_penalty, repetition_penalty
+from .sampling import apply_temperature, process_logits, sample
+from .truncation import (
+    TRUNCATION,
+    TruncationSpec,
+    epsilon_filter,
+    eta_filter,
+    min_p_filter,
+    top_k_filter,
+    top_p_filter,
+    typical_filter,
+)
+
+__all__ = [
+    "TRUNCATION",
+    "SamplingConfig",
+    "TruncationSpec",
+    "apply_temperature",
+    "beam_search",
+    "epsilon_filter",
+    "eta_filter",
+    "min_p_filter",
+    "presence_frequency_penalty",
+    "process_logits",
+    "repetition_penalty",
+    "sample",
+    "top_k_filter",
+    "top_p_filter",
+    "typical_filter",
+]
