@@ -14,22 +14,25 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ISA_FEATURES", "MachineInfo", "machine_info"]
+__all__ = ["ISA_FEATURES", "MachineInfo", "cpu_model", "isa_features", "machine_info"]
 
-# /proc/cpuinfo flag -> the name reports use. Ordered as printed.
-ISA_FEATURES: dict[str, str] = {
-    "avx2": "AVX2",
-    "fma": "FMA",
-    "avx512f": "AVX-512F",
-    "avx512bw": "AVX-512BW",
-    "avx512vl": "AVX-512VL",
-    "avx512_vnni": "AVX512-VNNI",
-    "avx_vnni": "AVX-VNNI",
-    "avx512_bf16": "AVX512-BF16",
-    "amx_tile": "AMX",
-    "amx_bf16": "AMX-BF16",
-    "amx_int8": "AMX-INT8",
+ISA_FEATURES: dict[str, tuple[str, ...]] = {
+    "AVX2": ("avx2",),
+    "FMA": ("fma",),
+    "AVX-512F": ("avx512f",),
+    "AVX-512BW": ("avx512bw",),
+    "AVX-512VL": ("avx512vl",),
+    "AVX512-VNNI": ("avx512_vnni", "avx512vnni"),
+    "AVX-VNNI": ("avx_vnni",),
+    "AVX512-BF16": ("avx512_bf16",),
+    "AMX": ("amx_tile",),
+    "AMX-BF16": ("amx_bf16",),
+    "AMX-INT8": ("amx_int8",),
+    "NEON": ("asimd", "neon"),
 }
+"""Feature name (as reports print it, in this order) -> the ``/proc/cpuinfo`` flags
+that mean it (any of them): the features that decide which float32, bfloat16 and
+int8 kernels run, and how fast."""
 
 
 @dataclass(frozen=True)
@@ -107,21 +110,75 @@ class MachineInfo:
         return self.load_average is not None and self.load_average[0] > self.cores
 
 
+def _parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
+    """(model name, flags) of the first processor listed in ``/proc/cpuinfo`` text."""
+    model, flags = "", frozenset[str]()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and not model:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = frozenset(value.split())
+        if model and flags:
+            break
+    return model, flags
+
+
 @functools.cache
 def _cpuinfo() -> tuple[str, frozenset[str]]:
-    model, flags = "", frozenset[str]()
-    path = Path("/proc/cpuinfo")
-    if path.is_file():
-        for line in path.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and not model:
-                model = value.strip()
-            elif key == "flags" and not flags:
-                flags = frozenset(value.split())
-            if model and flags:
-                break
-    return model or platform.processor() or "unknown", flags
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    model, flags = _parse_cpuinfo(text)
+    return model or platform.processor() or platform.machine() or "unknown", flags
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name.
+
+    Parameters
+    ----------
+    cpuinfo : str, optional
+        Text of ``/proc/cpuinfo`` to read it from (this machine's when omitted;
+        where that file is absent, ``platform.processor()``).
+
+    Returns
+    -------
+    str
+        E.g. ``"AMD EPYC 9R14"``; ``"unknown"`` if nothing says.
+
+    Examples
+    --------
+    >>> cpu_model("processor\\t: 0\\nmodel name\\t: Example CPU 9000\\n")
+    'Example CPU 9000'
+    """
+    if cpuinfo is None:
+        return _cpuinfo()[0]
+    return _parse_cpuinfo(cpuinfo)[0] or "unknown"
+
+
+def isa_features(cpuinfo: str | None = None) -> tuple[str, ...]:
+    """The features of :data:`ISA_FEATURES` the CPU has, in that order.
+
+    Parameters
+    ----------
+    cpuinfo : str, optional
+        Text of ``/proc/cpuinfo`` to read them from (this machine's when omitted).
+
+    Returns
+    -------
+    tuple of str
+        Empty where the flags are unknown (no ``/proc/cpuinfo``: not Linux).
+
+    Examples
+    --------
+    >>> isa_features("flags\\t: fpu sse2 avx2 fma avx512f avx512_vnni\\n")
+    ('AVX2', 'FMA', 'AVX-512F', 'AVX512-VNNI')
+    """
+    flags = _cpuinfo()[1] if cpuinfo is None else _parse_cpuinfo(cpuinfo)[1]
+    return tuple(name for name, names in ISA_FEATURES.items() if flags.intersection(names))
 
 
 def machine_info() -> MachineInfo:
@@ -141,15 +198,14 @@ def machine_info() -> MachineInfo:
     """
     import torch
 
-    model, flags = _cpuinfo()
     try:
         load = os.getloadavg()
     except OSError:
         load = None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return MachineInfo(
-        cpu_model=model,
-        isa=tuple(name for flag, name in ISA_FEATURES.items() if flag in flags),
+        cpu_model=cpu_model(),
+        isa=isa_features(),
         cores=cores or 1,
         threads=torch.get_num_threads(),
         torch_capability=torch.backends.cpu.get_cpu_capability(),

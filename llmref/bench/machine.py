@@ -7,8 +7,8 @@ taken when the run *starts*, with the load average at that moment — and the
 summary's first lines say which machine it was (:func:`describe_machine`) and
 warn when the load average exceeded the cores (:func:`load_warning`).
 
-Only :func:`machine_info` imports torch (for its version, threads and the
-instruction set its CPU kernels dispatch to).
+The CPU model and ISA features come from :mod:`llmref._cpu`, which also names
+the machine in the test header, so both say the same.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
+
+from .._cpu import ISA_FEATURES, cpu_model, isa_features
+from .._cpu import machine_info as _machine_info
 
 __all__ = [
     "ISA_FEATURES",
@@ -27,56 +29,6 @@ __all__ = [
     "load_warning",
     "machine_info",
 ]
-
-ISA_FEATURES: Mapping[str, tuple[str, ...]] = {
-    "AVX2": ("avx2",),
-    "AVX-512": ("avx512f",),
-    "AVX512-VNNI": ("avx512_vnni", "avx512vnni"),
-    "AVX-VNNI": ("avx_vnni",),
-    "AVX512-BF16": ("avx512_bf16",),
-    "AMX-BF16": ("amx_bf16",),
-    "AMX-INT8": ("amx_int8",),
-    "NEON": ("asimd", "neon"),
-}
-"""Feature name -> the ``/proc/cpuinfo`` flags that mean it (any of them): the ones
-that decide which float32, bfloat16 and int8 kernels run fast."""
-
-_CPUINFO = Path("/proc/cpuinfo")
-
-
-def _cpuinfo_field(names: tuple[str, ...], text: str | None = None) -> str:
-    if text is None:
-        try:
-            text = _CPUINFO.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in names and value.strip():
-            return value.strip()
-    return ""
-
-
-def cpu_model(cpuinfo: str | None = None) -> str:
-    """The CPU's model name, or ``platform.processor()`` where ``/proc/cpuinfo`` is absent.
-
-    Parameters
-    ----------
-    cpuinfo : str, optional
-        Text of ``/proc/cpuinfo`` (read from the system when omitted).
-
-    Returns
-    -------
-    str
-        E.g. ``"AMD EPYC 9R14"``; ``"unknown CPU"`` if nothing says.
-
-    Examples
-    --------
-    >>> cpu_model("processor\\t: 0\\nmodel name\\t: Example CPU 9000\\n")
-    'Example CPU 9000'
-    """
-    found = _cpuinfo_field(("model name", "hardware", "cpu model"), cpuinfo)
-    return found or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_flags(cpuinfo: str | None = None) -> list[str]:
@@ -95,14 +47,16 @@ def cpu_flags(cpuinfo: str | None = None) -> list[str]:
     Examples
     --------
     >>> cpu_flags("flags\\t: fpu sse2 avx2 avx512f avx512_vnni\\n")
-    ['AVX2', 'AVX-512', 'AVX512-VNNI']
+    ['AVX2', 'AVX-512F', 'AVX512-VNNI']
     """
-    flags = set(_cpuinfo_field(("flags", "features"), cpuinfo).split())
-    return [name for name, names in ISA_FEATURES.items() if flags.intersection(names)]
+    return list(isa_features(cpuinfo))
 
 
 def machine_info() -> dict[str, Any]:
     """Facts about this machine and process, to store with benchmark results.
+
+    The same facts as :func:`llmref._cpu.machine_info` (which the test header
+    prints), as a JSON-ready dict with the Python version and platform added.
 
     Returns
     -------
@@ -120,29 +74,19 @@ def machine_info() -> dict[str, Any]:
     >>> info["cores"] >= 1 and info["threads"] >= 1
     True
     """
-    import torch
-
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    try:
-        load: list[float] | None = [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        load = None
-    backends_cpu = getattr(torch.backends, "cpu", None)
-    capability = getattr(backends_cpu, "get_cpu_capability", None)
+    info = _machine_info()
+    load = info.load_average
     return {
-        "cpu": cpu_model(),
-        "isa": cpu_flags(),
-        "torch_capability": capability() if capability is not None else "",
-        "cores": cores,
+        "cpu": info.cpu_model,
+        "isa": list(info.isa),
+        "torch_capability": info.torch_capability,
+        "cores": info.cores,
         "logical_cpus": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "threads": info.threads,
+        "torch": info.torch_version,
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
-        "load_average": load,
+        "load_average": [round(v, 2) for v in load] if load is not None else None,
     }
 
 
@@ -162,13 +106,13 @@ def describe_machine(info: Mapping[str, Any]) -> str:
     --------
     >>> line = describe_machine({"cpu": "Example CPU", "isa": ["AVX2"], "cores": 2,
     ...                          "threads": 2, "torch": "2.13.0", "load_average": [0.5, 0.4, 0.3]})
-    >>> line[:50]
-    'Example CPU (AVX2; no AVX-512, AVX512-VNNI, AMX), '
-    >>> line[50:]
+    >>> line[:51]
+    'Example CPU (AVX2; no AVX-512F, AVX512-VNNI, AMX), '
+    >>> line[51:]
     '2 cores, torch 2.13.0 with 2 threads, load average 0.5 at start'
     """
     isa = list(info.get("isa") or [])
-    missing = [f for f in ("AVX2", "AVX-512", "AVX512-VNNI", "AMX") if f not in isa]
+    missing = [f for f in ("AVX2", "AVX-512F", "AVX512-VNNI", "AMX") if f not in isa]
     if any(f.startswith("AMX") for f in isa):
         missing.remove("AMX")
     if not isa:

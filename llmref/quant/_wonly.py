@@ -147,6 +147,24 @@ def pack4(codes: torch.Tensor) -> torch.Tensor:
     return (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(N, Kp // 2).contiguous()
 
 
+QUAD = 4
+"""Rows stored interleaved block by block (the C kernel's ``QUAD``)."""
+
+
+def interleave_rows(rows: torch.Tensor, block_bytes: int) -> torch.Tensor:
+    """Packed rows ``(N, R)`` bytes into the kernel's order: quads of rows, block by block.
+
+    Rows ``4q .. 4q + 3`` are stored together, their block 0 first (row 4q's, then
+    4q + 1's ...), then their block 1, and so on, so a pass over four rows reads one
+    contiguous stream. N is padded with zero rows to a multiple of 4.
+    """
+    N, R = rows.shape
+    Np = -(-N // QUAD) * QUAD
+    padded = torch.nn.functional.pad(rows, (0, 0, 0, Np - N))
+    blocks = padded.reshape(Np // QUAD, QUAD, R // block_bytes, block_bytes)
+    return blocks.transpose(1, 2).contiguous().reshape(Np, R)
+
+
 def prepare(qt: QuantizedTensor) -> dict[str, Any]:
     """The kernel's state for a weight accepted by :func:`int4_layout` or :func:`int8_layout`."""
     N, K = qt.shape
@@ -178,13 +196,14 @@ def prepare(qt: QuantizedTensor) -> dict[str, Any]:
             else:
                 codes = q
                 offset = qt["offset"].to(torch.float32).reshape(N, G).contiguous()
-        keep["codes"] = pack4(codes)
+        keep["codes"] = interleave_rows(pack4(codes), BLOCK // 2)
     else:
         layout = int8_layout(qt)
         if layout is None:
             raise ValueError(f"the weight-only kernels do not take a {qt.fmt!r} weight")
         bits = 8
-        keep["codes"] = _pad_cols(qt["codes"].reshape(N, K).to(torch.int8), Kp).contiguous()
+        codes8 = _pad_cols(qt["codes"].reshape(N, K).to(torch.int8), Kp)
+        keep["codes"] = interleave_rows(codes8.view(torch.uint8), BLOCK).view(torch.int8)
         if layout == "q8_0":
             scale, half = qt["d"].reshape(N, G).contiguous(), 1
         else:

@@ -14,6 +14,10 @@
  * zero codes; int4 rows are Kp / 2 bytes in blocks of 32 inputs (16 bytes), byte j holding
  * c[j] in its low nibble and c[j + 16] in its high one (ggml's q4_0 order); int8 rows are Kp
  * int8 codes. A group is a whole number of 32-blocks (bpg), or the whole padded row.
+ * Rows are stored in quads (QUAD = 4, N padded with zero rows): block kb of rows 4q .. 4q + 3
+ * lie next to each other, then block kb + 1 of the same rows, so a pass over a quad reads
+ * one contiguous stream that the hardware prefetcher follows (row by row, a one-token pass
+ * read four short streams and reached about half the machine's read bandwidth).
  * Scales and offsets are float32 or float16 (`half`), one per (row, group).
  *
  * Two instruction-set paths from this one source, compiled separately by llmref/quant/_native.py
@@ -52,7 +56,7 @@ int llmref_wonly_supported(void) {
 }
 
 typedef struct {
-    const uint8_t *codes; /* int4: (N, Kp / 2) bytes; int8: (N, Kp) int8 */
+    const uint8_t *codes; /* int4: (Np, Kp / 2) bytes; int8: (Np, Kp) int8; in quads of rows */
     const void *scale;    /* (N, G) float32, or float16 when half */
     const void *offset;   /* (N, G) like scale, or NULL */
     const uint8_t *zero;  /* (N, G) uint8 zero points, or NULL: zconst */
@@ -106,14 +110,14 @@ INLINE __m512 group512(const wq_t *w, const rowp_t *p, int64_t gi, const int MOD
     return _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(z)), s);
 }
 
-/* The 32 weights of block kb of a row (codes at row): inputs 0-15 in w[0], 16-31 in w[1]. */
-INLINE void block512(const uint8_t *row, int64_t kb, __m512 gp, const int BITS, __m512 *w) {
+/* The 32 weights of the block at blk: inputs 0-15 in w[0], 16-31 in w[1]. */
+INLINE void block512(const uint8_t *blk, __m512 gp, const int BITS, __m512 *w) {
     if (BITS == 4) {
-        __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + kb * 16)));
+        __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk));
         w[0] = _mm512_permutexvar_ps(c, gp); /* vpermps reads the low 4 bits: the low nibble */
         w[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(c, 4), gp);
     } else {
-        const __m128i *q = (const __m128i *)(row + kb * 32);
+        const __m128i *q = (const __m128i *)blk;
         w[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q))), gp);
         w[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q + 1))), gp);
     }
@@ -128,7 +132,7 @@ INLINE void block512(const uint8_t *row, int64_t kb, __m512 gp, const int BITS, 
 #define VSUM(v) _mm512_reduce_add_ps(v)
 #define VADD(a, b) _mm512_add_ps(a, b)
 #define GROUP(w, p, gi, MODE, BITS) group512(w, p, gi, MODE, BITS)
-#define BLOCK(row, kb, gp, MODE, BITS, v) block512(row, kb, gp, BITS, v)
+#define BLOCK(blk, gp, MODE, BITS, v) block512(blk, gp, BITS, v)
 typedef __m512 gp_t;
 
 #else
@@ -152,9 +156,8 @@ INLINE __m256 deq4(__m256i c, grp_t g, const int MODE) {
     return _mm256_mul_ps(_mm256_sub_ps(cf, g.z), g.s);
 }
 
-/* The 32 weights of block kb of a row (codes at row), in v[0..3] (inputs 0-7 ... 24-31). */
-INLINE void block4(const uint8_t *row, int64_t kb, grp_t g, const int MODE, __m256 *v) {
-    const uint8_t *b = row + kb * 16;
+/* The 32 weights of the block at b, in v[0..3] (inputs 0-7 ... 24-31). */
+INLINE void block4(const uint8_t *b, grp_t g, const int MODE, __m256 *v) {
     const __m256i low4 = _mm256_set1_epi32(0x0F);
     __m256i lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b));
     __m256i hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 8)));
@@ -164,8 +167,7 @@ INLINE void block4(const uint8_t *row, int64_t kb, grp_t g, const int MODE, __m2
     v[3] = deq4(_mm256_srli_epi32(hi, 4), g, MODE);
 }
 
-INLINE void block8(const int8_t *row, int64_t kb, __m256 s, __m256 *v) {
-    const int8_t *b = row + kb * 32;
+INLINE void block8(const int8_t *b, __m256 s, __m256 *v) {
     for (int q = 0; q < 4; ++q)
         v[q] = _mm256_mul_ps(
             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 8 * q)))), s);
@@ -186,13 +188,12 @@ INLINE grp_t group256(const wq_t *w, const rowp_t *p, int64_t gi, const int MODE
     return g;
 }
 
-/* The 32 weights of block kb of a row: inputs 8q .. 8q + 7 in w[q]. */
-INLINE void block256(const uint8_t *row, int64_t kb, grp_t g, const int MODE, const int BITS,
-                     __m256 *w) {
+/* The 32 weights of the block at blk: inputs 8q .. 8q + 7 in w[q]. */
+INLINE void block256(const uint8_t *blk, grp_t g, const int MODE, const int BITS, __m256 *w) {
     if (BITS == 4)
-        block4(row, kb, g, MODE, w);
+        block4(blk, g, MODE, w);
     else
-        block8((const int8_t *)row, kb, g.s, w);
+        block8((const int8_t *)blk, g.s, w);
 }
 
 #define VEC __m256
@@ -204,34 +205,48 @@ INLINE void block256(const uint8_t *row, int64_t kb, grp_t g, const int MODE, co
 #define VSUM(v) hsum(v)
 #define VADD(a, b) _mm256_add_ps(a, b)
 #define GROUP(w, p, gi, MODE, BITS) group256(w, p, gi, MODE, BITS)
-#define BLOCK(row, kb, gp, MODE, BITS, v) block256(row, kb, gp, MODE, BITS, v)
+#define BLOCK(blk, gp, MODE, BITS, v) block256(blk, gp, MODE, BITS, v)
 typedef grp_t gp_t;
 #endif
 
 #define NV (32 / VLEN) /* vectors per block of 32 inputs */
+#define QUAD 4          /* rows stored interleaved, block by block (see the header) */
 #ifndef LLMREF_PREFETCH
 #define LLMREF_PREFETCH 1024 /* bytes ahead in each weight row the kernel asks for (0: none) */
 #endif
 
-/* R weight rows n.. (params p[0..R-1]) against MB activation rows: y[m * ldy + n + r].
- * Two accumulators per (row, token); the block's vectors alternate between them. */
+/* Bytes of one block of 32 codes. */
+#define BLOCK_BYTES(BITS) ((BITS) * 4)
+
+/* The first block of row n: rows are stored in quads (see the header), so block kb of row n
+ * is at this address + kb * QUAD * BLOCK_BYTES(BITS). */
+INLINE const uint8_t *row_start(const wq_t *w, int64_t n, const int BITS) {
+    const int64_t KB = w->Kp / 32;
+    return w->codes + ((n / QUAD) * KB * QUAD + n % QUAD) * BLOCK_BYTES(BITS);
+}
+
+/* R weight rows n.. (params p[0..R-1]; all in one quad) against MB activation rows:
+ * y[m * ldy + n + r]. Two accumulators per (row, token); the block's vectors alternate
+ * between them. The quad's blocks kb of its rows are adjacent, so the tile reads one
+ * stream; it asks for the line LLMREF_PREFETCH bytes ahead in that stream. */
 INLINE void tile(const wq_t *w, int64_t n, const int R, const rowp_t *p, const int MODE,
                  const int BITS, const float *x, int64_t ldx, const int MB, float *y, int64_t ldy) {
     VEC acc[4][4][2];
     for (int r = 0; r < R; ++r)
         for (int m = 0; m < MB; ++m) acc[r][m][0] = acc[r][m][1] = VZERO();
-    const int64_t rowb = BITS == 4 ? w->Kp / 2 : w->Kp, G = w->G, bpg = w->bpg;
-    const uint8_t *codes = w->codes + n * rowb;
+    const int64_t G = w->G, bpg = w->bpg, bb = BLOCK_BYTES(BITS);
+    const uint8_t *codes = row_start(w, n, BITS);
     for (int64_t gi = 0; gi < G; ++gi) {
         gp_t gp[4];
         for (int r = 0; r < R; ++r) gp[r] = GROUP(w, p + r, gi, MODE, BITS);
         for (int64_t kb = gi * bpg; kb < (gi + 1) * bpg; ++kb) {
+            const uint8_t *blk = codes + kb * QUAD * bb;
+            if (LLMREF_PREFETCH)
+                for (int64_t line = 0; line < QUAD * bb; line += 64)
+                    __builtin_prefetch(blk + line + LLMREF_PREFETCH, 0, 0);
             for (int r = 0; r < R; ++r) {
                 VEC v[NV];
-                /* one prefetch per 64-byte line: 4 int4 blocks, 2 int8 blocks */
-                if (LLMREF_PREFETCH && (kb & (BITS == 4 ? 3 : 1)) == 0)
-                    __builtin_prefetch(codes + r * rowb + kb * (BITS * 4) + LLMREF_PREFETCH, 0, 0);
-                BLOCK(codes + r * rowb, kb, gp[r], MODE, BITS, v);
+                BLOCK(blk + r * bb, gp[r], MODE, BITS, v);
                 for (int m = 0; m < MB; ++m) {
                     const float *xm = x + m * ldx + kb * 32;
                     for (int q = 0; q < NV; ++q)
@@ -247,12 +262,12 @@ INLINE void tile(const wq_t *w, int64_t n, const int R, const rowp_t *p, const i
 /* Dequantize row n (params p) to out[0..Kp). */
 INLINE void deq_row(const wq_t *w, int64_t n, const rowp_t *p, const int MODE, const int BITS,
                     float *out) {
-    const uint8_t *row = w->codes + n * (BITS == 4 ? w->Kp / 2 : w->Kp);
+    const uint8_t *row = row_start(w, n, BITS);
     for (int64_t gi = 0; gi < w->G; ++gi) {
         gp_t gp = GROUP(w, p, gi, MODE, BITS);
         for (int64_t kb = gi * w->bpg; kb < (gi + 1) * w->bpg; ++kb) {
             VEC v[NV];
-            BLOCK(row, kb, gp, MODE, BITS, v);
+            BLOCK(row + kb * QUAD * BLOCK_BYTES(BITS), gp, MODE, BITS, v);
             for (int q = 0; q < NV; ++q) VSTORE(out + kb * 32 + q * VLEN, v[q]);
         }
     }

@@ -54,9 +54,10 @@ def test_machine_reads_the_cpu_model_and_features() -> None:
     assert machine.cpu_model(CPUINFO) == "Example EPYC 9000"
     assert machine.cpu_flags(CPUINFO) == [
         "AVX2",
-        "AVX-512",
+        "AVX-512F",
         "AVX512-VNNI",
         "AVX512-BF16",
+        "AMX",
         "AMX-INT8",
     ]
     assert machine.cpu_flags("") == []
@@ -82,7 +83,7 @@ def test_describe_machine_and_the_load_warning() -> None:
         "load_average": [6.0, 1.0, 1.0],
     }
     line = machine.describe_machine(info)
-    assert line.startswith("C (AVX2, AMX-INT8; no AVX-512, AVX512-VNNI), 4 cores")
+    assert line.startswith("C (AVX2, AMX-INT8; no AVX-512F, AVX512-VNNI), 4 cores")
     assert "load average 6 at start" in line
     assert "exceeded the 4 cores" in (machine.load_warning(info) or "")
     assert machine.load_warning({**info, "load_average": [3.9, 1.0, 1.0]}) is None
