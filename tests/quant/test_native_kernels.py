@@ -286,3 +286,19 @@ def test_pack4_puts_inputs_j_and_j_plus_16_in_one_byte():
     for j in (0, 7, 15):
         assert packed[1, j] == codes[1, j] | codes[1, j + 16] << 4
     assert packed[0, 16] == codes[0, 32] and packed[0, 16 + 8] == 0  # padding codes are 0
+
+
+def test_rows_are_interleaved_in_quads_block_by_block():
+    """Block kb of rows 4q .. 4q + 3 are adjacent (one stream per pass over a quad); the
+    row count is padded with zero rows to a multiple of 4."""
+    N, blocks, bb = 6, 3, 16
+    rows = (torch.arange(N * blocks * bb) % 251).to(torch.uint8).view(N, blocks * bb)
+    out = _wonly.interleave_rows(rows, bb)
+    assert out.shape == (8, blocks * bb) and out.dtype == torch.uint8
+    flat = out.reshape(-1)
+    for n in range(N):
+        for kb in range(blocks):
+            start = (((n // 4) * blocks + kb) * 4 + n % 4) * bb
+            assert torch.equal(flat[start : start + bb], rows[n, kb * bb : (kb + 1) * bb])
+    q1 = flat[blocks * 4 * bb :].view(blocks, 4, bb)
+    assert not q1[:, 2:].any()  # rows 6 and 7 are padding
