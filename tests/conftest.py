@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 
+import tests.extending.toy_format  # noqa: F401  (worked example: registers "toy_ternary")
+import tests.extending.toy_kernel  # noqa: F401  (worked example: registers "toy_int8_rows")
+import tests.extending.toy_method  # noqa: F401  (worked example: registers "toy_clip")
 from llmref._cpu import machine_info
 
 

@@ -8,6 +8,7 @@ modules :class:`SwiGLU`, :class:`MoE`, :class:`DecoderBlock` and
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -166,8 +167,8 @@ class SwiGLU(nn.Module):
 
 def moe(
     x: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
+    gate_up_proj: torch.Tensor | Sequence[Callable[[torch.Tensor], torch.Tensor]],
+    down_proj: torch.Tensor | Sequence[Callable[[torch.Tensor], torch.Tensor]],
     weights: torch.Tensor,
     indices: torch.Tensor,
 ) -> torch.Tensor:
@@ -177,11 +178,14 @@ def moe(
     ----------
     x : torch.Tensor
         Tokens ``(N, d_model)``.
-    gate_up_proj : torch.Tensor
+    gate_up_proj : torch.Tensor or sequence of callables
         Every expert's gate and up weights stacked, ``(E, 2 * d_expert, d_model)``
-        (gate rows first, as transformers stores them).
-    down_proj : torch.Tensor
-        Every expert's down weight, ``(E, d_model, d_expert)``.
+        (gate rows first, as transformers stores them); or one layer per
+        expert (``d_model -> 2 * d_expert``, e.g. the
+        :class:`~llmref.quant.QuantLinear` layers of a quantized model).
+    down_proj : torch.Tensor or sequence of callables
+        Every expert's down weight, ``(E, d_model, d_expert)``; or one layer
+        per expert (``d_expert -> d_model``).
     weights : torch.Tensor
         Mixing weights ``(N, top_k)``.
     indices : torch.Tensor
@@ -213,14 +217,24 @@ def moe(
     torch.Size([5, 8])
     """
     check_tensor("x", x, ndim=2)
-    check_tensor("gate_up_proj", gate_up_proj, ndim=3)
-    check_tensor("down_proj", down_proj, ndim=3)
-    E, two_d, d = gate_up_proj.shape
-    if d != x.shape[-1] or tuple(down_proj.shape) != (E, d, two_d // 2):
-        raise ValueError(
-            f"gate_up_proj (E, 2 d_expert, d_model) = {tuple(gate_up_proj.shape)} and down_proj "
-            f"(E, d_model, d_expert) = {tuple(down_proj.shape)} do not fit x {tuple(x.shape)}"
-        )
+    if isinstance(gate_up_proj, torch.Tensor) or isinstance(down_proj, torch.Tensor):
+        check_tensor("gate_up_proj", gate_up_proj, ndim=3)
+        check_tensor("down_proj", down_proj, ndim=3)
+        assert isinstance(gate_up_proj, torch.Tensor) and isinstance(down_proj, torch.Tensor)
+        E, two_d, d = gate_up_proj.shape
+        if d != x.shape[-1] or tuple(down_proj.shape) != (E, d, two_d // 2):
+            raise ValueError(
+                f"gate_up_proj (E, 2 d_expert, d_model) = {tuple(gate_up_proj.shape)} and "
+                f"down_proj (E, d_model, d_expert) = {tuple(down_proj.shape)} do not fit x "
+                f"{tuple(x.shape)}"
+            )
+    else:  # one layer per expert
+        E = len(gate_up_proj)
+        if len(down_proj) != E:
+            raise ValueError(
+                f"gate_up_proj and down_proj must hold one layer per expert each, got "
+                f"{E} and {len(down_proj)}"
+            )
     if weights.shape != indices.shape or weights.shape[0] != x.shape[0]:
         raise ValueError(
             f"weights and indices must both be (N={x.shape[0]}, top_k), got "
@@ -238,10 +252,24 @@ def moe(
         sel = order[start : start + n]
         start += n
         token, slot = sel // top_k, sel % top_k
-        gate, up = F.linear(x[token], gate_up_proj[e]).chunk(2, dim=-1)
-        y = F.linear(F.silu(gate) * up, down_proj[e]) * weights[token, slot, None]
+        gate, up = _expert_linear(gate_up_proj[e], x[token]).chunk(2, dim=-1)
+        y = _expert_linear(down_proj[e], F.silu(gate) * up) * weights[token, slot, None]
         out.index_add_(0, token, y.to(out.dtype))
     return out
+
+
+def _expert_linear(
+    w: torch.Tensor | Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    return F.linear(x, w) if isinstance(w, torch.Tensor) else w(x)
+
+
+def _linear_from(weight: torch.Tensor) -> nn.Linear:
+    """An ``nn.Linear`` (no bias) holding a copy of ``weight`` ``(out, in)``."""
+    out_f, in_f = weight.shape
+    lin = nn.Linear(in_f, out_f, bias=False, device=weight.device, dtype=weight.dtype)
+    lin.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+    return lin
 
 
 class MoE(nn.Module):
@@ -268,8 +296,23 @@ class MoE(nn.Module):
         ``(n_experts, 2 * d_expert, d_model)``.
     down_proj : torch.nn.Parameter
         ``(n_experts, d_model, d_expert)``.
+    experts : torch.nn.ModuleList or None
+        ``None`` until :meth:`quantizable_linears` is called; then one
+        ``ModuleDict`` of ``gate_up_proj`` and ``down_proj`` linear layers per
+        expert, which replace the stacked parameters (same result).
     shared_experts : SwiGLU or None
         Width ``n_shared_experts * d_expert``.
+
+    Notes
+    -----
+    **Quantization.** The layer implements
+    :class:`~llmref.quant.QuantizableWeights`: it declares every expert's two
+    matrices and the shared experts quantizable, and keeps the router float
+    (its discrete top-k choice flips on small logit changes; AutoAWQ, AutoGPTQ
+    and vLLM keep it unquantized too). :func:`~llmref.quant.quantize_model`
+    then quantizes one layer per expert: each sees only the tokens routed to
+    it, so calibrated methods (GPTQ, AWQ) get each expert's own activations
+    and every kernel (2-D weights) applies.
 
     Examples
     --------
@@ -313,6 +356,53 @@ class MoE(nn.Module):
             if config.n_shared_experts
             else None
         )
+        self.experts: nn.ModuleList | None = None
+
+    def quantizable_linears(self) -> dict[str, nn.Linear]:
+        """The linear layers quantization may replace: the experts', not the router.
+
+        On the first call the stacked ``gate_up_proj``/``down_proj`` parameters
+        become one pair of ``nn.Linear`` layers per expert (``experts``), with
+        the same weights, and the forward uses them from then on.
+
+        Returns
+        -------
+        dict of str to torch.nn.Linear
+            ``experts.<e>.gate_up_proj``, ``experts.<e>.down_proj`` and the
+            shared experts' layers, by name relative to this module.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from llmref.models import MoEConfig
+        >>> layer = MoE(16, MoEConfig(n_experts=4, top_k=2, d_expert=8))
+        >>> x = torch.randn(5, 16)
+        >>> before = layer(x)
+        >>> sorted(layer.quantizable_linears())[:2]
+        ['experts.0.down_proj', 'experts.0.gate_up_proj']
+        >>> bool(torch.equal(layer(x), before))
+        True
+        """
+        if self.experts is None:
+            self.experts = nn.ModuleList(
+                nn.ModuleDict(
+                    {
+                        "gate_up_proj": _linear_from(self.gate_up_proj[e]),
+                        "down_proj": _linear_from(self.down_proj[e]),
+                    }
+                )
+                for e in range(self.config.n_experts)
+            )
+            del self.gate_up_proj, self.down_proj
+        out: dict[str, nn.Linear] = {}
+        for e, expert in enumerate(self.experts):
+            for name, lin in expert.items():
+                out[f"experts.{e}.{name}"] = lin
+        if self.shared_experts is not None:
+            for name, mod in self.shared_experts.named_modules():
+                if isinstance(mod, nn.Linear):
+                    out[f"shared_experts.{name}"] = mod
+        return out
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Experts and weights for tokens ``x`` of shape ``(N, d_model)``.
@@ -344,7 +434,13 @@ class MoE(nn.Module):
         """Apply the layer to ``x`` of shape ``(..., d_model)``."""
         flat = x.reshape(-1, self.d_model)
         weights, indices = self.route(flat)
-        out = moe(flat, self.gate_up_proj, self.down_proj, weights, indices).view_as(x)
+        if self.experts is None:
+            out = moe(flat, self.gate_up_proj, self.down_proj, weights, indices)
+        else:
+            gate_up = [expert["gate_up_proj"] for expert in self.experts]
+            down = [expert["down_proj"] for expert in self.experts]
+            out = moe(flat, gate_up, down, weights, indices)
+        out = out.view_as(x)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
         return out

@@ -4,8 +4,9 @@
 :class:`~llmref.quant.QuantizedTensor` in any format registered in
 :data:`~llmref.quant.FORMATS` (integer, NF4, FP4, FP8, MX, NVFP4 and ggml's
 block formats); ``dequantize`` turns it back. :class:`~llmref.quant.QuantLinear`
-and :func:`~llmref.quant.quantize_model` apply weight-only quantization to
-``nn.Linear`` layers.
+and :func:`~llmref.quant.quantize_model` apply weight quantization to
+``nn.Linear`` layers (and to the layers modules declare through
+:class:`~llmref.quant.QuantizableWeights`, such as a mixture of experts).
 """
 
 from .calibration import calibration_text, evaluation_text, text_sequences, tokenize
@@ -30,7 +31,15 @@ from .formats import (
 from .gguf import GGUFFile, read_gguf
 from .methods import (
     METHODS,
+    AWQConfig,
+    GPTQConfig,
+    HQQConfig,
     Int8VectorwiseQuant,
+    KIVIConfig,
+    LLMInt8Config,
+    MethodSpec,
+    RTNConfig,
+    SmoothQuantConfig,
     OutlierStats,
     QuantizedKV,
     activation_outliers,
@@ -49,6 +58,8 @@ from .metrics import cosine_similarity, max_abs_error, model_size_bytes, mse, sq
 from .model import LayerReport, QuantConfig, quantize_model
 from .modules import QuantLinear
 from .packing import pack_codes, unpack_codes
+from .protocol import QuantizableWeights
+from .registry import FormatOptions, FormatSpec
 from .primitives import (
     choose_qparams,
     dequantize_affine,
@@ -65,14 +76,25 @@ __all__ = [
     "GGUF_BLOCKS",
     "METHODS",
     "NF4_VALUES",
+    "AWQConfig",
+    "FormatOptions",
+    "FormatSpec",
     "GGUFFile",
+    "GPTQConfig",
+    "HQQConfig",
     "Int8VectorwiseQuant",
+    "KIVIConfig",
+    "LLMInt8Config",
     "LayerReport",
+    "MethodSpec",
     "OutlierStats",
     "QuantConfig",
     "QuantLinear",
+    "QuantizableWeights",
     "QuantizedKV",
     "QuantizedTensor",
+    "RTNConfig",
+    "SmoothQuantConfig",
     "activation_outliers",
     "awq",
     "calibration_text",

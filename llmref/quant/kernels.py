@@ -84,23 +84,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from .._registry import Registry, Spec
 from . import _native, _w4a8, _wonly
 from .formats import dequantize, int_codes
 from .tensor import QuantizedTensor
 
 __all__ = [
+    "ACTIVATIONS",
     "ACTIVATION_KERNELS",
     "ACT_QUANT",
     "AUTO_ORDER",
+    "AUTO_ORDERS",
+    "BACKENDS",
+    "FAST_ORDERS",
     "KERNELS",
     "Int8VectorwiseQuant",
     "Kernel",
+    "KernelSpec",
     "KernelStatus",
+    "activation_semantics",
+    "check_backend",
+    "fast_isa",
     "int8_vectorwise_quant",
     "kernel_status",
     "select_kernel",
@@ -211,38 +220,87 @@ def int8_vectorwise_quant(x: torch.Tensor, *, threshold: float = 0.0) -> Int8Vec
     return Int8VectorwiseQuant(codes, absmax, cols)
 
 
-@dataclass(frozen=True)
-class Kernel:
-    """A matmul implementation for quantized weights.
+ACTIVATIONS = ("float", "bfloat16", "per_token_int8", "llm_int8")
+"""Activation semantics a kernel implements: float activations (``"float"``, the
+weight-only reference), activations rounded to bfloat16, or the quantized
+activations a weight can declare (``options["act_quant"]``)."""
+
+
+def activation_semantics(qt: QuantizedTensor) -> str:
+    """The activation semantics a weight declares: ``"float"`` or its ``act_quant``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from llmref.quant import quantize, smoothquant
+    >>> from llmref.quant.kernels import activation_semantics
+    >>> activation_semantics(quantize(torch.randn(4, 32), "int8"))
+    'float'
+    >>> x = torch.randn(16, 32)
+    >>> activation_semantics(smoothquant(torch.randn(4, 32), x))
+    'per_token_int8'
+    """
+    return _act_quant(qt) or "float"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KernelSpec(Spec):
+    """A matmul implementation for quantized weights, as registered in :data:`KERNELS`.
 
     Parameters
     ----------
-    name : str
-        Name used by ``QuantLinear(backend=...)``.
+    name, paper, reference, third_party
+        As in :class:`~llmref.Spec`.
     supports : callable
-        ``supports(qweight, device) -> bool``.
+        ``supports(qweight, device) -> bool``: whether it can run this weight
+        here (it refuses every other weight when named as a backend).
     prepare : callable
         ``prepare(qweight) -> state``: repack the weight once (cached by the
         layer).
     run : callable
         ``run(x2d, state) -> y2d`` for ``x2d`` of shape ``(M, K)``.
     exact : bool
-        Whether the result equals the reference up to float summation order
-        (``False`` for kernels that round activations).
+        Whether its result equals the reference computation with the
+        activation semantics it implements, under the equality policy (only
+        the float summation order differs).
+    activations : str
+        The activation semantics it implements (one of :data:`ACTIVATIONS`).
+        It is the *exact* kernel of a weight when ``exact`` is True and the
+        weight declares these semantics (:func:`activation_semantics`).
 
     Examples
     --------
     >>> from llmref.quant.kernels import KERNELS
-    >>> sorted(KERNELS)  # doctest: +NORMALIZE_WHITESPACE
-    ['int4_tinygemm', 'int4_tinygemm_bf16', 'int4_w4a32', 'int4_w4a8', 'int8_dynamic',
-     'int8_w8a32', 'int8_weight', 'int8_weight_bf16', 'llm_int8', 'reference']
+    >>> spec = KERNELS["int8_dynamic"]
+    >>> spec.exact, spec.activations
+    (True, 'per_token_int8')
+    >>> KERNELS["int4_tinygemm_bf16"].exact, KERNELS["int4_tinygemm_bf16"].activations
+    (False, 'bfloat16')
     """
 
-    name: str
+    primary: ClassVar[str | None] = "run"
+
     supports: Callable[[QuantizedTensor, torch.device], bool]
     prepare: Callable[[QuantizedTensor], State]
     run: Callable[[torch.Tensor, State], torch.Tensor]
     exact: bool = True
+    activations: str = "float"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.activations not in ACTIVATIONS:
+            raise ValueError(
+                f"KernelSpec {self.name!r}: activations must be one of "
+                f"{', '.join(map(repr, ACTIVATIONS))}, got {self.activations!r}"
+            )
+
+    def is_exact_for(self, qweight: QuantizedTensor) -> bool:
+        """Whether this kernel is exact for ``qweight``: exact, with its activation semantics."""
+        return self.exact and self.activations == activation_semantics(qweight)
+
+
+Kernel = KernelSpec
+"""The former name of :class:`KernelSpec` (kept: same class)."""
 
 
 def _is_2d(qt: QuantizedTensor) -> bool:
@@ -453,69 +511,194 @@ def _int8_weight_supports(qt: QuantizedTensor, device: torch.device) -> bool:
     )
 
 
-KERNELS: dict[str, Kernel] = {
-    k.name: k
-    for k in (
-        Kernel("reference", lambda qt, d: True, _ref_prepare, _ref_run),
-        Kernel("int4_w4a32", _w4a32_supports, _wonly_prepare, _wonly_run),
-        Kernel("int8_w8a32", _w8a32_supports, _wonly_prepare, _wonly_run),
-        Kernel("int4_tinygemm", _int4_supports, _int4_prepare, _int4_run_in(None)),
-        Kernel(
-            "int4_tinygemm_bf16",
-            _int4_supports,
-            _int4_prepare,
-            _int4_run_in(torch.bfloat16),
-            exact=False,
-        ),
-        Kernel("int4_w4a8", _w4a8_supports, _w4a8_prepare, _w4a8_run, exact=False),
-        Kernel(
-            "int8_dynamic",
-            _int8_dynamic_supports,
-            _int8_prepare,
-            _int8_activations_run,
-            exact=False,
-        ),
-        Kernel(
-            "llm_int8", _llm_int8_supports, _llm_int8_prepare, _int8_activations_run, exact=False
-        ),
-        Kernel("int8_weight", _int8_weight_supports, _int8_prepare, _int8_weight_run),
-        Kernel(
-            "int8_weight_bf16",
-            _int8_weight_supports,
-            _int8_prepare,
-            _int8_weight_bf16_run,
-            exact=False,
-        ),
-    )
-}
+KERNELS: Registry[KernelSpec] = Registry("quantized-linear kernel", KernelSpec)
 """The kernels by name (``"reference"`` plus the fast ones described above)."""
 
-AUTO_ORDER: tuple[str, ...] = ("int4_w4a32", "int8_w8a32", "int4_tinygemm", "int8_weight")
-"""Kernels ``backend="auto"`` tries, in order, before falling back to the reference.
+for _spec in (
+    KernelSpec(
+        name="reference",
+        supports=lambda qt, d: True,
+        prepare=_ref_prepare,
+        run=_ref_run,
+        reference="llmref.quant.dequantize",
+    ),
+    KernelSpec(
+        name="int4_w4a32", supports=_w4a32_supports, prepare=_wonly_prepare, run=_wonly_run
+    ),
+    KernelSpec(
+        name="int8_w8a32", supports=_w8a32_supports, prepare=_wonly_prepare, run=_wonly_run
+    ),
+    KernelSpec(
+        name="int4_tinygemm",
+        supports=_int4_supports,
+        prepare=_int4_prepare,
+        run=_int4_run_in(None),
+        third_party="torch._weight_int4pack_mm_for_cpu",
+    ),
+    KernelSpec(
+        name="int4_tinygemm_bf16",
+        supports=_int4_supports,
+        prepare=_int4_prepare,
+        run=_int4_run_in(torch.bfloat16),
+        exact=False,
+        activations="bfloat16",
+        third_party="torch._weight_int4pack_mm_for_cpu",
+    ),
+    KernelSpec(
+        name="int4_w4a8",
+        supports=_w4a8_supports,
+        prepare=_w4a8_prepare,
+        run=_w4a8_run,
+        activations="per_token_int8",
+    ),
+    KernelSpec(
+        name="int8_dynamic",
+        supports=_int8_dynamic_supports,
+        prepare=_int8_prepare,
+        run=_int8_activations_run,
+        activations="per_token_int8",
+        third_party="torch._int_mm",
+    ),
+    KernelSpec(
+        name="llm_int8",
+        supports=_llm_int8_supports,
+        prepare=_llm_int8_prepare,
+        run=_int8_activations_run,
+        activations="llm_int8",
+        paper="dettmers2022llmint8",
+        third_party="bitsandbytes.nn.Linear8bitLt",
+    ),
+    KernelSpec(
+        name="int8_weight",
+        supports=_int8_weight_supports,
+        prepare=_int8_prepare,
+        run=_int8_weight_run,
+        third_party="torch._weight_int8pack_mm",
+    ),
+    KernelSpec(
+        name="int8_weight_bf16",
+        supports=_int8_weight_supports,
+        prepare=_int8_prepare,
+        run=_int8_weight_bf16_run,
+        exact=False,
+        activations="bfloat16",
+        third_party="torch._weight_int8pack_mm",
+    ),
+):
+    KERNELS.add(_spec)
 
-All are exact (float activations, only the summation order differs from the
-reference). llmref's own ``int4_w4a32`` and ``int8_w8a32`` come first; where
-they are unavailable (no C compiler, a CPU without AVX2, ``LLMREF_CPU_ISA=none``:
-see :func:`kernel_status`) PyTorch's exact ``int4_tinygemm`` and ``int8_weight``
-follow (fast at one token only). ``auto`` never rounds activations unless the
-weight asks for it (``options["act_quant"]``, see :data:`ACTIVATION_KERNELS`);
-name ``backend="int4_tinygemm_bf16"``, ``"int8_weight_bf16"`` or ``"int4_w4a8"``
-to trade exactness for speed."""
+_EXACT_ORDER = (
+    "int4_w4a32",
+    "int8_w8a32",
+    "int4_tinygemm",
+    "int8_weight",
+    "int8_dynamic",
+    "int4_w4a8",
+    "llm_int8",
+)
+AUTO_ORDERS: dict[str, tuple[str, ...]] = {
+    "avx512": _EXACT_ORDER,
+    "avx2": _EXACT_ORDER,
+    "none": tuple(k for k in _EXACT_ORDER if k not in ("int4_w4a32", "int8_w8a32", "int4_w4a8")),
+}
+"""The order ``backend="auto"`` tries kernels in, per native path
+(:func:`llmref.quant._native.selected_isa`): the first that is exact for the
+weight (:meth:`KernelSpec.is_exact_for`) and supports it wins, else the
+reference. Static: nothing is timed at run time.
+
+On ``avx512`` and ``avx2``, llmref's own ``int4_w4a32`` and ``int8_w8a32`` (float
+activations, the weight dequantized in registers with the reference's
+operations) come first, then PyTorch's exact ``int4_tinygemm`` and
+``int8_weight`` (fast at one token only). Weights that declare int8
+activations (SmoothQuant: ``per_token_int8``; LLM.int8(): ``llm_int8``) get
+their integer kernel: ``int8_dynamic`` or ``int4_w4a8``, and ``llm_int8``. On
+``none`` (no C compiler, or ``LLMREF_CPU_ISA=none``) the native kernels are
+left out."""
+
+AUTO_ORDER: tuple[str, ...] = _EXACT_ORDER
+"""The kernels ``backend="auto"`` tries on the native paths (``AUTO_ORDERS["avx2"]``).
+
+Every one is exact for the weights it is picked for. Name
+``backend="fast"`` (see :data:`FAST_ORDERS`) or an inexact kernel
+(``"int4_tinygemm_bf16"``, ``"int8_weight_bf16"``, ``"int4_w4a8"`` on a
+weight-only weight) to trade exactness for speed."""
 
 ACTIVATION_KERNELS: dict[str, tuple[str, ...]] = {
     "per_token_int8": ("int8_dynamic", "int4_w4a8"),
     "llm_int8": ("llm_int8",),
 }
-"""The kernels ``backend="auto"`` tries for a weight with ``options["act_quant"]``
-(``int8_dynamic`` for int8 weights, ``int4_w4a8`` for int4 ones).
+"""The kernels implementing each quantized-activation semantics (those of
+:data:`KERNELS` with that ``activations``), in ``auto``'s order. Where none
+supports the weight (another device, no ``torch._int_mm``), ``"auto"`` falls
+back to the reference, which fake-quantizes the activations in float32 with the
+same arithmetic."""
 
-Where it does not support the weight (another device, no ``torch._int_mm``),
-``"auto"`` falls back to the reference, which fake-quantizes the activations
-in float32 with the same arithmetic."""
+FAST_ORDERS: dict[str, tuple[str, ...]] = {
+    "avx512_bf16": ("int4_w4a8", "int8_dynamic", "int4_tinygemm_bf16", "int8_weight_bf16"),
+    "avx512": ("int4_w4a8", "int8_dynamic"),
+    "avx2": ("int4_w4a8", "int8_dynamic"),
+    "none": ("int8_dynamic",),
+}
+"""The kernels ``backend="fast"`` tries first, per machine (:func:`fast_isa`),
+before ``auto``'s exact order: speed over exactness, opt-in.
+
+``int4_w4a8`` (int4 weights, int8 activations quantized per weight group, VNNI)
+and ``int8_dynamic`` (int8 weights, int8 activations per token) round the
+activations to 8 bits; on CPUs with native bfloat16 (AVX512-BF16 or AMX) the
+bfloat16 kernels follow. CPUs without native bfloat16 never get a bfloat16
+kernel (a bfloat16 GEMM runs about 100x slower there). Measured error (256 x
+1024 weights, Gaussian inputs, 8 rows; max abs error over max abs output
+against the float64 reference): see ``docs/theory/quant/weight-only.md``."""
 
 
-def select_kernel(qweight: QuantizedTensor, device: torch.device, backend: str = "auto") -> Kernel:
-    """Choose the kernel for a weight: a named one, or the first fast one that applies.
+def fast_isa() -> str:
+    """The key of :data:`FAST_ORDERS` for this machine.
+
+    ``"avx512_bf16"`` when the native path is ``avx512`` and the CPU has
+    AVX512-BF16 or AMX-BF16, else the native path
+    (:func:`llmref.quant._native.selected_isa`).
+
+    Examples
+    --------
+    >>> from llmref.quant.kernels import FAST_ORDERS, fast_isa
+    >>> fast_isa() in FAST_ORDERS
+    True
+    """
+    isa = _native.selected_isa()
+    flags = _native.cpu_flags()
+    if isa == "avx512" and ({"avx512_bf16", "amx_bf16"} & flags):
+        return "avx512_bf16"
+    return isa
+
+
+BACKENDS = ("auto", "fast")
+"""The backend names that choose a kernel: ``"auto"`` (exact) and ``"fast"``."""
+
+
+def check_backend(backend: object) -> str:
+    """Validate a ``backend`` name: ``"auto"``, ``"fast"`` or a name in :data:`KERNELS`.
+
+    Raises
+    ------
+    ValueError
+        Naming the backends there are.
+
+    Examples
+    --------
+    >>> from llmref.quant.kernels import check_backend
+    >>> check_backend("fast")
+    'fast'
+    """
+    if backend not in BACKENDS and backend not in KERNELS:
+        known = ", ".join(repr(k) for k in (*BACKENDS, *KERNELS))
+        raise ValueError(f"backend must be one of {known}, got {backend!r}")
+    return str(backend)
+
+
+def select_kernel(
+    qweight: QuantizedTensor, device: torch.device, backend: str = "auto"
+) -> KernelSpec:
+    """Choose the kernel for a weight: a named one, the first exact one, or the first fast one.
 
     Parameters
     ----------
@@ -524,11 +707,14 @@ def select_kernel(qweight: QuantizedTensor, device: torch.device, backend: str =
     device : torch.device
         Where the layer runs.
     backend : str, default "auto"
-        ``"auto"``, ``"reference"`` or a name in :data:`~llmref.quant.kernels.KERNELS`.
+        ``"auto"`` (the first kernel of :data:`AUTO_ORDERS` that is exact for
+        the weight and supports it, else the reference), ``"fast"`` (the
+        first of :data:`FAST_ORDERS`, then ``auto``'s order, that supports it,
+        exact or not), ``"reference"`` or a name in :data:`KERNELS`.
 
     Returns
     -------
-    Kernel
+    KernelSpec
 
     Raises
     ------
@@ -554,15 +740,18 @@ def select_kernel(qweight: QuantizedTensor, device: torch.device, backend: str =
             "qweight has an input_scale: kernels multiply by the stored codes only; divide x by "
             "qweight.input_scale and pass qweight.without_input_scale() (QuantLinear does this)"
         )
-    act = _act_quant(qweight)
-    if backend == "auto":
-        for name in AUTO_ORDER if act is None else ACTIVATION_KERNELS[act]:
-            if KERNELS[name].supports(qweight, device):
-                return KERNELS[name]
+    if backend in BACKENDS:
+        names: tuple[str, ...] = AUTO_ORDERS[_native.selected_isa()]
+        if backend == "fast":
+            names = FAST_ORDERS[fast_isa()] + names
+        for name in names:
+            kernel = KERNELS[name]
+            if (backend == "fast" or kernel.is_exact_for(qweight)) and kernel.supports(
+                qweight, device
+            ):
+                return kernel
         return KERNELS["reference"]
-    if backend not in KERNELS:
-        known = ", ".join(repr(k) for k in ("auto", *KERNELS))
-        raise ValueError(f"backend must be one of {known}, got {backend!r}")
+    check_backend(backend)
     kernel = KERNELS[backend]
     if not kernel.supports(qweight, device):
         raise ValueError(
@@ -586,7 +775,7 @@ class KernelStatus:
         What it runs on (``"native avx512"``, ``"native avx2"``, ``"PyTorch"``)
         or why it is unavailable.
     exact : bool
-        The kernel's :attr:`Kernel.exact`.
+        The kernel's :attr:`KernelSpec.exact`.
 
     Examples
     --------

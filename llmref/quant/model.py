@@ -9,10 +9,10 @@ block as the GPTQ and AWQ reference implementations do.
 
 from __future__ import annotations
 
-import inspect
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -21,66 +21,35 @@ import torch
 from torch import nn
 
 from .formats import FORMATS
-from .kernels import KERNELS
+from .kernels import check_backend
 from .methods import METHODS
-from .methods.base import even_rows
+from .methods.base import MethodSpec, even_rows
 from .modules import QuantLinear
+from .protocol import QuantizableWeights
 from .tensor import QuantizedTensor
 
 __all__ = ["LayerReport", "QuantConfig", "quantize_model"]
 
-#: Keywords every method takes from the config itself, not from ``method_options``.
-_CONTRACT = ("fmt", "group_size")
 #: Default cap on the activation rows kept per layer (see :func:`quantize_model`).
 DEFAULT_MAX_TOKENS = 4096
 
 
-def _keyword_only(fn: Callable[..., Any]) -> set[str]:
-    return {
-        p.name
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-
-
-def _check_options(fmt: str, options: Mapping[str, Any]) -> None:
-    entry = FORMATS[fmt]
-    accepted = _keyword_only(entry.fn)
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise TypeError(
-            f"format {fmt!r} does not accept option(s) {', '.join(map(repr, unknown))}; "
-            f"accepted: {', '.join(sorted(accepted)) or 'none'}"
-        )
-
-
-def _method_keywords(method: str) -> set[str]:
-    """The method's own keyword options (not the contract's ``fmt``/``group_size``)."""
-    return _keyword_only(METHODS[method].fn) - set(_CONTRACT)
-
-
-def _check_method(method: str, fmt: str, options: Mapping[str, Any]) -> None:
+def _check_method(method: object, fmt: str, options: Mapping[str, Any]) -> MethodSpec:
     if not isinstance(method, str):
         raise TypeError(f"method must be a str, got {type(method).__name__}")
-    entry = METHODS[method]  # KeyError naming the registered methods
-    target = entry.meta.get("target", "weight")
-    if target != "weight":
+    spec = METHODS[method]  # KeyError naming the registered methods
+    if spec.applies_to != "weight":
         raise ValueError(
-            f"method {method!r} quantizes {target!r}, not linear weights; it cannot be "
-            "applied by quantize_model"
+            f"method {method!r} quantizes {spec.applies_to!r}, not linear weights; it cannot "
+            "be applied by quantize_model"
         )
-    formats = entry.meta.get("formats")
-    if formats is not None and fmt not in formats:
+    if spec.formats is not None and fmt not in spec.formats:
         raise ValueError(
-            f"method {method!r} accepts formats {', '.join(map(repr, formats))}, got {fmt!r}"
+            f"method {method!r} accepts formats {', '.join(map(repr, spec.formats))}, got {fmt!r}"
         )
-    accepted = _method_keywords(method) - {"hessian"}
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise TypeError(
-            f"method {method!r} does not accept option(s) {', '.join(map(repr, unknown))}; "
-            f"accepted: {', '.join(sorted(accepted)) or 'none'}"
-        )
+    if spec.check_format is not None:  # the format options the method cannot honour
+        spec.check_format(fmt, {k: v for k, v in options.items() if k != "group_size"})
+    return spec
 
 
 @dataclass(frozen=True)
@@ -92,29 +61,34 @@ class QuantConfig:
     fmt : str
         A format in :data:`llmref.quant.FORMATS`.
     options : mapping, optional
-        Options of the format (``group_size``, ``symmetric`` ...). Without
-        ``group_size`` the format's default granularity is used (per output
-        channel for the integer formats).
+        Options of the format (``group_size``, ``symmetric`` ...), the fields
+        of ``FORMATS[fmt].options``. Without ``group_size`` the format's
+        default is used, by every method alike: groups of 128 for the integer
+        formats below 8 bits, one scale per output channel at 8 bits.
     backend : str, default "auto"
-        Kernel of the resulting :class:`~llmref.quant.QuantLinear` layers.
+        Kernel of the resulting :class:`~llmref.quant.QuantLinear` layers
+        (``"auto"``: exact; ``"fast"``: speed over exactness).
     method : str, default "rtn"
         A weight method in :data:`llmref.quant.METHODS` (``"rtn"``, ``"gptq"``,
         ``"awq"``, ``"hqq"`` ...). It is called as
-        ``method(weight, inputs, fmt=fmt, group_size=options.get("group_size"),
-        **method_options, **other_options)``.
+        ``method(weight, inputs, fmt=fmt, group_size=options.get("group_size",
+        "default"), **method_options, **other_options)``.
     method_options : mapping, optional
-        The method's own keyword options (``damp``, ``act_order`` for GPTQ,
-        ``alpha`` for SmoothQuant ...), checked against its signature.
+        The method's own options (``damp``, ``act_order`` for GPTQ, ``alpha``
+        for SmoothQuant ...): the fields of ``METHODS[method].config``.
 
     Raises
     ------
     KeyError
         If ``fmt`` or ``method`` is not registered.
     TypeError
-        If an option is not accepted by ``fmt`` or a method option by ``method``.
+        If an option is not accepted by ``fmt``, a format option by the
+        method, or a method option by ``method`` (the message names it).
     ValueError
-        If ``backend`` is unknown, the method does not quantize weights (KV-cache
-        methods) or does not accept ``fmt``.
+        If ``backend`` is unknown, an option's value is invalid (for the format,
+        or for the method: GPTQ and AWQ refuse stochastic rounding), the method
+        does not quantize weights (KV-cache methods) or does not accept ``fmt``.
+        Everything is checked here, before any layer is touched.
 
     Examples
     --------
@@ -126,6 +100,11 @@ method_options={})
     Traceback (most recent call last):
     ...
     TypeError: method 'rtn' does not accept option(s) 'damp'; accepted: none
+    >>> QuantConfig("int4", {"rounding": "stochastic"}, method="gptq")
+    Traceback (most recent call last):
+    ...
+    ValueError: rounding='stochastic' is not supported by gptq: GPTQ compensates the \
+rounding error it makes, so it rounds to nearest ('nearest_even' or 'half_away')
     """
 
     fmt: str
@@ -137,18 +116,16 @@ method_options={})
     def __post_init__(self) -> None:
         if not isinstance(self.fmt, str):
             raise TypeError(f"fmt must be a str, got {type(self.fmt).__name__}")
-        _check_options(self.fmt, self.options)
-        if self.backend != "auto" and self.backend not in KERNELS:
-            known = ", ".join(repr(k) for k in ("auto", *KERNELS))
-            raise ValueError(f"backend must be one of {known}, got {self.backend!r}")
-        _check_method(self.method, self.fmt, self.method_options)
+        FORMATS[self.fmt].options.from_kwargs(self.fmt, self.options)
+        check_backend(self.backend)
+        _check_method(self.method, self.fmt, self.options).make_config(self.method_options)
         object.__setattr__(self, "options", dict(self.options))
         object.__setattr__(self, "method_options", dict(self.method_options))
 
     @property
     def needs_inputs(self) -> bool:
         """Whether the method needs calibration activations."""
-        return bool(METHODS[self.method].meta.get("needs_inputs", False))
+        return METHODS[self.method].needs_inputs
 
 
 class LayerReport(NamedTuple):
@@ -322,29 +299,58 @@ class _Stop(Exception):
     pass
 
 
+def _declared_linears(model: nn.Module) -> tuple[set[int], set[int]]:
+    """Ids of the linear layers modules declare quantizable, and of those they keep float.
+
+    Every module implementing :class:`~llmref.quant.QuantizableWeights` is asked
+    first (it may restructure itself, e.g. unstack its experts into linear layers).
+    """
+    declared: set[int] = set()
+    keep_float: set[int] = set()
+    for owner in list(model.modules()):
+        if not isinstance(owner, QuantizableWeights):
+            continue
+        chosen = {id(lin) for lin in owner.quantizable_linears().values()}
+        declared |= chosen
+        for sub in owner.modules():
+            if isinstance(sub, nn.Linear) and id(sub) not in chosen:
+                keep_float.add(id(sub))
+    return declared, keep_float - declared
+
+
+def _no_rows(collector: _Collector | None) -> bool:
+    return collector is not None and collector.count == 0
+
+
 def _call_method(
-    config: QuantConfig, lin: nn.Linear, collector: _Collector | None, name: str
+    config: QuantConfig,
+    lin: nn.Linear,
+    collector: _Collector | None,
+    name: str,
+    method: str | None = None,
 ) -> QuantizedTensor:
-    entry = METHODS[config.method]
+    method = method or config.method
+    entry = METHODS[method]
     options = dict(config.options)
-    group_size = options.pop("group_size", None)
+    group_size = options.pop("group_size", "default")
     kwargs: dict[str, Any] = {"fmt": config.fmt, "group_size": group_size}
-    kwargs.update(config.method_options)
+    if method == config.method:
+        kwargs.update(config.method_options)
     kwargs.update(options)
     inputs = None
-    if collector is not None:
+    if collector is not None and entry.needs_inputs:
         hessian = collector.hessian() if collector.want_hessian else None
         if hessian is not None:
             kwargs["hessian"] = hessian
         else:
             inputs = collector.inputs()
-    if config.needs_inputs and inputs is None and "hessian" not in kwargs:
+    if entry.needs_inputs and inputs is None and "hessian" not in kwargs:
         raise ValueError(f"layer {name!r} received no calibration inputs")
     weight = lin.weight.detach()
     qt = entry(weight, inputs, **kwargs)
     if not isinstance(qt, QuantizedTensor):
         raise TypeError(
-            f"method {config.method!r} returned {type(qt).__name__}, expected a QuantizedTensor"
+            f"method {method!r} returned {type(qt).__name__}, expected a QuantizedTensor"
         )
     return qt
 
@@ -470,10 +476,13 @@ def quantize_model(
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
     ):
         raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+    declared, keep_float = _declared_linears(model)
     targets = [
         (name, mod)
         for name, mod in model.named_modules()
-        if isinstance(mod, nn.Linear) and (filter_fn is None or filter_fn(name, mod))
+        if isinstance(mod, nn.Linear)
+        and id(mod) not in keep_float
+        and (filter_fn is None or filter_fn(name, mod))
     ]
     if any(not name for name, _ in targets):
         raise ValueError(
@@ -489,7 +498,7 @@ def quantize_model(
         batches: list[Any] = []
     else:
         batches = _as_batches(calibration)
-    use_hessian = bool(batches) and "hessian" in _method_keywords(config.method)
+    use_hessian = bool(batches) and METHODS[config.method].takes_hessian
     per_batch = (
         sys.maxsize if max_tokens is None else max(1, math.ceil(max_tokens / max(len(batches), 1)))
     )
@@ -501,15 +510,26 @@ def quantize_model(
             bar.show(f"{config.method} {name}")
             collector = stats.get(name)
             start = time.perf_counter()
+            method = config.method
+            if id(lin) in declared and config.needs_inputs and _no_rows(collector):
+                # an expert no calibration token was routed to: nothing to calibrate on
+                warnings.warn(
+                    f"layer {name!r} received no calibration inputs (an expert no calibration "
+                    f"token was routed to); it is quantized by round-to-nearest instead of "
+                    f"{config.method!r}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                method = "rtn"
             try:
-                qt = _call_method(config, lin, collector, name)
+                qt = _call_method(config, lin, collector, name, method)
                 qlin = QuantLinear(
                     qt,
                     None if lin.bias is None else lin.bias.detach(),
                     backend=config.backend,
                 )
-            except ValueError as exc:
-                raise ValueError(f"cannot quantize layer {name!r} with {config}: {exc}") from exc
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"cannot quantize layer {name!r} with {config}: {exc}") from exc
             seconds = time.perf_counter() - start
             error = _layer_sqnr(
                 lin,
@@ -528,7 +548,7 @@ def quantize_model(
                     lin.weight.numel() * lin.weight.element_size(),
                     qlin.qweight.nbytes,
                     qlin.kernel.name,
-                    config.method,
+                    method,
                     error,
                     seconds,
                 )

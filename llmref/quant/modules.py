@@ -9,7 +9,7 @@ from torch import nn
 
 from .._checks import check_tensor
 from .formats import quantize
-from .kernels import KERNELS, Kernel, select_kernel
+from .kernels import KernelSpec, check_backend, select_kernel
 from .tensor import INPUT_SCALE, QuantizedTensor
 
 __all__ = ["QuantLinear"]
@@ -25,11 +25,16 @@ class QuantLinear(nn.Module):
     bias : torch.Tensor, optional
         Float bias of shape ``(out_features,)``.
     backend : str, default "auto"
-        Matmul kernel (see :mod:`llmref.quant.kernels`): ``"reference"``
-        (dequantize, then :func:`torch.nn.functional.linear`; every format),
-        a fast kernel's name, or ``"auto"`` (the fastest kernel that supports
-        the weight's format and options on the current device, else the
-        reference).
+        Matmul kernel (see :mod:`llmref.quant.kernels`): ``"auto"`` (exact:
+        the first kernel, in the static per-ISA order
+        :data:`~llmref.quant.kernels.AUTO_ORDERS`, that equals the reference
+        with the activation semantics the weight declares, else the
+        reference), ``"fast"`` (speed over exactness, opt-in: int8
+        activations, and bfloat16 on CPUs with native bfloat16; see
+        :data:`~llmref.quant.kernels.FAST_ORDERS` for its measured error),
+        ``"reference"`` (dequantize, then :func:`torch.nn.functional.linear`;
+        every format) or a kernel's name in
+        :data:`~llmref.quant.kernels.KERNELS`.
 
     Attributes
     ----------
@@ -44,7 +49,8 @@ class QuantLinear(nn.Module):
         If ``qweight`` is not a QuantizedTensor or ``bias`` not a tensor.
     ValueError
         If the weight is not 2-D, the bias has the wrong shape or ``backend``
-        is unknown.
+        is unknown (a named kernel that does not support the weight fails at
+        the first call).
 
     Notes
     -----
@@ -100,9 +106,7 @@ class QuantLinear(nn.Module):
             raise TypeError(f"qweight must be a QuantizedTensor, got {type(qweight).__name__}")
         if len(qweight.shape) != 2:
             raise ValueError(f"qweight must be 2-D (out, in), got shape {qweight.shape}")
-        if backend != "auto" and backend not in KERNELS:
-            known = ", ".join(repr(k) for k in ("auto", *KERNELS))
-            raise ValueError(f"backend must be one of {known}, got {backend!r}")
+        check_backend(backend)
         self.out_features, self.in_features = qweight.shape
         self.backend = backend
         self._meta = qweight.metadata()
@@ -118,7 +122,7 @@ class QuantLinear(nn.Module):
             self.bias: nn.Parameter | None = nn.Parameter(bias.detach().clone())
         else:
             self.register_parameter("bias", None)
-        self._kernel_cache: tuple[Any, Kernel, dict[str, Any]] | None = None
+        self._kernel_cache: tuple[Any, KernelSpec, dict[str, Any]] | None = None
 
     @classmethod
     def from_linear(
@@ -161,7 +165,7 @@ class QuantLinear(nn.Module):
         return QuantizedTensor(m["fmt"], tuple(m["shape"]), dtype, tensors, m["options"])
 
     @property
-    def kernel(self) -> Kernel:
+    def kernel(self) -> KernelSpec:
         """The kernel the layer uses on the device of its buffers."""
         return self._prepared()[0]
 
@@ -170,7 +174,7 @@ class QuantLinear(nn.Module):
         """The weight's per-input-feature scale ``s`` (the input is divided by it), or None."""
         return getattr(self, f"weight_{INPUT_SCALE}") if INPUT_SCALE in self._names else None
 
-    def _prepared(self) -> tuple[Kernel, dict[str, Any]]:
+    def _prepared(self) -> tuple[KernelSpec, dict[str, Any]]:
         # .to()/load_state_dict reset the cache; the codes' address catches a swapped buffer
         codes = self._buffers["weight_codes"]
         key = (self.backend, None if codes is None else codes.data_ptr())

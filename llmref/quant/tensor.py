@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -218,8 +218,7 @@ class QuantizedTensor:
             Of shape ``shape``: the effective weight, with ``1 / input_scale``
             applied when the tensor has one.
         """
-        fn: Callable[[QuantizedTensor], torch.Tensor] = FORMATS[self.fmt].meta["dequantize"]
-        out = fn(self).reshape(self.shape)
+        out = FORMATS[self.fmt].dequantize(self).reshape(self.shape)
         s = self.input_scale
         if s is not None:  # codes store W diag(s): the weight is dequant(codes) diag(1/s)
             out = out.to(torch.float32) / s.to(device=out.device, dtype=torch.float32)

@@ -18,9 +18,10 @@ from ..primitives import (
     check_float_input,
     group_length,
 )
-from ..registry import FORMATS
+from ..registry import register_format
 from ..tensor import QuantizedTensor
 from ._groups import _flat_groups
+from .options import CodebookOptions
 
 __all__ = ["BNB_FP4_VALUES", "NF4_VALUES", "from_bnb_4bit", "to_bnb_4bit"]
 
@@ -172,7 +173,7 @@ def _dequantize_codebook4(values: torch.Tensor) -> Callable[[QuantizedTensor], t
     return dequant
 
 
-@FORMATS.register(
+@register_format(
     "nf4",
     paper="dettmers2023qlora",
     reference="llmref.quant.NF4_VALUES",
@@ -180,8 +181,10 @@ def _dequantize_codebook4(values: torch.Tensor) -> Callable[[QuantizedTensor], t
     dequantize=_dequantize_codebook4(NF4_VALUES),
     values=lambda: NF4_VALUES,
     bits=4,
+    granularity="group",
     group_size=64,
     kind="codebook",
+    options=CodebookOptions,
 )
 def quantize_nf4(
     x: torch.Tensor, *, group_size: int = 64, double_quant: bool = False
@@ -235,7 +238,7 @@ def quantize_nf4(
     return _quantize_codebook4(x, "nf4", NF4_VALUES, group_size, double_quant)
 
 
-@FORMATS.register(
+@register_format(
     "fp4",
     paper="dettmers2023qlora",
     reference="llmref.quant.BNB_FP4_VALUES",
@@ -243,8 +246,10 @@ def quantize_nf4(
     dequantize=_dequantize_codebook4(BNB_FP4_VALUES),
     values=lambda: BNB_FP4_VALUES,
     bits=4,
+    granularity="group",
     group_size=64,
     kind="codebook",
+    options=CodebookOptions,
 )
 def quantize_fp4(
     x: torch.Tensor, *, group_size: int = 64, double_quant: bool = False

@@ -6,8 +6,6 @@ package register into it.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,9 +33,11 @@ def quantize(x: torch.Tensor, fmt: str, **options: Any) -> QuantizedTensor:
         ``mxfp8_e4m3``, ``mxfp8_e5m2``, ``mxfp6_e2m3``, ``mxfp6_e3m2``,
         ``mxfp4``, ``nvfp4``, ``q8_0``, ``q4_0``, ``q4_1``, ``q4_k``.
     **options
-        The format's options, e.g. ``group_size`` (the block size, one name
-        for every format), ``bits``, ``symmetric``, ``rounding``,
-        ``double_quant``; see each format's entry (``FORMATS[fmt].fn``).
+        The format's options, the fields of its options class
+        (``FORMATS[fmt].options``), e.g. ``group_size`` (the block size, one
+        name for every format), ``bits``, ``symmetric``, ``rounding``,
+        ``double_quant``. The integer formats default to one scale per
+        output channel at 8 bits and to groups of 128 below.
 
     Returns
     -------
@@ -48,7 +48,8 @@ def quantize(x: torch.Tensor, fmt: str, **options: Any) -> QuantizedTensor:
     KeyError
         If ``fmt`` is not registered.
     TypeError
-        If ``x`` is not a floating tensor or an option is not accepted by ``fmt``.
+        If ``x`` is not a floating tensor, an option is not accepted by ``fmt``
+        or has the wrong type (the message names the option).
     ValueError
         If ``x`` has NaN/Inf, is 0-D or empty, or an option value is invalid
         (for example a ``group_size`` that does not divide the last dimension).
@@ -64,19 +65,9 @@ def quantize(x: torch.Tensor, fmt: str, **options: Any) -> QuantizedTensor:
     >>> round(sqnr(w, dequantize(qt)), 1)
     19.3
     """
-    entry = FORMATS[fmt]
-    accepted = [
-        p.name
-        for p in inspect.signature(entry.fn).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    ]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise TypeError(
-            f"format {fmt!r} does not accept option(s) {', '.join(map(repr, unknown))}; "
-            f"accepted: {', '.join(accepted) or 'none'}"
-        )
-    qt: QuantizedTensor = entry.fn(x, **options)
+    spec = FORMATS[fmt]
+    opts = spec.options.from_kwargs(fmt, options)  # names a bad option before any work
+    qt: QuantizedTensor = spec.quantize(x, **opts.as_kwargs())
     return qt
 
 
@@ -143,8 +134,7 @@ def format_values(fmt: str) -> torch.Tensor:
     >>> len(format_values("nf4")), len(format_values("int4"))
     (16, 15)
     """
-    grid: Callable[[], torch.Tensor] = FORMATS[fmt].meta["values"]
-    v = grid().to(torch.float32)
+    v = FORMATS[fmt].values().to(torch.float32)
     return torch.unique(v[torch.isfinite(v)])
 
 

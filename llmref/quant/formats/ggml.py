@@ -27,8 +27,9 @@ import torch
 
 from ..packing import pack_codes, unpack_codes
 from ..primitives import check_float_input, round_values
-from ..registry import FORMATS
+from ..registry import register_format
 from ..tensor import QuantizedTensor
+from .options import GGMLOptions
 from .integer import int_tensor_from_codes
 
 __all__ = ["GGML_INT_BITS", "GGUF_BLOCKS", "from_ggml_blocks", "ggml_to_int", "to_ggml_blocks"]
@@ -49,8 +50,8 @@ def _blocks(x: torch.Tensor, fmt: str, group_size: int | None) -> torch.Tensor:
         raise ValueError(f"{fmt} has a fixed group_size of {block}, got group_size={group_size}")
     if x.shape[-1] % block != 0:
         raise ValueError(
-            f"{fmt} needs the last dimension to be a multiple of {block}, got shape "
-            f"{tuple(x.shape)}"
+            f"{fmt} needs the last dimension to be a multiple of its block "
+            f"(group_size={block}), got shape {tuple(x.shape)}"
         )
     return x.detach().to(torch.float32).reshape(-1, block)
 
@@ -68,7 +69,7 @@ def _dequantize_q8_0(qt: QuantizedTensor) -> torch.Tensor:
     return qt["codes"].to(torch.float32).reshape(-1, 32) * qt["d"].to(torch.float32).reshape(-1, 1)
 
 
-@FORMATS.register(
+@register_format(
     "q8_0",
     paper="gerganov2023ggml",
     reference="llmref.quant.to_ggml_blocks",
@@ -76,8 +77,10 @@ def _dequantize_q8_0(qt: QuantizedTensor) -> torch.Tensor:
     dequantize=_dequantize_q8_0,
     values=lambda: torch.arange(-127, 128, dtype=torch.float32),
     bits=8,
+    granularity="block",
     group_size=32,
     kind="ggml",
+    options=GGMLOptions,
 )
 def quantize_q8_0(x: torch.Tensor, *, group_size: int | None = None) -> QuantizedTensor:
     """ggml ``q8_0``: int8 codes with a float16 scale ``amax/127`` per block of 32.
@@ -123,7 +126,7 @@ def _dequantize_q4_0(qt: QuantizedTensor) -> torch.Tensor:
     return q.reshape(-1, 32) * qt["d"].to(torch.float32).reshape(-1, 1)
 
 
-@FORMATS.register(
+@register_format(
     "q4_0",
     paper="gerganov2023ggml",
     reference="llmref.quant.to_ggml_blocks",
@@ -131,8 +134,10 @@ def _dequantize_q4_0(qt: QuantizedTensor) -> torch.Tensor:
     dequantize=_dequantize_q4_0,
     values=lambda: torch.arange(-8, 8, dtype=torch.float32),
     bits=4,
+    granularity="block",
     group_size=32,
     kind="ggml",
+    options=GGMLOptions,
 )
 def quantize_q4_0(x: torch.Tensor, *, group_size: int | None = None) -> QuantizedTensor:
     """ggml ``q4_0``: 4-bit codes ``q - 8`` with a float16 scale per block of 32.
@@ -181,7 +186,7 @@ def _dequantize_q4_1(qt: QuantizedTensor) -> torch.Tensor:
     return qt["d"].to(torch.float32).reshape(-1, 1) * q + qt["m"].to(torch.float32).reshape(-1, 1)
 
 
-@FORMATS.register(
+@register_format(
     "q4_1",
     paper="gerganov2023ggml",
     reference="llmref.quant.to_ggml_blocks",
@@ -189,8 +194,10 @@ def _dequantize_q4_1(qt: QuantizedTensor) -> torch.Tensor:
     dequantize=_dequantize_q4_1,
     values=lambda: torch.arange(0, 16, dtype=torch.float32),
     bits=4,
+    granularity="block",
     group_size=32,
     kind="ggml",
+    options=GGMLOptions,
 )
 def quantize_q4_1(x: torch.Tensor, *, group_size: int | None = None) -> QuantizedTensor:
     """ggml ``q4_1``: 4-bit codes with a float16 scale and float16 minimum per 32.
@@ -317,7 +324,7 @@ def _dequantize_q4_k(qt: QuantizedTensor) -> torch.Tensor:
     return (d * q - dm).reshape(-1, 256)
 
 
-@FORMATS.register(
+@register_format(
     "q4_k",
     paper="kawrakow2023kquants",
     reference="llmref.quant.to_ggml_blocks",
@@ -325,8 +332,10 @@ def _dequantize_q4_k(qt: QuantizedTensor) -> torch.Tensor:
     dequantize=_dequantize_q4_k,
     values=lambda: torch.arange(0, 16, dtype=torch.float32),
     bits=4,
+    granularity="block",
     group_size=256,
     kind="ggml",
+    options=GGMLOptions,
 )
 def quantize_q4_k(x: torch.Tensor, *, group_size: int | None = None) -> QuantizedTensor:
     """ggml ``q4_K``: super-blocks of 256 = 8 sub-blocks of 32 with 6-bit scales and mins.

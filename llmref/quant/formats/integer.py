@@ -19,8 +19,9 @@ from ..primitives import (
     qrange,
     quantize_affine,
 )
-from ..registry import FORMATS
+from ..registry import DEFAULT_GROUP_SIZE, register_format, resolve_group_size
 from ..tensor import QuantizedTensor
+from .options import IntBitsOptions, IntOptions
 
 __all__ = ["int_codes", "int_tensor_from_codes"]
 
@@ -29,7 +30,7 @@ def _quantize_int(
     x: torch.Tensor,
     fmt: str,
     bits: int,
-    group_size: int | None,
+    group_size: int | str | None,
     granularity: str | None,
     symmetric: bool,
     scale_convention: str,
@@ -41,6 +42,13 @@ def _quantize_int(
     bits = check_bits(bits)
     if not isinstance(symmetric, bool):
         raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
+    if group_size == "default":  # per channel at 8 bits, groups of 128 below
+        last = int(x.shape[-1])
+        group_size = None
+        if granularity == "group":
+            group_size = min(DEFAULT_GROUP_SIZE, last)
+        elif granularity is None:
+            group_size = resolve_group_size("default", bits, last)
     scale, zp = choose_qparams(
         x,
         bits=bits,
@@ -237,7 +245,7 @@ def _make_int_format(name: str, bits: int) -> None:
     def quantize_intn(
         x: torch.Tensor,
         *,
-        group_size: int | None = None,
+        group_size: int | str | None = "default",
         granularity: str | None = None,
         symmetric: bool = True,
         scale_convention: str = "qmax",
@@ -260,7 +268,7 @@ def _make_int_format(name: str, bits: int) -> None:
 
     quantize_intn.__name__ = quantize_intn.__qualname__ = f"quantize_{name}"
     quantize_intn.__doc__ = _INT_DOC.format(name=name, bits=bits)
-    FORMATS.register(
+    register_format(
         name,
         paper="jacob2018quantization",
         reference="llmref.quant.primitives.quantize_affine",
@@ -268,8 +276,10 @@ def _make_int_format(name: str, bits: int) -> None:
         dequantize=_dequantize_int,
         values=_int_values(bits),
         bits=bits,
-        group_size=None,
+        granularity="channel" if bits == 8 else "group",
+        group_size=None if bits == 8 else DEFAULT_GROUP_SIZE,
         kind="int",
+        options=IntOptions,
     )(quantize_intn)
 
 
@@ -279,9 +289,11 @@ Parameters
 ----------
 x : torch.Tensor
     Floating tensor to quantize.
-group_size : int, optional
-    Elements per scale along the last dimension (must divide it).
-    Default: per channel (one scale per row).
+group_size : int, None or "default", default "default"
+    Elements per scale along the last dimension (must divide it); ``None``:
+    per channel (one scale per row). ``"default"``: per channel at 8 bits,
+    groups of 128 below (the convention of AutoGPTQ, AWQ and torchao; a row
+    of at most 128 elements is one group).
 granularity : {{"tensor", "channel", "group"}}, optional
     See :func:`llmref.quant.primitives.group_length`.
 symmetric : bool, default True
@@ -329,7 +341,7 @@ for _name, _bits in (("int8", 8), ("int4", 4), ("int2", 2)):
     _make_int_format(_name, _bits)
 
 
-@FORMATS.register(
+@register_format(
     "int",
     paper="jacob2018quantization",
     reference="llmref.quant.primitives.quantize_affine",
@@ -337,14 +349,16 @@ for _name, _bits in (("int8", 8), ("int4", 4), ("int2", 2)):
     dequantize=_dequantize_int,
     values=_int_values(3),
     bits=None,
+    granularity="channel",  # at the default 8 bits; groups of 128 below
     group_size=None,
     kind="int",
+    options=IntBitsOptions,
 )
 def quantize_int(
     x: torch.Tensor,
     *,
     bits: int = 8,
-    group_size: int | None = None,
+    group_size: int | str | None = "default",
     granularity: str | None = None,
     symmetric: bool = True,
     scale_convention: str = "qmax",

@@ -20,9 +20,10 @@ from ..primitives import (
     minifloat_decode,
     minifloat_encode,
 )
-from ..registry import FORMATS
+from ..registry import register_format
 from ..tensor import QuantizedTensor
 from ._groups import _flat_groups
+from .options import FP4Options, FP8Options, MXOptions, NVFP4Options
 
 __all__ = ["FP4_E2M1_VALUES", "e8m0_to_float"]
 
@@ -41,7 +42,7 @@ def _scaled_minifloat(xg: torch.Tensor, fmt: MiniFloat) -> tuple[torch.Tensor, t
     return codes, scale
 
 
-@FORMATS.register(
+@register_format(
     "fp4_e2m1",
     paper="ocp2023mx",
     reference="llmref.quant.primitives.minifloat_encode",
@@ -54,8 +55,10 @@ def _scaled_minifloat(xg: torch.Tensor, fmt: MiniFloat) -> tuple[torch.Tensor, t
     ),
     values=lambda: FP4_E2M1_VALUES,
     bits=4,
+    granularity="group",
     group_size=32,
     kind="float",
+    options=FP4Options,
 )
 def quantize_fp4_e2m1(x: torch.Tensor, *, group_size: int = 32) -> QuantizedTensor:
     """OCP FP4 (E2M1) elements with a float32 absmax scale per group.
@@ -147,7 +150,7 @@ def _make_fp8_format(name: str, dtype: torch.dtype) -> None:
 
     quantize_fp8.__name__ = quantize_fp8.__qualname__ = f"quantize_{name}"
     quantize_fp8.__doc__ = _FP8_DOC.format(name=name, dtype=str(dtype), fmax=fmax)
-    FORMATS.register(
+    register_format(
         name,
         paper="micikevicius2022fp8",
         reference=f"torch.Tensor.to({dtype})",
@@ -155,8 +158,10 @@ def _make_fp8_format(name: str, dtype: torch.dtype) -> None:
         dequantize=dequant,
         values=values,
         bits=8,
+        granularity="tensor",
         group_size=None,
         kind="float",
+        options=FP8Options,
     )(quantize_fp8)
 
 
@@ -279,7 +284,7 @@ def _make_mx_format(name: str, elem: Any, emax: int) -> None:
     elem_name = str(elem) if is_fp8 else f"FP{bits} E{elem.ebits}M{elem.mbits}"
     quantize_mx.__name__ = quantize_mx.__qualname__ = f"quantize_{name}"
     quantize_mx.__doc__ = _MX_DOC.format(name=name, elem=elem_name, emax=emax, bits=bits)
-    FORMATS.register(
+    register_format(
         name,
         paper="ocp2023mx",
         reference="llmref.quant.primitives.minifloat_encode",
@@ -287,8 +292,10 @@ def _make_mx_format(name: str, elem: Any, emax: int) -> None:
         dequantize=dequant,
         values=values,
         bits=bits,
+        granularity="group",
         group_size=32,
         kind="mx",
+        options=MXOptions,
     )(quantize_mx)
 
 
@@ -346,7 +353,7 @@ def _dequantize_nvfp4(qt: QuantizedTensor) -> torch.Tensor:
     return v.reshape(-1, int(qt.options["group_size"])) * scale.reshape(-1, 1)
 
 
-@FORMATS.register(
+@register_format(
     "nvfp4",
     paper="nvidia2025nvfp4",
     reference="llmref.quant.primitives.minifloat_encode",
@@ -354,8 +361,10 @@ def _dequantize_nvfp4(qt: QuantizedTensor) -> torch.Tensor:
     dequantize=_dequantize_nvfp4,
     values=lambda: FP4_E2M1_VALUES,
     bits=4,
+    granularity="group",
     group_size=16,
     kind="mx",
+    options=NVFP4Options,
 )
 def quantize_nvfp4(
     x: torch.Tensor, *, group_size: int = 16, tensor_scale: bool = True

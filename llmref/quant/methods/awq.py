@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,14 +16,14 @@ from ..tensor import QuantizedTensor
 from .base import (
     INT_FORMATS,
     METHODS,
-    check_group_size,
     check_inputs,
     check_weight,
     even_rows,
     int_format_bits,
+    method_group_size,
 )
 
-__all__ = ["awq"]
+__all__ = ["AWQConfig", "awq"]
 
 _SEARCH_OPTIONS = ("bits", "scale_convention", "zero_point", "rounding")
 _OUT_CHUNK = 1024  # output rows per step of the clipping search (bounds its memory)
@@ -36,6 +38,62 @@ def _check_fraction(name: str, value: object, *, closed_high: bool = False) -> f
         interval = "[0, 1]" if closed_high else "[0, 1)"
         raise ValueError(f"{name} must lie in {interval}, got {value}")
     return value
+
+
+def _check_format(fmt: str, options: Mapping[str, Any]) -> None:
+    """The format options AWQ honours: its search runs on the integer grid, exactly."""
+    unknown = sorted(set(options) - {*_SEARCH_OPTIONS, "symmetric"})
+    if unknown:
+        raise TypeError(
+            f"awq does not accept option(s) {', '.join(map(repr, unknown))}; format options "
+            f"accepted: {', '.join((*_SEARCH_OPTIONS, 'symmetric'))}"
+        )
+    int_format_bits(fmt, dict(options))
+    if not isinstance(options.get("symmetric", False), bool):
+        raise TypeError(f"symmetric must be a bool, got {type(options['symmetric']).__name__}")
+    if options.get("rounding") == "stochastic":
+        raise ValueError("rounding='stochastic' is not supported by awq (its search is exact)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AWQConfig:
+    """AWQ's own options (see :func:`~llmref.quant.awq`), validated at construction.
+
+    Parameters
+    ----------
+    n_grid : int, default 20
+    clip : bool, default True
+    n_clip_grid : int, default 20
+    max_shrink : float, default 0.5
+    max_tokens : int, default 512
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the option whose type or value is wrong.
+
+    Examples
+    --------
+    >>> from llmref.quant.methods.awq import AWQConfig
+    >>> AWQConfig(max_shrink=1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_shrink must lie in [0, 1), got 1.0
+    """
+
+    n_grid: int = 20
+    clip: bool = True
+    n_clip_grid: int = 20
+    max_shrink: float = 0.5
+    max_tokens: int = 512
+
+    def __post_init__(self) -> None:
+        check_int("n_grid", self.n_grid, minimum=1)
+        check_int("n_clip_grid", self.n_clip_grid, minimum=1)
+        check_int("max_tokens", self.max_tokens, minimum=1)
+        _check_fraction("max_shrink", self.max_shrink)
+        if not isinstance(self.clip, bool):
+            raise TypeError(f"clip must be a bool, got {type(self.clip).__name__}")
 
 
 class _IntGrid:
@@ -124,16 +182,18 @@ def _search_clip(
     paper="lin2024awq",
     reference="https://github.com/mit-han-lab/llm-awq (awq/quantize/auto_scale.py, auto_clip.py)",
     third_party="awq.quantize.quantizer.AwqQuantizer (AutoAWQ)",
+    applies_to="weight",
     needs_inputs=True,
+    config=AWQConfig,
     formats=INT_FORMATS,
-    target="weight",
+    check_format=_check_format,
 )
 def awq(
     weight: torch.Tensor,
     inputs: torch.Tensor | None = None,
     *,
     fmt: str = "int4",
-    group_size: int | None = 128,
+    group_size: int | str | None = "default",
     n_grid: int = 20,
     clip: bool = True,
     n_clip_grid: int = 20,
@@ -154,9 +214,10 @@ def awq(
     fmt : str, default "int4"
         An integer format: ``"int8"``, ``"int4"``, ``"int2"`` or ``"int"``
         (with ``bits``).
-    group_size : int or None, default 128
+    group_size : int, None or "default", default "default"
         Weights per scale along ``in_features`` (must divide it); ``None``:
-        one scale per output channel.
+        one scale per output channel; ``"default"``: the format's default
+        (groups of 128 below 8 bits, per channel at 8 bits).
     n_grid : int, default 20
         Grid points of the scale exponent :math:`\alpha \in \{0, 1/n, \dots,
         (n-1)/n\}` (>= 1). :math:`\alpha = 0` is plain round-to-nearest.
@@ -264,30 +325,24 @@ def awq(
     out_f, in_f = w.shape
     x = check_inputs(inputs, in_f, required=True)
     assert x is not None
-    unknown = sorted(set(options) - set(_SEARCH_OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"awq does not accept option(s) {', '.join(map(repr, unknown))}; format options "
-            f"accepted: {', '.join(_SEARCH_OPTIONS)}"
-        )
+    _check_format(fmt, {**options, "symmetric": symmetric})
     bits = int_format_bits(fmt, options)
-    n_grid = check_int("n_grid", n_grid, minimum=1)
-    n_clip_grid = check_int("n_clip_grid", n_clip_grid, minimum=1)
-    max_tokens = check_int("max_tokens", max_tokens, minimum=1)
-    max_shrink = _check_fraction("max_shrink", max_shrink)
-    if not isinstance(clip, bool):
-        raise TypeError(f"clip must be a bool, got {type(clip).__name__}")
-    if not isinstance(symmetric, bool):
-        raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
-    group = check_group_size(group_size, in_f)
+    cfg = AWQConfig(
+        n_grid=n_grid,
+        clip=clip,
+        n_clip_grid=n_clip_grid,
+        max_shrink=max_shrink,
+        max_tokens=max_tokens,
+    )
+    group = method_group_size(fmt, group_size, options, in_f)
     qdq = _IntGrid(bits, group, symmetric, options)
 
     x_mean = x.abs().mean(dim=0)
-    xs = even_rows(x, max_tokens)
-    s, _, _ = _search_scale(w, x_mean, xs, qdq, n_grid)
+    xs = even_rows(x, cfg.max_tokens)
+    s, _, _ = _search_scale(w, x_mean, xs, qdq, cfg.n_grid)
     ws = w * s
     if clip:
-        limit = _search_clip(ws, xs / s, qdq, n_clip_grid, max_shrink)
+        limit = _search_clip(ws, xs / s, qdq, cfg.n_clip_grid, cfg.max_shrink)
         wg = ws.reshape(out_f, -1, group)
         ws = torch.maximum(torch.minimum(wg, limit), -limit).reshape(out_f, in_f)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,13 +15,13 @@ from ..tensor import QuantizedTensor
 from .base import (
     INT_FORMATS,
     METHODS,
-    check_group_size,
     check_inputs,
     check_weight,
     int_format_bits,
+    method_group_size,
 )
 
-__all__ = ["gptq", "gptq_hessian"]
+__all__ = ["GPTQConfig", "gptq", "gptq_hessian"]
 
 # Format options GPTQ passes to the integer grid; the rest of quantize_int's options
 # (granularity, stochastic rounding's generator) have no meaning for a column-wise solver.
@@ -155,6 +157,54 @@ def _grid_options(fmt: str, options: dict[str, Any]) -> tuple[int, dict[str, Any
     return bits, grid
 
 
+def _check_format(fmt: str, options: Mapping[str, Any]) -> None:
+    _grid_options(fmt, dict(options))
+
+
+@dataclass(frozen=True, kw_only=True)
+class GPTQConfig:
+    """GPTQ's own options (see :func:`~llmref.quant.gptq`), validated at construction.
+
+    Parameters
+    ----------
+    damp : float, default 0.01
+    act_order : bool, default False
+    static_groups : bool, default False
+    block_size : int, default 128
+    max_damp : float, default 1.0
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the option whose type or value is wrong.
+
+    Examples
+    --------
+    >>> from llmref.quant.methods.gptq import GPTQConfig
+    >>> GPTQConfig(damp=2.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: damp must be <= max_damp=1, got damp=2
+    """
+
+    damp: float = 0.01
+    act_order: bool = False
+    static_groups: bool = False
+    block_size: int = 128
+    max_damp: float = 1.0
+
+    def __post_init__(self) -> None:
+        damp = check_positive_float("damp", self.damp)
+        max_damp = check_positive_float("max_damp", self.max_damp)
+        if damp > max_damp:
+            raise ValueError(f"damp must be <= max_damp={max_damp:g}, got damp={damp:g}")
+        check_int("block_size", self.block_size, minimum=1)
+        for name in ("act_order", "static_groups"):
+            flag = getattr(self, name)
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+
+
 def _cholesky_inverse_upper(
     h: torch.Tensor, damp: float, max_damp: float
 ) -> tuple[torch.Tensor, float]:
@@ -188,16 +238,19 @@ def _cholesky_inverse_upper(
     paper="frantar2023gptq",
     reference="https://github.com/IST-DASLab/gptq (gptq.py, GPTQ.fasterquant)",
     third_party="auto_gptq / gptqmodel GPTQ.fasterquant",
+    applies_to="weight",
     needs_inputs=True,
+    config=GPTQConfig,
     formats=INT_FORMATS,
-    target="weight",
+    check_format=_check_format,
+    takes_hessian=True,
 )
 def gptq(
     weight: torch.Tensor,
     inputs: torch.Tensor | None = None,
     *,
     fmt: str = "int4",
-    group_size: int | None = 128,
+    group_size: int | str | None = "default",
     damp: float = 0.01,
     act_order: bool = False,
     static_groups: bool = False,
@@ -227,9 +280,11 @@ def gptq(
         ``hessian`` is required.
     fmt : {"int4", "int8", "int2", "int"}, default "int4"
         Integer format; ``"int"`` takes ``bits`` (2 to 8) in ``format_options``.
-    group_size : int or None, default 128
+    group_size : int, None or "default", default "default"
         Columns per scale along ``in_features`` (must divide it); ``None``: one
-        scale per output channel.
+        scale per output channel; ``"default"``: the format's default (groups
+        of 128 below 8 bits, per channel at 8 bits, as
+        :func:`~llmref.quant.quantize` and :func:`~llmref.quant.quantize_model`).
     damp : float, default 0.01
         Relative damping: :math:`\\lambda = \\text{damp} \\cdot
         \\operatorname{mean}(\\operatorname{diag} H)` is added to the diagonal
@@ -365,16 +420,16 @@ def gptq(
     w = check_weight(weight)
     out_features, in_features = w.shape
     bits, grid = _grid_options(fmt, format_options)
-    g = check_group_size(group_size, in_features)
-    damp = check_positive_float("damp", damp)
-    max_damp = check_positive_float("max_damp", max_damp)
-    if damp > max_damp:
-        raise ValueError(f"damp must be <= max_damp={max_damp:g}, got damp={damp:g}")
-    block_size = check_int("block_size", block_size, minimum=1)
-    for name, flag in (("act_order", act_order), ("static_groups", static_groups)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-    if act_order and group_size is not None and not static_groups:
+    g = method_group_size(fmt, group_size, format_options, in_features)
+    cfg = GPTQConfig(
+        damp=damp,
+        act_order=act_order,
+        static_groups=static_groups,
+        block_size=block_size,
+        max_damp=max_damp,
+    )
+    grouped = g != in_features
+    if act_order and grouped and not static_groups:
         raise ValueError(
             "act_order=True with group_size needs static_groups=True: llmref stores groups "
             "as contiguous runs of columns in the original order, while act_order's dynamic "
@@ -451,7 +506,7 @@ def gptq(
         q = (round_values(x * inv, rounding) + z[0]).clamp_(lo, hi)
         return q.to(torch.int32), (q - z[0]) * s
 
-    dynamic = group_size is not None and not static_groups
+    dynamic = grouped and not static_groups
     if not dynamic:
         for k in range(n_groups):
             set_params(k, W[:, k * g : (k + 1) * g])
@@ -464,12 +519,12 @@ def gptq(
         perm = torch.arange(in_features, device=w.device)
     group_of = (perm // g).tolist()
 
-    U, _ = _cholesky_inverse_upper(h, damp, max_damp)
+    U, _ = _cholesky_inverse_upper(h, cfg.damp, cfg.max_damp)
     U = U.to(compute)
 
     codes = torch.empty(out_features, in_features, dtype=torch.int32, device=w.device)
-    for i1 in range(0, in_features, block_size):
-        i2 = min(i1 + block_size, in_features)
+    for i1 in range(0, in_features, cfg.block_size):
+        i2 = min(i1 + cfg.block_size, in_features)
         W1 = W[:, i1:i2].clone()
         err1 = torch.zeros_like(W1)
         U1 = U[i1:i2, i1:i2]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,13 +16,13 @@ from ..tensor import QuantizedTensor
 from .base import (
     INT_FORMATS,
     METHODS,
-    check_group_size,
     check_inputs,
     check_weight,
     int_format_bits,
+    method_group_size,
 )
 
-__all__ = ["hqq"]
+__all__ = ["HQQConfig", "hqq"]
 
 _GRID_OPTIONS = ("bits", "symmetric", "scale_convention", "zero_point", "rounding")
 
@@ -32,6 +34,88 @@ def _shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
         return torch.sign(x) * torch.relu(a - 1.0 / beta)
     # |x|^(p-1) is inf at x = 0; relu(-inf) = 0 and sign(0) = 0, so zeros stay zeros
     return torch.sign(x) * torch.relu(a - torch.pow(a, p - 1) / beta)
+
+
+def _check_format(fmt: str, options: Mapping[str, Any]) -> None:
+    """The format options HQQ honours: an asymmetric grid with a real zero point."""
+    unknown = sorted(set(options) - set(_GRID_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"option(s) {', '.join(map(repr, unknown))} not accepted; HQQ passes "
+            f"{', '.join(_GRID_OPTIONS)} to the integer format"
+        )
+    int_format_bits(fmt, dict(options))
+    symmetric = options.get("symmetric", False)
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
+    if symmetric:
+        raise ValueError("hqq optimizes a zero point: symmetric must be False, got True")
+    zero_point = options.get("zero_point", "float")
+    if zero_point != "float":
+        raise ValueError(
+            f"hqq optimizes a real-valued zero point: zero_point must be 'float', got "
+            f"{zero_point!r} (the zero-point steps are a fraction of a code, so rounding "
+            "them to integers would undo them)"
+        )
+    rounding = options.get("rounding", "nearest_even")
+    if rounding not in ("nearest_even", "half_away"):
+        raise ValueError(
+            f"rounding must be 'nearest_even' or 'half_away' for hqq, got {rounding!r}"
+        )
+    scale_convention = options.get("scale_convention", "qmax")
+    if scale_convention not in ("qmax", "half_range"):
+        raise ValueError(
+            f"scale_convention must be 'qmax' or 'half_range', got {scale_convention!r}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class HQQConfig:
+    """HQQ's own options (see :func:`~llmref.quant.hqq`), validated at construction.
+
+    Parameters
+    ----------
+    iters : int, default 20
+    lp_norm : float, default 0.7
+    beta : float, default 10.0
+    kappa : float, default 1.01
+    optimize_scale : bool, default False
+    early_stop : bool, default True
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the option whose type or value is wrong.
+
+    Examples
+    --------
+    >>> from llmref.quant.methods.hqq import HQQConfig
+    >>> HQQConfig(lp_norm=2.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: lp_norm must be in (0, 1], got 2.0
+    """
+
+    iters: int = 20
+    lp_norm: float = 0.7
+    beta: float = 10.0
+    kappa: float = 1.01
+    optimize_scale: bool = False
+    early_stop: bool = True
+
+    def __post_init__(self) -> None:
+        check_int("iters", self.iters, minimum=0)
+        lp_norm = check_positive_float("lp_norm", self.lp_norm)
+        if lp_norm > 1:
+            raise ValueError(f"lp_norm must be in (0, 1], got {lp_norm}")
+        check_positive_float("beta", self.beta)
+        kappa = check_positive_float("kappa", self.kappa)
+        if kappa < 1:
+            raise ValueError(f"kappa must be >= 1 (beta grows each iteration), got {kappa}")
+        for name in ("optimize_scale", "early_stop"):
+            flag = getattr(self, name)
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
 
 
 def _hqq_solve(
@@ -96,16 +180,18 @@ def _hqq_solve(
     paper="badri2023hqq",
     reference="https://github.com/mobiusml/hqq (hqq/core/optimize.py, optimize_weights_proximal)",
     third_party="hqq.core.quantize.Quantizer.quantize(..., optimize=True)",
+    applies_to="weight",
     needs_inputs=False,
+    config=HQQConfig,
     formats=INT_FORMATS,
-    target="weight",
+    check_format=_check_format,
 )
 def hqq(
     weight: torch.Tensor,
     inputs: torch.Tensor | None = None,
     *,
     fmt: str = "int4",
-    group_size: int | None = 64,
+    group_size: int | str | None = "default",
     iters: int = 20,
     lp_norm: float = 0.7,
     beta: float = 10.0,
@@ -131,9 +217,11 @@ def hqq(
         Ignored (checked for shape if given): HQQ needs no calibration data.
     fmt : {"int4", "int8", "int2", "int"}, default "int4"
         Integer format; ``"int"`` takes ``bits`` (2 to 8) in ``format_options``.
-    group_size : int or None, default 64
+    group_size : int, None or "default", default "default"
         Weights per scale along ``in_features`` (must divide it); ``None``: one
-        group per output channel. 64 is HQQ's default ``group_size``.
+        group per output channel; ``"default"``: the format's default (groups
+        of 128 below 8 bits, per channel at 8 bits), as every llmref method.
+        The hqq library's own default is 64.
     iters : int, default 20
         Most half-quadratic iterations (0: plain min-max round-to-nearest).
     lp_norm : float, default 0.7
@@ -228,47 +316,20 @@ def hqq(
     w = check_weight(weight)
     in_features = w.shape[1]
     check_inputs(inputs, in_features, required=False)
-    unknown = sorted(set(format_options) - set(_GRID_OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"option(s) {', '.join(map(repr, unknown))} not accepted; HQQ passes "
-            f"{', '.join(_GRID_OPTIONS)} to the integer format"
-        )
+    _check_format(fmt, format_options)
     bits = int_format_bits(fmt, format_options)
-    symmetric = format_options.get("symmetric", False)
-    if not isinstance(symmetric, bool):
-        raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
-    if symmetric:
-        raise ValueError("hqq optimizes a zero point: symmetric must be False, got True")
     zero_point = format_options.get("zero_point", "float")
-    if zero_point != "float":
-        raise ValueError(
-            f"hqq optimizes a real-valued zero point: zero_point must be 'float', got "
-            f"{zero_point!r} (the zero-point steps are a fraction of a code, so rounding "
-            "them to integers would undo them)"
-        )
     rounding = format_options.get("rounding", "nearest_even")
-    if rounding not in ("nearest_even", "half_away"):
-        raise ValueError(
-            f"rounding must be 'nearest_even' or 'half_away' for hqq, got {rounding!r}"
-        )
     scale_convention = format_options.get("scale_convention", "qmax")
-    if scale_convention not in ("qmax", "half_range"):
-        raise ValueError(
-            f"scale_convention must be 'qmax' or 'half_range', got {scale_convention!r}"
-        )
-    g = check_group_size(group_size, in_features)
-    iters = check_int("iters", iters, minimum=0)
-    lp_norm = check_positive_float("lp_norm", lp_norm)
-    if lp_norm > 1:
-        raise ValueError(f"lp_norm must be in (0, 1], got {lp_norm}")
-    beta = check_positive_float("beta", beta)
-    kappa = check_positive_float("kappa", kappa)
-    if kappa < 1:
-        raise ValueError(f"kappa must be >= 1 (beta grows each iteration), got {kappa}")
-    for name, flag in (("optimize_scale", optimize_scale), ("early_stop", early_stop)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    g = method_group_size(fmt, group_size, format_options, in_features)
+    HQQConfig(
+        iters=iters,
+        lp_norm=lp_norm,
+        beta=beta,
+        kappa=kappa,
+        optimize_scale=optimize_scale,
+        early_stop=early_stop,
+    )
 
     wg = w.reshape(-1, g)
     scale, zp, _ = _hqq_solve(

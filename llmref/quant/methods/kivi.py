@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -10,9 +11,39 @@ from ..._checks import check_int
 from ..formats import int_tensor_from_codes
 from ..primitives import check_bits, check_float_input, choose_qparams, quantize_affine
 from ..tensor import QuantizedTensor
-from .base import METHODS
+from .base import METHODS, MethodSpec
 
-__all__ = ["QuantizedKV", "kivi", "kivi_dequantize"]
+__all__ = ["KIVIConfig", "QuantizedKV", "kivi", "kivi_dequantize"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class KIVIConfig:
+    """KIVI's options (see :func:`~llmref.quant.kivi`), validated at construction.
+
+    Parameters
+    ----------
+    bits : int, default 2
+    group_size : int, default 32
+    value_group_size : int, optional
+
+    Examples
+    --------
+    >>> from llmref.quant.methods.kivi import KIVIConfig
+    >>> KIVIConfig(bits=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: bits must be between 2 and 8, got 1
+    """
+
+    bits: int = 2
+    group_size: int = 32
+    value_group_size: int | None = None
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits)
+        check_int("group_size", self.group_size, minimum=1)
+        if self.value_group_size is not None:
+            check_int("value_group_size", self.value_group_size, minimum=1)
 
 
 class QuantizedKV(NamedTuple):
@@ -56,15 +87,6 @@ def _check_kv(name: str, x: object) -> torch.Tensor:
     return t
 
 
-@METHODS.register(
-    "kivi",
-    paper="liu2024kivi",
-    reference="llmref.cache.QuantizedCache",
-    third_party="transformers.QuantizedCache (quanto/HQQ backends)",
-    needs_inputs=False,
-    formats=("int2", "int4", "int8", "int"),
-    target="kv",
-)
 def kivi(
     keys: torch.Tensor,
     values: torch.Tensor,
@@ -75,8 +97,8 @@ def kivi(
 ) -> QuantizedKV:
     r"""Quantize keys per channel and values per token, KIVI's asymmetric scheme.
 
-    Unlike the weight methods in :data:`~llmref.quant.METHODS` (``target ==
-    "weight"``), this one (``target == "kv"``) takes attention keys and
+    Unlike the weight methods in :data:`~llmref.quant.METHODS` (``applies_to ==
+    "weight"``), this one (``applies_to == "kv"``) takes attention keys and
     values, not a weight matrix and calibration inputs.
 
     Parameters
@@ -143,17 +165,13 @@ def kivi(
     """
     k = _check_kv("keys", keys)
     v = _check_kv("values", values)
-    bits = check_bits(bits)
-    G = check_int("group_size", group_size, minimum=1)
+    cfg = KIVIConfig(bits=bits, group_size=group_size, value_group_size=value_group_size)
+    bits, G = cfg.bits, cfg.group_size
     B, H, T, D = k.shape
     if T % G:
         raise ValueError(f"group_size must divide the number of key tokens T={T}, got {G}")
     Dv = v.shape[-1]
-    gv = (
-        Dv
-        if value_group_size is None
-        else check_int("value_group_size", value_group_size, minimum=1)
-    )
+    gv = Dv if cfg.value_group_size is None else cfg.value_group_size
     if Dv % gv:
         raise ValueError(f"value_group_size must divide the value dimension {Dv}, got {gv}")
     k_grouped = k.reshape(B, H, T // G, G, D).transpose(-1, -2)  # (B, H, T/G, D, G)
@@ -204,3 +222,18 @@ def kivi_dequantize(
     Bv, Hv, Tv, n_v, gv = qv.shape
     v = qv.dequantize(dtype).reshape(Bv, Hv, Tv, n_v * gv)
     return k, v
+
+
+METHODS.add(
+    MethodSpec(
+        name="kivi",
+        fn=kivi,
+        paper="liu2024kivi",
+        reference="llmref.cache.QuantizedCache",
+        third_party="transformers.QuantizedCache (quanto/HQQ backends)",
+        applies_to="kv",
+        needs_inputs=False,
+        config=KIVIConfig,
+        inverse=kivi_dequantize,
+    )
+)

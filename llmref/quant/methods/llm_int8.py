@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 import torch
 
@@ -10,9 +11,37 @@ from ..formats import int_tensor_from_codes
 from ..kernels import Int8VectorwiseQuant, int8_vectorwise_quant
 from ..primitives import _EPS
 from ..tensor import QuantizedTensor
-from .base import METHODS, check_inputs, check_weight
+from .base import METHODS, check_inputs, check_per_channel, check_weight, int8_only
 
-__all__ = ["Int8VectorwiseQuant", "int8_vectorwise_quant", "llm_int8"]
+__all__ = ["Int8VectorwiseQuant", "LLMInt8Config", "int8_vectorwise_quant", "llm_int8"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LLMInt8Config:
+    """LLM.int8()'s own option, validated at construction.
+
+    Parameters
+    ----------
+    threshold : float, default 6.0
+        Outlier magnitude, > 0 (see :func:`~llmref.quant.llm_int8`).
+
+    Examples
+    --------
+    >>> from llmref.quant.methods.llm_int8 import LLMInt8Config
+    >>> LLMInt8Config(threshold=0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: threshold must be > 0, got 0.0
+    """
+
+    threshold: float = 6.0
+
+    def __post_init__(self) -> None:
+        t = self.threshold
+        if isinstance(t, bool) or not isinstance(t, numbers.Real):
+            raise TypeError(f"threshold must be a float, got {type(t).__name__}")
+        if not float(t) > 0:
+            raise ValueError(f"threshold must be > 0, got {t}")
 
 
 @METHODS.register(
@@ -20,16 +49,18 @@ __all__ = ["Int8VectorwiseQuant", "int8_vectorwise_quant", "llm_int8"]
     paper="dettmers2022llmint8",
     reference="llmref.quant.kernels.KERNELS['llm_int8']",
     third_party="bitsandbytes.nn.Linear8bitLt",
+    applies_to="weight",
     needs_inputs=False,
+    config=LLMInt8Config,
     formats=("int8",),
-    target="weight",
+    check_format=int8_only("llm_int8"),
 )
 def llm_int8(
     weight: torch.Tensor,
     inputs: torch.Tensor | None = None,
     *,
     fmt: str = "int8",
-    group_size: int | None = None,
+    group_size: int | str | None = "default",
     threshold: float = 6.0,
 ) -> QuantizedTensor:
     r"""LLM.int8(): int8 weights per row, int8 activations per token, outliers in float.
@@ -43,8 +74,9 @@ def llm_int8(
         at run time, per batch.
     fmt : str, default "int8"
         Must be ``"int8"``.
-    group_size : int or None, default None
-        Must be ``None`` or ``in_features`` (vector-wise: one scale per row).
+    group_size : int, None or "default", default "default"
+        Must be ``"default"``, ``None`` or ``in_features`` (vector-wise: one
+        scale per row, int8's default).
     threshold : float, default 6.0
         Activation magnitude from which a feature column is an outlier
         (bitsandbytes' ``llm_int8_threshold``); > 0.
@@ -114,16 +146,9 @@ def llm_int8(
     """
     w = check_weight(weight)
     check_inputs(inputs, w.shape[1], required=False)
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
-        raise TypeError(f"threshold must be a float, got {type(threshold).__name__}")
-    if not float(threshold) > 0:
-        raise ValueError(f"threshold must be > 0, got {threshold}")
-    if fmt != "int8":
-        raise ValueError(f"fmt must be 'int8' for llm_int8, got {fmt!r}")
-    if group_size is not None and group_size != w.shape[1]:
-        raise ValueError(
-            f"group_size must be None (one scale per row) for llm_int8, got {group_size!r}"
-        )
+    threshold = LLMInt8Config(threshold=threshold).threshold
+    int8_only("llm_int8")(fmt, {})
+    check_per_channel("llm_int8", group_size, w.shape[1])
     q = int8_vectorwise_quant(w)
     qt = int_tensor_from_codes(q.codes, (q.absmax / 127).clamp(min=_EPS), bits=8, fmt="int8")
     options = {**qt.options, "act_quant": "llm_int8", "threshold": float(threshold)}

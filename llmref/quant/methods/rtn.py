@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -10,7 +11,19 @@ from ..formats import quantize
 from ..tensor import QuantizedTensor
 from .base import METHODS, check_inputs, check_weight
 
-__all__ = ["rtn"]
+__all__ = ["RTNConfig", "rtn"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RTNConfig:
+    """Round-to-nearest has no options of its own: every option is the format's.
+
+    Examples
+    --------
+    >>> from llmref.quant.methods.rtn import RTNConfig
+    >>> RTNConfig()
+    RTNConfig()
+    """
 
 
 @METHODS.register(
@@ -18,16 +31,16 @@ __all__ = ["rtn"]
     paper="nagel2021white",
     reference="llmref.quant.quantize",
     third_party="torchao.quantization.quant_primitives.quantize_affine",
+    applies_to="weight",
     needs_inputs=False,
-    formats=None,
-    target="weight",
+    config=RTNConfig,
 )
 def rtn(
     weight: torch.Tensor,
     inputs: torch.Tensor | None = None,
     *,
     fmt: str = "int4",
-    group_size: int | None = 128,
+    group_size: int | str | None = "default",
     **options: Any,
 ) -> QuantizedTensor:
     """Round each weight to the nearest level of ``fmt``, with no calibration.
@@ -41,16 +54,19 @@ def rtn(
         :data:`~llmref.quant.METHODS` takes the same arguments.
     fmt : str, default "int4"
         Any format in :data:`~llmref.quant.FORMATS`.
-    group_size : int or None, default 128
-        Weights per scale along ``in_features``; ``None``: the format's default
-        (per output channel for the integer formats).
+    group_size : int, None or "default", default "default"
+        Weights per scale along ``in_features``; ``"default"``: the format's
+        default (integer formats: groups of 128 below 8 bits, per channel at 8
+        bits); ``None``: as the format reads it (per output channel for the
+        integer formats).
     **options
         Further format options (``symmetric``, ``bits`` for ``fmt="int"`` ...).
 
     Returns
     -------
     QuantizedTensor
-        Exactly ``quantize(weight, fmt, group_size=group_size, **options)``.
+        Exactly ``quantize(weight, fmt, group_size=group_size, **options)``
+        (without ``group_size`` when it is ``"default"``).
 
     Raises
     ------
@@ -69,6 +85,6 @@ def rtn(
     """
     w = check_weight(weight)
     check_inputs(inputs, w.shape[1], required=False)
-    if group_size is not None:
+    if group_size != "default":
         options["group_size"] = group_size
     return quantize(weight.detach(), fmt, **options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -9,9 +10,33 @@ import torch
 from ..formats import quantize
 from ..tensor import QuantizedTensor
 from .awq import _check_fraction
-from .base import METHODS, check_inputs, check_weight
+from .base import METHODS, check_inputs, check_per_channel, check_weight, int8_only
 
-__all__ = ["OutlierStats", "activation_outliers", "smoothquant"]
+__all__ = ["OutlierStats", "SmoothQuantConfig", "activation_outliers", "smoothquant"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmoothQuantConfig:
+    """SmoothQuant's own option, validated at construction.
+
+    Parameters
+    ----------
+    alpha : float, default 0.5
+        Migration strength in [0, 1] (see :func:`~llmref.quant.smoothquant`).
+
+    Examples
+    --------
+    >>> from llmref.quant.methods.smoothquant import SmoothQuantConfig
+    >>> SmoothQuantConfig(alpha=1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: alpha must lie in [0, 1], got 1.5
+    """
+
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_fraction("alpha", self.alpha, closed_high=True)
 
 _FLOOR = 1e-5  # the reference implementation's floor on max|W_j| and on s_j
 
@@ -142,16 +167,18 @@ def smooth_scales(
     paper="xiao2023smoothquant",
     reference="https://github.com/mit-han-lab/smoothquant (smoothquant/smooth.py)",
     third_party="llmcompressor.modifiers.smoothquant.SmoothQuantModifier",
+    applies_to="weight",
     needs_inputs=True,
+    config=SmoothQuantConfig,
     formats=("int8",),
-    target="weight",
+    check_format=int8_only("smoothquant"),
 )
 def smoothquant(
     weight: torch.Tensor,
     inputs: torch.Tensor | None = None,
     *,
     fmt: str = "int8",
-    group_size: int | None = None,
+    group_size: int | str | None = "default",
     alpha: float = 0.5,
 ) -> QuantizedTensor:
     r"""SmoothQuant W8A8: per-channel smoothing, int8 weights, int8 per-token activations.
@@ -165,9 +192,9 @@ def smoothquant(
         flattened); only their per-channel max ``|x|`` is used. Required.
     fmt : str, default "int8"
         Must be ``"int8"`` (the weights of a W8A8 integer GEMM).
-    group_size : int or None, default None
-        Must be ``None`` or ``in_features``: one scale per output channel, as
-        the int8 GEMM's epilogue needs.
+    group_size : int, None or "default", default "default"
+        Must be ``"default"``, ``None`` or ``in_features``: one scale per
+        output channel (int8's default), as the int8 GEMM's epilogue needs.
     alpha : float, default 0.5
         Migration strength in [0, 1]: 0 leaves the activations alone
         (``s = 1 / max|W_j|``), 1 moves all of their range into the weights.
@@ -240,13 +267,9 @@ def smoothquant(
     w = check_weight(weight)
     x = check_inputs(inputs, w.shape[1], required=True)
     assert x is not None
-    alpha = _check_fraction("alpha", alpha, closed_high=True)
-    if fmt != "int8":
-        raise ValueError(f"fmt must be 'int8' for smoothquant (W8A8), got {fmt!r}")
-    if group_size is not None and group_size != w.shape[1]:
-        raise ValueError(
-            f"group_size must be None (per output channel) for smoothquant, got {group_size!r}"
-        )
+    alpha = SmoothQuantConfig(alpha=alpha).alpha
+    int8_only("smoothquant")(fmt, {})
+    check_per_channel("smoothquant", group_size, w.shape[1])
     s = smooth_scales(x.abs().amax(dim=0), w, alpha=alpha)
     qt = quantize(w * s, "int8")
     options = {**qt.options, "act_quant": "per_token_int8"}
