@@ -92,18 +92,23 @@ def _public_name(fn: Any, home: Any, home_name: str) -> str | None:
 def _spec_options(spec: Any) -> str:
     """The fields a spec class adds to :class:`llmref.Spec` (and a ``RegistryEntry``'s
     ``meta``), as ``name=value``: callables (e.g. a FlexAttention ``mask_mod``) are left
-    out, classes (e.g. a config class) are shown by name, ``None`` values are omitted."""
+    out, classes (e.g. a config class) are shown by name, ``None`` values are omitted,
+    and so are fields declared with ``metadata={"table": False}`` (worked examples)."""
     import llmref
 
     base = {f.name for f in dataclasses.fields(llmref.Spec)} | {spec.primary, "meta"}
-    items = [(f.name, getattr(spec, f.name)) for f in dataclasses.fields(spec)]
-    items += list(getattr(spec, "meta", {}).items())
+    shown = [f for f in dataclasses.fields(spec) if f.metadata.get("table", True)]
+    items = [(f.name, getattr(spec, f.name)) for f in shown]
+    if isinstance(spec, llmref.RegistryEntry):  # typed specs' ``meta`` is a deprecated view
+        items += list(spec.meta.items())
     parts = []
     for key, value in items:
         if key in base or value is None:
             continue
         if isinstance(value, type):
             parts.append(f"``{key}={value.__name__}``")
+        elif isinstance(value, frozenset):  # sorted: set order changes with the hash seed
+            parts.append(f"``{key}={{{', '.join(map(repr, sorted(value)))}}}``")
         elif not callable(value):
             parts.append(f"``{key}={value!r}``")
     return ", ".join(parts)

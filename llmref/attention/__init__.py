@@ -6,7 +6,13 @@ Tensors use the ``(B, H, T, D)`` layout; boolean masks mean ``True`` = may atten
 from .chunked import chunked_attention
 from .differential import DifferentialAttention, differential_attention
 from .flex import flex_attention
-from .functional import ATTENTION, attention, naive_attention, sdpa_attention
+from .functional import (
+    ATTENTION,
+    AttentionBackendSpec,
+    attention,
+    naive_attention,
+    sdpa_attention,
+)
 from .latent import MultiHeadLatentAttention
 from .linear import (
     LinearAttention,
@@ -17,6 +23,7 @@ from .linear import (
 )
 from .masks import (
     MASKS,
+    MaskSpec,
     as_mask_mod,
     block_sparse_mask,
     block_topk_layout,
@@ -30,15 +37,18 @@ from .masks import (
 from .modules import MultiHeadAttention
 from .performer import favor_features, orthogonal_random_features, performer_attention
 from .sigmoid import sigmoid_attention
-from .variants import VARIANTS
+from .variants import VARIANTS, AttentionVariantSpec
 
 __all__ = [
     "ATTENTION",
     "MASKS",
     "VARIANTS",
+    "AttentionBackendSpec",
+    "AttentionVariantSpec",
     "DifferentialAttention",
     "LinearAttention",
     "LinearAttentionState",
+    "MaskSpec",
     "MultiHeadAttention",
     "MultiHeadLatentAttention",
     "as_mask_mod",

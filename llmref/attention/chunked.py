@@ -419,6 +419,7 @@ def _block_sizes(block_size: object) -> tuple[int, int]:
     reference="naive_attention",
     third_party="torch.nn.functional.scaled_dot_product_attention",
     features=frozenset({"bias", "softcap", "sinks"}),
+    auto_order=1,
 )
 def chunked_attention(
     q: torch.Tensor,

@@ -111,7 +111,7 @@ def flex_attention(
     Notes
     -----
     PyTorch implements no FlexAttention backward on CPU; on CPU this backend
-    is for inference (``ATTENTION["flex"].meta["backward_on_cpu"]`` is False).
+    is for inference (``ATTENTION["flex"].backward_on_cpu`` is False).
     FlexAttention evaluates ``score_mod`` on each scaled score
     :math:`s_{ij}` and drops the pairs where the mask is false; blocks that
     are entirely masked are skipped. Fully masked rows come back as zeros.

@@ -7,7 +7,9 @@ of shape ``(B, H, T, Dv)`` in the input dtype.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -21,18 +23,142 @@ from .._checks import (
     compute_dtype,
     resolve_scale,
 )
-from .._registry import Registry
+from .._registry import Registry, Spec
+from ..position._registries import legacy_meta
 from .masks import causal_mask
 
-__all__ = ["ATTENTION", "attention", "naive_attention", "sdpa_attention"]
+__all__ = ["ATTENTION", "AttentionBackendSpec", "attention", "naive_attention", "sdpa_attention"]
 
-ATTENTION = Registry("attention backend")
-"""Registry of attention implementations, name -> :class:`~llmref.RegistryEntry`.
+#: The optional keywords a backend may support beyond ``mask``, ``is_causal`` and ``scale``.
+FEATURES = frozenset({"bias", "softcap", "sinks"})
+#: Where the additive bias enters a backend (:attr:`AttentionBackendSpec.bias_precision`).
+BIAS_PRECISIONS = ("compute", "input")
 
-Every entry accepts ``(q, k, v, *, mask=None, is_causal=False, scale=None,
-bias=None)`` and gives the same result; :func:`attention` dispatches to them by
-name. ``meta["features"]`` lists the optional keywords an entry supports
-beyond those (``"bias"``, ``"softcap"``, ``"sinks"``).
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionBackendSpec(Spec):
+    """Spec of a softmax-attention backend in :data:`ATTENTION`.
+
+    Parameters
+    ----------
+    name, paper, reference, third_party
+        As in :class:`~llmref.Spec`.
+    fn : callable
+        ``fn(q, k, v, *, mask=None, is_causal=False, scale=None, **features)``
+        returning ``(B, H, T, Dv)`` in ``q``'s dtype.
+    features : frozenset of str
+        The optional keywords ``fn`` supports, among ``"bias"``, ``"softcap"``
+        and ``"sinks"``; :func:`attention` refuses the others by name.
+    exact : bool, default True
+        Whether every result equals :func:`naive_attention`'s under the equality
+        policy (:mod:`llmref.testing.equality`) on every input the backend
+        supports (with ``bias_precision="input"``: every bias already in
+        ``q``'s dtype). ``backend="auto"`` only picks exact backends.
+    bias_precision : {"compute", "input"}, default "compute"
+        Where the bias enters: ``"compute"`` adds it in the compute dtype
+        (float32 for 16-bit inputs, as the reference does); ``"input"`` first
+        rounds it to ``q``'s dtype, which changes the result when a 16-bit
+        input comes with a wider bias (:func:`attention` then refuses the
+        backend unless ``backend="fast"``).
+    auto_order : int or None, default None
+        Position in the static order ``"auto"`` and ``"fast"`` try (lower
+        first); ``None`` keeps the backend out of both (it runs only by name).
+    backward_on_cpu : bool, default True
+        Whether ``fn`` is differentiable on CPU.
+
+    Raises
+    ------
+    TypeError
+        If ``fn`` is not callable or a flag is not a bool.
+    ValueError
+        If ``features`` names an unknown keyword or ``bias_precision`` is not
+        ``"compute"`` or ``"input"``.
+
+    Examples
+    --------
+    >>> from llmref.attention import ATTENTION
+    >>> spec = ATTENTION["sdpa"]
+    >>> sorted(spec.features), spec.bias_precision, spec.auto_order
+    (['bias'], 'input', 0)
+    """
+
+    primary: ClassVar[str | None] = "fn"
+
+    fn: Callable[..., Any]
+    features: frozenset[str] = frozenset()
+    exact: bool = True
+    bias_precision: str = "compute"
+    auto_order: int | None = None
+    backward_on_cpu: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        where = f"attention backend {self.name!r}"
+        if not callable(self.fn):
+            raise TypeError(f"{where}: fn must be callable, got {type(self.fn).__name__}")
+        if not isinstance(self.features, frozenset) or not self.features <= FEATURES:
+            raise ValueError(
+                f"{where}: features must be a frozenset of {sorted(FEATURES)}, "
+                f"got {self.features!r}"
+            )
+        if self.bias_precision not in BIAS_PRECISIONS:
+            raise ValueError(
+                f"{where}: bias_precision must be one of {BIAS_PRECISIONS}, "
+                f"got {self.bias_precision!r}"
+            )
+        for flag in ("exact", "backward_on_cpu"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{where}: {flag} must be a bool")
+        if self.auto_order is not None and (
+            isinstance(self.auto_order, bool) or not isinstance(self.auto_order, int)
+        ):
+            raise TypeError(f"{where}: auto_order must be an int or None, got {self.auto_order!r}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def rounds_bias(self, dtype: torch.dtype, bias_dtype: torch.dtype) -> bool:
+        """Whether this backend would round a ``bias_dtype`` bias below the reference's precision.
+
+        Parameters
+        ----------
+        dtype : torch.dtype
+            The dtype of ``q``, ``k`` and ``v``.
+        bias_dtype : torch.dtype
+            The dtype of the bias.
+
+        Returns
+        -------
+        bool
+            True for an ``"input"``-precision backend given 16-bit inputs and a
+            bias of another dtype: the reference adds that bias in float32.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from llmref.attention import ATTENTION
+        >>> ATTENTION["sdpa"].rounds_bias(torch.float16, torch.float32)
+        True
+        >>> ATTENTION["sdpa"].rounds_bias(torch.float16, torch.float16)
+        False
+        """
+        return (
+            self.bias_precision == "input" and bias_dtype != dtype and compute_dtype(dtype) != dtype
+        )
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        """Deprecated: the fields as the old ``meta`` dict."""
+        return legacy_meta(self)
+
+
+ATTENTION = Registry("attention backend", AttentionBackendSpec)
+"""Registry of softmax-attention backends, name -> :class:`AttentionBackendSpec`.
+
+Every entry accepts ``(q, k, v, *, mask=None, is_causal=False, scale=None)`` and
+the optional keywords its ``features`` declare (``"bias"``, ``"softcap"``,
+``"sinks"``), and gives the reference result (``exact``); :func:`attention`
+dispatches to them by name, and ``"auto"`` tries them in ``auto_order``.
 """
 
 
@@ -52,6 +178,7 @@ def _combined_mask(
     reference="naive_attention",
     third_party="torch.nn.functional.scaled_dot_product_attention",
     features=frozenset({"bias", "softcap", "sinks"}),
+    auto_order=2,
 )
 def naive_attention(
     q: torch.Tensor,
@@ -203,6 +330,8 @@ def naive_attention(
     reference="naive_attention",
     third_party="torch.nn.functional.scaled_dot_product_attention",
     features=frozenset({"bias"}),
+    bias_precision="input",
+    auto_order=0,
 )
 def sdpa_attention(
     q: torch.Tensor,
@@ -234,7 +363,10 @@ def sdpa_attention(
         Score scale; defaults to ``1 / sqrt(D)``.
     bias : torch.Tensor, optional
         Additive float bias broadcasting to ``(B, H, T, S)``; passed to SDPA as
-        a float ``attn_mask`` (in ``q``'s dtype) with masked entries at ``-inf``.
+        a float ``attn_mask`` with masked entries at ``-inf``. SDPA wants that
+        mask in ``q``'s dtype, so a wider bias is rounded to it first (the
+        spec's ``bias_precision="input"``): :func:`attention` does not pick
+        this backend for such a call unless asked for ``backend="fast"``.
 
     Returns
     -------
@@ -291,24 +423,70 @@ def sdpa_attention(
     return out
 
 
-def resolve_backend(backend: str, features: set[str]) -> str:
-    """The ATTENTION entry to use: ``backend`` itself, or for ``"auto"`` SDPA when it
-    supports every needed feature and the chunked (FlashAttention) kernel otherwise.
+#: Backend names :func:`attention` takes besides the registered ones.
+DISPATCH = ("auto", "fast")
 
-    This rule knows features, not shapes. A module whose shapes SDPA cannot run
-    fused makes its own ``"auto"`` choice on top of it: MultiHeadLatentAttention's
-    absorbed path (query/key width != value width, one shared key/value head)
-    uses the chunked kernel (see its ``absorbed_backend``)."""
-    if backend == "auto":
-        return "sdpa" if features <= ATTENTION["sdpa"].meta["features"] else "chunked"
-    if backend not in ATTENTION:
-        known = ", ".join(repr(n) for n in ("auto", *ATTENTION))
+
+def _in_order() -> Iterator[AttentionBackendSpec]:
+    """The backends ``"auto"`` and ``"fast"`` consider, in their static order."""
+    ranked = [spec for spec in ATTENTION.values() if spec.auto_order is not None]
+    return iter(sorted(ranked, key=lambda spec: (spec.auto_order, spec.name)))
+
+
+def resolve_backend(
+    backend: str,
+    features: set[str] | frozenset[str],
+    *,
+    dtype: torch.dtype | None = None,
+    bias_dtype: torch.dtype | None = None,
+) -> str:
+    """The :data:`ATTENTION` entry that runs a call: ``backend`` itself, or the one
+    ``"auto"`` or ``"fast"`` picks.
+
+    ``"auto"`` takes the first backend in ``auto_order`` (``"sdpa"``,
+    ``"chunked"``, ``"naive"``) that is ``exact``, supports every needed
+    feature and would not round the bias below the reference's precision;
+    ``"fast"`` the first that supports the features, rounding allowed. The
+    choice depends on declared fields and dtypes only (nothing is timed), so it
+    is the same on every machine. Without ``dtype``/``bias_dtype`` (a module
+    choosing once, at construction) the bias is taken to be in the inputs'
+    dtype. An explicit name is refused if it lacks a feature or would round
+    the bias. MultiHeadLatentAttention's absorbed path (query/key width !=
+    value width) makes its own choice on top of this (see its
+    ``absorbed_backend``).
+    """
+    needed = frozenset(features)
+
+    def rounding(spec: AttentionBackendSpec) -> bool:
+        if dtype is None or bias_dtype is None or "bias" not in needed:
+            return False
+        return spec.rounds_bias(dtype, bias_dtype)
+
+    if backend in DISPATCH:
+        for spec in _in_order():
+            if not needed <= spec.features:
+                continue
+            if backend == "fast" or (spec.exact and not rounding(spec)):
+                return spec.name
+        raise ValueError(
+            f"backend={backend!r}: no backend in the automatic order supports {sorted(needed)}"
+        )
+    if not isinstance(backend, str) or backend not in ATTENTION:
+        known = ", ".join(repr(n) for n in (*DISPATCH, *ATTENTION))
         raise ValueError(f"backend must be one of {known}, got {backend!r}")
-    missing = features - ATTENTION[backend].meta["features"]
+    spec = ATTENTION[backend]
+    missing = needed - spec.features
     if missing:
+        able = [n for n, e in ATTENTION.items() if needed <= e.features]
         raise ValueError(
             f"backend {backend!r} does not support {sorted(missing)}; use 'auto' or one of "
-            + ", ".join(repr(n) for n, e in ATTENTION.items() if features <= e.meta["features"])
+            + ", ".join(map(repr, able))
+        )
+    if rounding(spec):
+        raise ValueError(
+            f"backend {backend!r} would round the {bias_dtype} bias to the inputs' {dtype}, "
+            "which changes the result; use backend='auto', pass bias.to(q.dtype), or accept "
+            "the rounding with backend='fast'"
         )
     return backend
 
@@ -322,12 +500,15 @@ def attention(
     is_causal: bool = False,
     scale: float | None = None,
     bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Scaled dot-product attention through a chosen backend.
+    """Scaled dot-product attention through a chosen backend, exact by default.
 
-    Every backend gives the same result (to floating-point rounding); they
-    differ in speed and memory.
+    Every backend but ``"fast"`` gives the reference result of
+    :func:`naive_attention` under the equality policy; they differ in speed
+    and memory.
 
     Parameters
     ----------
@@ -342,10 +523,22 @@ def attention(
         Score scale; defaults to ``1 / sqrt(D)``.
     bias : torch.Tensor, optional
         Additive float bias broadcasting to ``(B, H, T, S)`` (ALiBi, relative
-        position biases).
+        position biases), added in the compute dtype like the reference does
+        (float32 for 16-bit inputs), whatever the backend.
+    softcap : float, optional
+        Logit softcapping ``softcap * tanh(s / softcap)`` (Gemma 2).
+    sinks : torch.Tensor, optional
+        Per-head sink logits of shape ``(H,)`` (gpt-oss).
     backend : str, default "auto"
-        A name registered in :data:`ATTENTION` (``"naive"``, ``"sdpa"``,
-        ``"chunked"``, ...), or ``"auto"``, which picks ``"sdpa"``.
+        ``"auto"``: the first backend, in the static order ``"sdpa"``,
+        ``"chunked"``, ``"naive"`` (:attr:`AttentionBackendSpec.auto_order`),
+        that is exact, supports the options used and keeps the bias's
+        precision. So SDPA runs unless the call needs softcapping or sinks, or
+        brings a 16-bit ``q`` with a bias of another dtype (SDPA would round
+        the bias to ``q``'s dtype); the chunked FlashAttention kernel runs
+        then. ``"fast"``: the first in that order that supports the options,
+        even if it rounds the bias (see Notes). Or a name registered in
+        :data:`ATTENTION` (``"naive"``, ``"sdpa"``, ``"chunked"``, ``"flex"``).
 
     Returns
     -------
@@ -355,7 +548,17 @@ def attention(
     Raises
     ------
     ValueError
-        If ``backend`` is unknown; otherwise as :func:`naive_attention`.
+        If ``backend`` is unknown, lacks an option used, or would round the
+        bias; otherwise as :func:`naive_attention`.
+
+    Notes
+    -----
+    The cost of ``"fast"``: a float16 call at ``T=113, S=203`` (``D=64``,
+    ``B=2, H=4``) with a float32 ALiBi-style bias spanning ``-60 .. 0`` is off
+    the float64 result by 1.3e-2 through SDPA (the bias rounded to float16)
+    against 9.5e-4 through ``"auto"`` (the chunked kernel, bias in float32):
+    14 times the error. With a bias already in ``q``'s dtype, or float32 and
+    float64 inputs, ``"fast"`` and ``"auto"`` pick the same backend.
 
     Examples
     --------
@@ -366,5 +569,12 @@ def attention(
     >>> torch.allclose(a, b, atol=1e-6)
     True
     """
-    name = resolve_backend(backend, set() if bias is None else {"bias"})
-    return ATTENTION[name].fn(q, k, v, mask=mask, is_causal=is_causal, scale=scale, bias=bias)
+    extra = {
+        key: value
+        for key, value in (("bias", bias), ("softcap", softcap), ("sinks", sinks))
+        if value is not None
+    }
+    bias_dtype = bias.dtype if isinstance(bias, torch.Tensor) else None
+    q_dtype = q.dtype if isinstance(q, torch.Tensor) else None
+    name = resolve_backend(backend, set(extra), dtype=q_dtype, bias_dtype=bias_dtype)
+    return ATTENTION[name].fn(q, k, v, mask=mask, is_causal=is_causal, scale=scale, **extra)

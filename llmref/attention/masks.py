@@ -6,7 +6,7 @@ builders evaluate it on a grid and return a ``torch.bool`` tensor of shape
 ``(T, S)`` (or ``(B, 1, T, S)`` for per-sequence masks) that broadcasts against
 scores of shape ``(B, H, T, S)``; :func:`as_mask_mod` hands the same predicate
 to :func:`torch.nn.attention.flex_attention.create_block_mask`. Every builder is
-registered in :data:`MASKS`, with its mask_mod factory under ``meta["mask_mod"]``.
+registered in :data:`MASKS`, with its mask_mod factory as :attr:`MaskSpec.mask_mod`.
 
 Positions are absolute: query ``i`` sits at position ``i + offset`` among the
 keys, so ``offset = S - T`` describes ``T`` new queries after ``S - T`` cached keys.
@@ -14,16 +14,19 @@ keys, so ``offset = S - T`` describes ``T`` new queries after ``S - T`` cached k
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from .._checks import check_int, check_tensor
-from .._registry import Registry
+from .._registry import Registry, Spec
+from ..position._registries import legacy_meta
 
 __all__ = [
     "MASKS",
+    "MaskSpec",
     "as_mask_mod",
     "block_sparse_mask",
     "block_topk_layout",
@@ -37,11 +40,62 @@ __all__ = [
 
 MaskMod = Callable[[Any, Any, torch.Tensor, torch.Tensor], torch.Tensor]
 
-MASKS = Registry("mask")
-"""Registry of mask builders, name -> :class:`~llmref.RegistryEntry`.
 
-``MASKS[name].meta["mask_mod"](**params)`` returns the FlexAttention
-``mask_mod`` of the mask that ``MASKS[name](T, S, **params)`` builds densely.
+@dataclass(frozen=True, kw_only=True)
+class MaskSpec(Spec):
+    """Spec of a mask builder in :data:`MASKS`: the dense builder and its ``mask_mod``.
+
+    Parameters
+    ----------
+    name, paper, reference, third_party
+        As in :class:`~llmref.Spec`.
+    fn : callable
+        The dense builder, returning a ``torch.bool`` mask (``True`` = may attend).
+    mask_mod : callable
+        ``mask_mod(**params)`` returns the FlexAttention predicate
+        ``(b, h, q_idx, kv_idx) -> bool`` of the mask that ``fn`` builds with
+        the same parameters (without the lengths).
+
+    Raises
+    ------
+    TypeError
+        If ``fn`` or ``mask_mod`` is not callable.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from llmref.attention import MASKS
+    >>> spec = MASKS["causal"]
+    >>> i, j = torch.arange(4).view(4, 1), torch.arange(4)
+    >>> torch.equal(spec.mask_mod()(0, 0, i, j), spec(4))
+    True
+    """
+
+    primary: ClassVar[str | None] = "fn"
+
+    fn: Callable[..., torch.Tensor]
+    mask_mod: Callable[..., MaskMod]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for attr in ("fn", "mask_mod"):
+            if not callable(getattr(self, attr)):
+                raise TypeError(f"mask {self.name!r}: {attr} must be callable")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.fn(*args, **kwargs)
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        """Deprecated: the fields as the old ``meta`` dict."""
+        return legacy_meta(self)
+
+
+MASKS = Registry("mask", MaskSpec)
+"""Registry of mask builders, name -> :class:`MaskSpec`.
+
+``MASKS[name].mask_mod(**params)`` returns the FlexAttention ``mask_mod`` of the
+mask that ``MASKS[name](T, S, **params)`` builds densely.
 """
 
 
@@ -735,5 +789,4 @@ def as_mask_mod(name: str, **params: Any) -> MaskMod:
     """
     if name not in MASKS:
         raise ValueError(f"name must be one of {', '.join(map(repr, MASKS))}, got {name!r}")
-    factory: Callable[..., MaskMod] = MASKS[name].meta["mask_mod"]
-    return factory(**params)
+    return MASKS[name].mask_mod(**params)

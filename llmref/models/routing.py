@@ -8,19 +8,77 @@ validates its ``topk_method`` against the registry, and
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from .._checks import check_int, check_tensor
-from .._registry import Registry
+from .._registry import Registry, Spec
+from ..position._registries import legacy_meta
 
-__all__ = ["ROUTERS", "route_tokens"]
+__all__ = ["ROUTERS", "RouterSpec", "route_tokens"]
 
-ROUTERS = Registry("router")
+
+@dataclass(frozen=True, kw_only=True)
+class RouterSpec(Spec):
+    """Spec of a mixture-of-experts routing rule in :data:`ROUTERS`.
+
+    Parameters
+    ----------
+    name, paper, reference, third_party
+        As in :class:`~llmref.Spec`.
+    fn : callable
+        ``fn(logits, *, n_group, topk_group, correction_bias)`` taking router
+        logits ``(N, E)`` and returning per-expert selection scores and the
+        weights to mix the chosen experts with, both ``(N, E)``.
+    grouped : bool, default False
+        The rule routes within expert groups and needs ``n_group`` and
+        ``topk_group``.
+    correction_bias : bool, default False
+        The rule takes a learned load-balancing bias (DeepSeek-V3's
+        ``e_score_correction_bias``), which the MoE layer then owns.
+
+    Raises
+    ------
+    TypeError
+        If ``fn`` is not callable or a flag is not a bool.
+
+    Examples
+    --------
+    >>> from llmref.models.routing import ROUTERS
+    >>> ROUTERS["noaux_tc"].grouped, ROUTERS["greedy"].grouped
+    (True, False)
+    """
+
+    primary: ClassVar[str | None] = "fn"
+
+    fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    grouped: bool = False
+    correction_bias: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not callable(self.fn):
+            raise TypeError(f"router {self.name!r}: fn must be callable")
+        for flag in ("grouped", "correction_bias"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"router {self.name!r}: {flag} must be a bool")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fn(*args, **kwargs)
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        """Deprecated: the fields as the old ``meta`` dict."""
+        return legacy_meta(self)
+
+
+ROUTERS = Registry("router", RouterSpec)
 """Registry of mixture-of-experts routing rules (``topk_method`` names as in DeepSeek's
-configs), name -> :class:`~llmref.RegistryEntry`. Each takes router logits ``(N, E)``
-and returns per-expert selection scores and the weights to mix the chosen ones with."""
+configs), name -> :class:`RouterSpec`. Each takes router logits ``(N, E)`` and returns
+per-expert selection scores and the weights to mix the chosen ones with."""
 
 
 def _group_mask(scores: torch.Tensor, group_scores: torch.Tensor, topk_group: int) -> torch.Tensor:
@@ -147,7 +205,7 @@ def route_tokens(
     if top_k > logits.shape[-1]:
         raise ValueError(f"top_k must be <= the number of experts {logits.shape[-1]}, got {top_k}")
     rule = ROUTERS[topk_method]
-    if rule.meta.get("grouped") and (n_group is None or topk_group is None):
+    if rule.grouped and (n_group is None or topk_group is None):
         raise ValueError(f"topk_method={topk_method!r} needs n_group and topk_group")
     choice, mix = rule.fn(
         logits, n_group=n_group, topk_group=topk_group, correction_bias=correction_bias

@@ -7,7 +7,7 @@ encoding is registered in :data:`POSITION`, every RoPE frequency rule in
 :data:`ROPE_SCALING`.
 """
 
-from ._registries import POSITION, ROPE_SCALING
+from ._registries import POSITION, ROPE_SCALING, PositionSpec, RopeRuleSpec
 from .alibi import AlibiBias, alibi_bias, alibi_slopes
 from .cope import CoPE, cope_bias, cope_positions
 from .learned import LearnedPositionEmbedding, learned_position_embedding
@@ -53,6 +53,8 @@ __all__ = [
     "KerpleBias",
     "LearnedPositionEmbedding",
     "NoPE",
+    "PositionSpec",
+    "RopeRuleSpec",
     "RotaryEmbedding",
     "T5RelativeBias",
     "XPos",

@@ -305,7 +305,7 @@ def _check_per_head(name: str, value: object) -> torch.Tensor:
     reference="kerple_bias",
     kind="bias",
     module="KerpleBias",
-    variants=("log", "power"),
+    forms=("log", "power"),
 )
 def kerple_bias(
     T: int,

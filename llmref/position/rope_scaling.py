@@ -17,7 +17,6 @@ factor only the first ``rotary_dim`` channels of each head are rotated.
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -154,23 +153,25 @@ def _base_inv_freq(dim: int, base: float, device: Device, dtype: torch.dtype) ->
     return 1.0 / (base ** _exponents(dim, device, dtype))
 
 
-def _register(name: str, *, paper: str, third_party: str, required: Sequence[str] = ()) -> Any:
-    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-        params = [
-            p
-            for p in inspect.signature(fn).parameters
-            if p != "head_dim" and p not in ("device", "dtype")
-        ]
-        return ROPE_SCALING.register(
-            name,
-            paper=paper,
-            reference="default_frequencies",
-            third_party=third_party,
-            parameters=tuple(params),
-            required=tuple(required),
-        )(fn)
-
-    return decorator
+def _register(
+    name: str,
+    *,
+    paper: str,
+    third_party: str,
+    required: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
+    **fields: Any,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a rule; every rule also takes ``partial_rotary_factor``."""
+    return ROPE_SCALING.register(
+        name,
+        paper=paper,
+        reference="default_frequencies",
+        third_party=third_party,
+        required=required,
+        optional=(*optional, "partial_rotary_factor"),
+        **fields,
+    )
 
 
 # -- the rules ---------------------------------------------------------------------------
@@ -249,6 +250,7 @@ def default_frequencies(
     paper="chen2023extending",
     third_party=_HF + "_compute_linear_scaling_rope_parameters",
     required=("factor",),
+    example={"factor": 4.0},
 )
 def linear_frequencies(
     head_dim: int,
@@ -321,6 +323,7 @@ def linear_frequencies(
     third_party="transformers.models.hunyuan_v1_dense.modeling_hunyuan_v1_dense."
     "HunYuanDenseV1RotaryEmbedding.compute_ntk_alpha_rope_parameters",
     required=("alpha",),
+    example={"alpha": 4.0},
 )
 def ntk_alpha_frequencies(
     head_dim: int,
@@ -399,6 +402,8 @@ def ntk_alpha_frequencies(
     paper="emozilla2023dynamic",
     third_party=_HF + "_compute_dynamic_ntk_parameters",
     required=("factor", "max_position_embeddings"),
+    optional=("seq_len",),
+    example={"factor": 2.0, "max_position_embeddings": 4096, "seq_len": 10000},
 )
 def dynamic_frequencies(
     head_dim: int,
@@ -523,6 +528,17 @@ def _factor_or_ratio(
     paper="peng2024yarn",
     third_party=_HF + "_compute_yarn_parameters",
     required=("factor", "original_max_position_embeddings"),
+    optional=(
+        "attention_factor",
+        "beta_fast",
+        "beta_slow",
+        "mscale",
+        "mscale_all_dim",
+        "truncate",
+        "max_position_embeddings",
+    ),
+    scales_attention=True,
+    example={"factor": 4.0, "original_max_position_embeddings": 4096},
 )
 def yarn_frequencies(
     head_dim: int,
@@ -687,22 +703,24 @@ def yarn_frequencies(
 def _factor_list(name: str, value: object, length: int, dtype: torch.dtype, device: Device) -> Any:
     if value is None:
         raise ValueError(f"rope_type='longrope' needs {name!r} (a list of {length} numbers)")
+    # Values are checked where they are given (a list: in float64 on the CPU), so the
+    # result can be created on any device, "meta" included.
     if isinstance(value, torch.Tensor):
-        factors = value.detach().to(device=device, dtype=dtype)
+        given = value.detach()
     elif isinstance(value, Sequence) and not isinstance(value, str):
         if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
             raise TypeError(f"{name} must be a list of numbers, got {value!r}")
-        factors = torch.tensor([float(v) for v in value], dtype=dtype, device=device)
+        given = torch.tensor([float(v) for v in value], dtype=torch.float64)
     else:
         raise TypeError(f"{name} must be a list of numbers, got {type(value).__name__}")
-    if factors.ndim != 1 or factors.numel() != length:
+    if given.ndim != 1 or given.numel() != length:
         raise ValueError(
             f"{name} must have rotary_dim // 2 = {length} entries (one per rotated pair), "
-            f"got shape {tuple(factors.shape)}"
+            f"got shape {tuple(given.shape)}"
         )
-    if not bool(torch.isfinite(factors).all() and (factors > 0).all()):
+    if not bool(torch.isfinite(given).all() and (given > 0).all()):
         raise ValueError(f"{name} must hold finite numbers > 0")
-    return factors
+    return given.to(device=device, dtype=dtype)
 
 
 @_register(
@@ -710,6 +728,15 @@ def _factor_list(name: str, value: object, length: int, dtype: torch.dtype, devi
     paper="ding2024longrope",
     third_party=_HF + "_compute_longrope_parameters",
     required=("short_factor", "long_factor", "original_max_position_embeddings"),
+    optional=("factor", "attention_factor", "max_position_embeddings", "seq_len"),
+    scales_attention=True,
+    example={
+        "short_factor": [1.0 + 0.01 * i for i in range(32)],
+        "long_factor": [1.0 + 0.5 * i for i in range(32)],
+        "original_max_position_embeddings": 4096,
+        "factor": 4.0,
+        "seq_len": 8192,
+    },
 )
 def longrope_frequencies(
     head_dim: int,
@@ -831,6 +858,13 @@ def longrope_frequencies(
     paper="grattafiori2024llama3",
     third_party=_HF + "_compute_llama3_parameters",
     required=("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    optional=("max_position_embeddings",),
+    example={
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
 )
 def llama3_frequencies(
     head_dim: int,
@@ -952,6 +986,8 @@ def llama3_frequencies(
     "proportional",
     paper="su2024roformer",
     third_party=_HF + "_compute_proportional_rope_parameters",
+    optional=("factor",),
+    example={"factor": 2.0},
 )
 def proportional_frequencies(
     head_dim: int,
@@ -1101,12 +1137,12 @@ def rope_frequencies(
         if base != 10000.0 and theta != base:
             raise ValueError(f"give base or rope_theta, not both (got {base} and {theta})")
         base = theta
-    accepted = set(entry.meta["parameters"]) | {"device", "dtype"}
+    accepted = entry.accepts | {"device", "dtype"}
     unknown = sorted(set(rope_parameters) - accepted)
     if unknown:
         raise TypeError(
             f"rope_type={rope_type!r} does not take {', '.join(map(repr, unknown))}; "
-            f"it takes {', '.join(sorted(accepted - {'base'}))}"
+            f"it takes {', '.join(sorted(accepted))}"
         )
     return entry.fn(head_dim, base=base, **rope_parameters)
 

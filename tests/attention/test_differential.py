@@ -225,7 +225,7 @@ def test_registered_as_variant():
     assert entry.fn is differential_attention
     assert entry.reference == "naive_attention"
     assert entry.paper in bib_keys()
-    assert entry.meta["required"] == ("lam",)
+    assert entry.required == ("lam",)
     assert entry.third_party is not None and entry.third_party.startswith("transformers.")
 
 

@@ -56,7 +56,7 @@ def test_compiled_kernel_matches_eager():
 
 
 def test_registered_without_cpu_backward():
-    assert ATTENTION["flex"].meta["backward_on_cpu"] is False
+    assert ATTENTION["flex"].backward_on_cpu is False
     q, k, v = (t.requires_grad_(True) for t in make_qkv(CONFIGS["mha"]))
     with pytest.raises(NotImplementedError, match="backward on CPU"):
         flex_attention(q, k, v)

@@ -26,8 +26,8 @@ from tests.attention.reference import (
 )
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# Backends with a backward pass on CPU (registry metadata says which do not).
-DIFFERENTIABLE = [n for n, e in ATTENTION.items() if e.meta.get("backward_on_cpu", True)]
+# Backends with a backward pass on CPU (their specs say which do not).
+DIFFERENTIABLE = [n for n, e in ATTENTION.items() if e.backward_on_cpu]
 
 # (B, H, H_kv, T, S, D, Dv): MHA, GQA, MQA, cross-attention lengths, Dv != D.
 CONFIGS = {
@@ -317,7 +317,7 @@ def test_bad_softcap(softcap):
 
 @pytest.mark.parametrize("backend", ["flash", "", None, "SDPA"])
 def test_unknown_backend(backend):
-    with pytest.raises(ValueError, match="backend must be one of 'auto', 'naive', 'sdpa'"):
+    with pytest.raises(ValueError, match="backend must be one of 'auto', 'fast', 'naive', 'sdpa'"):
         attention(*GOOD, backend=backend)
 
 

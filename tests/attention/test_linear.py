@@ -274,7 +274,7 @@ def test_registered_as_variant():
     assert entry.fn is linear_attention
     assert entry.reference == "linear_attention_quadratic"
     assert entry.paper in bib_keys()
-    assert entry.meta["exact"] is True and entry.meta["required"] == ()
+    assert entry.exact is True and entry.required == ()
 
 
 def test_device_follows_inputs():

@@ -119,7 +119,7 @@ def test_mask_mod_with_flex_create_mask_equals_reference(name, T, S, params, ref
 def test_registry_covers_every_mask():
     assert set(MASKS) == {*CASES, "document", "block_sparse"}
     for entry in MASKS.values():
-        assert callable(entry.meta["mask_mod"])
+        assert callable(entry.mask_mod)
 
 
 def test_document_mask_against_reference():

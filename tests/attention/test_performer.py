@@ -272,7 +272,7 @@ def test_registered_as_variant():
     assert entry.fn is performer_attention
     assert entry.reference == "naive_attention"
     assert entry.paper in bib_keys()
-    assert entry.meta["exact"] is False and entry.meta["required"] == ("projection",)
+    assert entry.exact is False and entry.required == ("projection",)
 
 
 def test_device_follows_inputs():

@@ -194,7 +194,7 @@ def test_registered_as_variant():
     entry = VARIANTS["sigmoid"]
     assert entry.fn is sigmoid_attention
     assert entry.paper in bib_keys()
-    assert {"mask", "is_causal", "scale", "bias"} <= entry.meta["features"]
+    assert {"mask", "is_causal", "scale", "bias"} <= entry.features
 
 
 def test_device_follows_inputs():

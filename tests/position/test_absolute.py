@@ -108,13 +108,13 @@ def test_attention_without_positions_is_permutation_equivariant():
 
 
 def test_registry_entries():
-    kinds = {name: entry.meta["kind"] for name, entry in POSITION.items()}
+    kinds = {name: entry.kind for name, entry in POSITION.items()}
     assert kinds["rope"] == "rotary" and kinds["nope"] == "none"
     assert kinds["alibi"] == kinds["t5"] == "bias" and kinds["sinusoidal"] == "absolute"
     import llmref.position as position
 
     for name, entry in POSITION.items():
-        module = entry.meta.get("module")
+        module = entry.module
         assert module is None or hasattr(position, module), name
         assert entry.fn.__doc__ and entry.paper, name
 

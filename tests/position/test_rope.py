@@ -58,7 +58,9 @@ def _gen(seed=0):
 
 
 def test_configs_cover_every_rope_type():
-    assert set(CONFIGS) == set(ROPE_SCALING)
+    # the library's own rules (worked examples from tests/extending register more)
+    own = {n for n, spec in ROPE_SCALING.items() if spec.fn.__module__.startswith("llmref.")}
+    assert set(CONFIGS) == own
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
