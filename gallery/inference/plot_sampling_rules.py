@@ -17,7 +17,7 @@ functions of the logit.
 # ----------------------------
 # A long-tailed distribution, as language models produce: a few plausible
 # continuations, then a tail of tokens that are each unlikely but together
-# carry a fifth of the mass. Every panel shows the distribution the sampler
+# carry a quarter of the mass. Every panel shows the distribution the sampler
 # draws from after one rule (blue), over the original one (grey outline).
 # The truncation panels are drawn from the registry, so a rule registered
 # later appears here too.
@@ -44,7 +44,7 @@ probs = logits.softmax(-1)[0]
 entropy = float(-(probs * probs.log()).sum())
 print(f"V = {V}, entropy {entropy:.2f} nats, most likely token p = {float(probs.max()):.2f}")
 
-values = {"top_k": 5, "top_p": 0.8, "min_p": 0.1, "typical": 0.8, "epsilon": 0.02, "eta": 0.02}
+values = {"top_k": 5, "top_p": 0.8, "min_p": 0.1, "typical": 0.5, "epsilon": 0.02, "eta": 0.02}
 seen = torch.tensor([[0, 0, 0, 3, 7]])  # tokens already in the text: 0 three times, 3 and 7 once
 panels = {
     "temperature 0.6": apply_temperature(logits, 0.6),
@@ -70,7 +70,7 @@ for ax, (title, processed) in zip(axes.flat, panels.items(), strict=False):
     ax.set_ylim(0, 0.75)
     print(f"{title.splitlines()[0]:34s} kept {kept:2d}, p(token 0) {float(new[0]):.3f}")
 for ax in axes.flat[len(panels) - 2 : len(panels)]:
-    ax.set_xlabel("token (by original rank)")
+    ax.set_xlabel("token id")
 for ax in axes[:, 0]:
     ax.set_ylabel("probability")
 fig.suptitle("Each rule applied to the same next-token distribution (grey: before)")
@@ -94,9 +94,10 @@ plt.show()
 # The same distribution at temperatures from 0.3 to 3 sweeps its entropy from
 # nearly zero to nearly :math:`\log V`. A fixed top-k keeps the same number of
 # tokens throughout, even when one token holds almost all the mass; the
-# adaptive rules keep one token when the model is sure and more as it grows
-# unsure. Epsilon and eta keep everything once no token falls below their
-# cut-off, while top-p keeps most of a flat distribution.
+# adaptive rules keep one or two tokens when the model is sure and more as it
+# grows unsure. Near the flat end min-p and eta keep every token (none is far
+# below the best, and eta's cut-off falls as the entropy rises), while
+# epsilon's fixed cut-off still removes the least likely ones.
 
 temperatures = torch.logspace(math.log10(0.3), math.log10(3.0), 40)
 entropies, counts = [], {name: [] for name in TRUNCATION}
