@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -77,9 +78,12 @@ class AttentionCase:
         return frozenset(name for name, on in used.items() if on)
 
     def resolved_bias_dtype(self) -> torch.dtype | None:
-        return self.dtype if self.bias_dtype == "same" else self.bias_dtype  # type: ignore[return-value]
+        if self.bias_dtype == "same":
+            return self.dtype
+        assert not isinstance(self.bias_dtype, str)
+        return self.bias_dtype
 
-    def inputs(self) -> dict[str, object]:
+    def inputs(self) -> dict[str, Any]:
         """The call's tensors and options, generated from a fixed seed."""
         B, H, H_kv, T, S, D, Dv = _SHAPES[self.shape]
         g = torch.Generator().manual_seed(sum(map(ord, self.id)))
@@ -89,7 +93,7 @@ class AttentionCase:
             return torch.randn(*shape, generator=g, dtype=f64)
 
         q, k, v = rand(B, H, T, D).to(self.dtype), rand(B, H_kv, S, D), rand(B, H_kv, S, Dv)
-        kwargs: dict[str, object] = {"q": q, "k": k.to(self.dtype), "v": v.to(self.dtype)}
+        kwargs: dict[str, Any] = {"q": q, "k": k.to(self.dtype), "v": v.to(self.dtype)}
         kwargs["is_causal"] = self.causal
         mask = None
         if self.mask:
@@ -144,34 +148,32 @@ def supports(spec: AttentionBackendSpec, case: AttentionCase) -> bool:
     return bias_dtype is None or not spec.rounds_bias(case.dtype, bias_dtype)
 
 
-def low_precision_reference(inputs: dict[str, object], dtype: torch.dtype) -> torch.Tensor:
+def low_precision_reference(inputs: dict[str, Any], dtype: torch.dtype) -> torch.Tensor:
     """The naive computation with every step in ``dtype``: FlashAttention's ``ref_lp``.
 
     A bias of a wider dtype is added as it is (type promotion makes the scores
     wider from there on), as naive code written in ``dtype`` would.
     """
     q, k, v = (inputs[name] for name in "qkv")
-    assert isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor)
-    assert isinstance(v, torch.Tensor)
     groups = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
     cap = inputs.get("softcap")
     if cap is not None:
-        scores = torch.tanh(scores / cap) * cap  # type: ignore[operator]
+        scores = torch.tanh(scores / cap) * cap
     bias = inputs.get("bias")
     if bias is not None:
-        scores = scores + bias  # type: ignore[operator]
+        scores = scores + bias
     mask = inputs.get("mask")
     T, S = scores.shape[-2:]
     if inputs.get("is_causal"):
         causal = causal_mask(T, S)
-        mask = causal if mask is None else mask & causal  # type: ignore[operator]
+        mask = causal if mask is None else mask & causal
     if mask is not None:
-        scores = scores.masked_fill(~mask, -math.inf)  # type: ignore[operator]
+        scores = scores.masked_fill(~mask, -math.inf)
     sinks = inputs.get("sinks")
     if sinks is not None:
-        column = sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)  # type: ignore[union-attr]
+        column = sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
         scores = torch.cat([scores, column], dim=-1)
     weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)[..., :S]
     return (weights.to(dtype) @ v).to(dtype)
@@ -192,7 +194,7 @@ def check_case(spec: AttentionBackendSpec, case: AttentionCase) -> None:
     what = f"attention backend {spec.name!r} on {case.id}"
     inputs = case.inputs()
     out = spec.fn(**inputs)
-    if out.dtype != case.dtype or out.shape != inputs["q"].shape[:-1] + inputs["v"].shape[-1:]:  # type: ignore[union-attr]
+    if out.dtype != case.dtype or out.shape != inputs["q"].shape[:-1] + inputs["v"].shape[-1:]:
         raise AssertionError(
             f"{what}: output {out.dtype} {tuple(out.shape)}, expected {case.dtype}"
         )
@@ -206,7 +208,7 @@ def check_case(spec: AttentionBackendSpec, case: AttentionCase) -> None:
         else value
         for key, value in inputs.items()
     }
-    reference = naive_attention(**wide)  # type: ignore[arg-type]
+    reference = naive_attention(**wide)
     if case.masked_rows and not bool((out[:, :, 1:3] == 0).all()):
         raise AssertionError(f"{what}: fully masked rows are not zero")
     if case.dtype in LOW_PRECISION:
@@ -215,10 +217,10 @@ def check_case(spec: AttentionBackendSpec, case: AttentionCase) -> None:
         return
     q, k, v = (wide[name] for name in "qkv")
     bias = wide.get("bias")
-    scale = attention_scale(q, k, v, bias=bias)  # type: ignore[arg-type]
+    scale = attention_scale(q, k, v, bias=bias)
     sinks = wide.get("sinks")
     if sinks is not None:  # the sink logit joins every row's normalising sum
-        scale = scale + sinks.abs().max() * v.abs().max()  # type: ignore[union-attr]
+        scale = scale + sinks.abs().max() * v.abs().max()
     assert_within(out, reference, scale=scale, what=what)
 
 
@@ -235,7 +237,7 @@ def check_refuses(spec: AttentionBackendSpec, case: AttentionCase) -> None:
     """
     what = f"attention backend {spec.name!r} on {case.id}"
     try:
-        attention(**case.inputs(), backend=spec.name)  # type: ignore[arg-type]
+        attention(**case.inputs(), backend=spec.name)
     except ValueError as error:
         message = str(error)
         missing = case.features - spec.features
@@ -272,7 +274,7 @@ def check_gradients(spec: AttentionBackendSpec) -> None:
     names = [n for n in ("q", "k", "v", "bias", "sinks") if isinstance(inputs.get(n), torch.Tensor)]
     grads = {}
     for label, fn in (("impl", spec.fn), ("ref", naive_attention)):
-        leaves = {n: inputs[n].clone().requires_grad_(True) for n in names}  # type: ignore[union-attr]
+        leaves = {n: inputs[n].clone().requires_grad_(True) for n in names}
         out = fn(**{**inputs, **leaves})
         dout = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).view_as(out)
         grads[label] = torch.autograd.grad(out, list(leaves.values()), dout)
@@ -280,10 +282,10 @@ def check_gradients(spec: AttentionBackendSpec) -> None:
     # Each gradient sums products of probabilities, |dout| <= 1, values and (scaled) keys or
     # queries over the T x S scores: bound the summed magnitude by the attention scale times
     # the largest such factor, and the row and column counts.
-    s = 1.0 / math.sqrt(q.shape[-1])  # type: ignore[union-attr]
-    big = max(float(t.abs().max()) for t in (q, k, v))  # type: ignore[union-attr]
-    T, S = q.shape[-2], k.shape[-2]  # type: ignore[union-attr]
-    scale = float(attention_scale(q, k, v, bias=inputs.get("bias")).max())  # type: ignore[arg-type]
-    scale *= (1.0 + s * big * q.shape[-1]) * (T + S)  # type: ignore[union-attr]
+    s = 1.0 / math.sqrt(q.shape[-1])
+    big = max(float(t.abs().max()) for t in (q, k, v))
+    T, S = q.shape[-2], k.shape[-2]
+    scale = float(attention_scale(q, k, v, bias=inputs.get("bias")).max())
+    scale *= (1.0 + s * big * q.shape[-1]) * (T + S)
     for name, got, want in zip(names, grads["impl"], grads["ref"], strict=True):
         assert_within(got, want, scale=scale, what=f"backend {spec.name!r}: d{name}")

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ...position import rope_frequencies
+from ...position import ROPE_SCALING, rope_frequencies
 from ...position._registries import RopeRuleSpec
 from ..equality import assert_identical, assert_within
 
@@ -38,7 +38,10 @@ BASE = 10000.0
 
 
 def _call(spec: RopeRuleSpec, params: Mapping[str, Any], **options: Any) -> tuple[Any, Any]:
-    return rope_frequencies(HEAD_DIM, rope_type=spec.name, base=BASE, **params, **options)
+    """The rule through :func:`rope_frequencies` if it is registered, else directly."""
+    if ROPE_SCALING.get(spec.name) is spec:
+        return rope_frequencies(HEAD_DIM, rope_type=spec.name, base=BASE, **params, **options)
+    return spec.fn(HEAD_DIM, base=BASE, **params, **options)
 
 
 def check_declaration(spec: RopeRuleSpec) -> None:
@@ -132,7 +135,8 @@ def check_refusals(spec: RopeRuleSpec) -> None:
     for key in spec.required:
         params = {k: v for k, v in example.items() if k != key}
         _expect(f"{what} without {key!r}", ValueError, [key], lambda p=params: _call(spec, p))
-    accepted = sorted(spec.accepts)[:1]
+    # rope_frequencies lists the accepted keys (a direct call only names the bad one)
+    accepted = sorted(spec.accepts)[:1] if ROPE_SCALING.get(spec.name) is spec else []
     _expect(
         f"{what} with an unknown key",
         TypeError,
@@ -143,7 +147,7 @@ def check_refusals(spec: RopeRuleSpec) -> None:
         f"{what} with head_dim 63",
         ValueError,
         ["head_dim"],
-        lambda: rope_frequencies(HEAD_DIM - 1, rope_type=spec.name, **example),
+        lambda: spec.fn(HEAD_DIM - 1, **example),
     )
 
 
