@@ -22,6 +22,49 @@ from llmref.inference import (
 )
 from llmref.testing import assert_identical
 
+# -- temperature -------------------------------------------------------------------------
+
+
+@pytest.mark.xcheck
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 1.7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_temperature_equals_transformers_warper(temperature, dtype):
+    lp = pytest.importorskip("transformers.generation.logits_process")
+    logits = torch.randn(3, 40, generator=torch.Generator().manual_seed(0)).to(dtype)
+    expected = lp.TemperatureLogitsWarper(temperature)(None, logits.clone())
+    assert_identical(apply_temperature(logits, temperature), expected)
+
+
+def test_temperature_case_from_transformers():
+    """Uniform stays uniform; below 1 peaks rise and valleys fall, above 1 the reverse."""
+    scores = torch.full((2, 20), 1 / 20)
+    scores[1, 5] += 0.1
+    scores[1, 10] -= 0.4
+    probs = scores.softmax(-1)
+    sharp = apply_temperature(scores, 0.5).softmax(-1)
+    smooth = apply_temperature(scores, 1.3).softmax(-1)
+    assert bool(torch.allclose(sharp[0], probs[0])) and bool(torch.allclose(smooth[0], probs[0]))
+    assert sharp[1].max() > probs[1].max() and sharp[1].min() < probs[1].min()
+    assert smooth[1].max() < probs[1].max() and smooth[1].min() > probs[1].min()
+    order = probs.argsort(-1, stable=True)  # the order of the tokens never changes
+    assert torch.equal(sharp.argsort(-1, stable=True), order)
+    assert torch.equal(smooth.argsort(-1, stable=True), order)
+
+
+@pytest.mark.parametrize(
+    "temperature,error,message",
+    [
+        (-0.5, ValueError, r"temperature must be in \(0, inf\), got -0.5"),
+        (0.0, ValueError, r"temperature must be in \(0, inf\), got 0.0"),
+        (math.inf, ValueError, "temperature must be a finite number, got inf"),
+        ("1", TypeError, "temperature must be a float, got str"),
+    ],
+)
+def test_temperature_errors(temperature, error, message):
+    with pytest.raises(error, match=message):
+        apply_temperature(torch.zeros(2, 3), temperature)
+
+
 # -- SamplingConfig ----------------------------------------------------------------------
 
 
