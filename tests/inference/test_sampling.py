@@ -46,9 +46,9 @@ def test_temperature_case_from_transformers():
     assert bool(torch.allclose(sharp[0], probs[0])) and bool(torch.allclose(smooth[0], probs[0]))
     assert sharp[1].max() > probs[1].max() and sharp[1].min() < probs[1].min()
     assert smooth[1].max() < probs[1].max() and smooth[1].min() > probs[1].min()
-    order = probs.argsort(-1, stable=True)  # the order of the tokens never changes
-    assert torch.equal(sharp.argsort(-1, stable=True), order)
-    assert torch.equal(smooth.argsort(-1, stable=True), order)
+    order = probs.argsort(dim=-1, stable=True)  # the order of the tokens never changes
+    assert torch.equal(sharp.argsort(dim=-1, stable=True), order)
+    assert torch.equal(smooth.argsort(dim=-1, stable=True), order)
 
 
 @pytest.mark.parametrize(
