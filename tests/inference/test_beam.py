@@ -142,9 +142,8 @@ def test_beam_search_equals_naive_reference_and_transformers(pair, case):
     ids, mask = prompts()
     eos = eos_tokens(model, ids, mask, n_eos)
     pad = eos[0] if eos else 0
-    out, scores = beam_search(
-        model,
-        ids,
+    # the same arguments, with transformers' meanings, for both implementations
+    options = dict(
         num_beams=K,
         max_new_tokens=new,
         length_penalty=alpha,
@@ -152,8 +151,8 @@ def test_beam_search_equals_naive_reference_and_transformers(pair, case):
         eos_token_id=eos or None,
         num_return_sequences=R,
         attention_mask=mask,
-        return_scores=True,
     )
+    out, scores = beam_search(model, ids, return_scores=True, **options)
     # 1. the float64 naive reference, one prompt at a time without its padding
     smallest_gap = math.inf
     for b in range(2):
@@ -190,17 +189,11 @@ def test_beam_search_equals_naive_reference_and_transformers(pair, case):
     )
     expected = hf.generate(
         ids,
-        attention_mask=mask,
-        num_beams=K,
-        max_new_tokens=new,
         do_sample=False,
-        length_penalty=alpha,
-        early_stopping=early,
-        eos_token_id=eos or None,
         pad_token_id=pad,
-        num_return_sequences=R,
         output_scores=True,
         return_dict_in_generate=True,
+        **options,
     )
     assert torch.equal(out, expected.sequences), case
     # float32 roundings of each step's log-probabilities, summed over the steps
