@@ -13,6 +13,7 @@ import os
 import tests.extending.toy_format  # noqa: F401  (worked example: registers "toy_ternary")
 import tests.extending.toy_kernel  # noqa: F401  (worked example: registers "toy_int8_rows")
 import tests.extending.toy_method  # noqa: F401  (worked example: registers "toy_clip")
+import tests.extending.toy_backend  # noqa: F401  (worked example: registers "toy_two_pass")
 import tests.extending.toy_rope_rule  # noqa: F401  (worked example: registers "toy_truncated")
 from llmref._cpu import machine_info
 

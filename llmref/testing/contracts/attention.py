@@ -41,6 +41,7 @@ _SHAPES = {
     "mha": (2, 4, 4, 7, 7, 16, 16),
     "gqa": (2, 8, 2, 9, 9, 32, 32),
     "cross": (1, 4, 2, 3, 11, 16, 24),
+    "long": (1, 2, 1, 70, 150, 16, 16),  # longer than a block of most tiled kernels
 }
 
 
