@@ -41,7 +41,7 @@ paged.update(torch.zeros(3, 1, 3, 1), torch.zeros(3, 1, 3, 1))  # 3 more tokens 
 fig, axes = plt.subplots(3, 1, figsize=(9, 6.5), gridspec_kw={"height_ratios": [1, 1, 1.6]})
 
 ax = axes[0]
-slots = ring._slot_positions.tolist()
+slots = ring.key_positions[0].tolist()  # the ring's slots, in slot order
 newest = max(slots)
 for i, p in enumerate(slots):
     color = "#dd6b20" if p == newest else "#2b6cb0"
@@ -57,7 +57,7 @@ ax.set_title(
 )
 
 ax = axes[1]
-kept = sink._k.flatten().tolist()
+kept = sink._rows[0].k.flatten().tolist()  # the one sequence's kept keys
 for i, p in enumerate(kept):
     color = "#38a169" if i < sink.n_sink else "#2b6cb0"
     ax.add_patch(plt.Rectangle((i, 0), 0.92, 0.92, color=color))

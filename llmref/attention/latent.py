@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 from .._checks import check_int, check_model_input, check_positive_float, check_tensor
-from ..cache.base import KVCache
+from ..cache import KVCache
+from ..position import apply_rope
 from .functional import ATTENTION, resolve_backend
+from .masking import causal_rules
 
 __all__ = ["MultiHeadLatentAttention"]
 
@@ -189,8 +191,25 @@ class MultiHeadLatentAttention(nn.Module):
             rope = RotaryEmbedding(qk_rope_head_dim, layout="interleaved", device=device)
         self.rope = rope
 
+    def _rotate(
+        self,
+        x: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        offset: int,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        if position_embeddings is not None:
+            cos, sin = position_embeddings
+            return apply_rope(x, cos, sin, layout=self.rope.layout)
+        position_ids = None if position_ids is None else position_ids.to(x.device)
+        return self.rope(x, position_ids, offset=offset)
+
     def _queries(
-        self, x: torch.Tensor, position_ids: torch.Tensor | None, offset: int
+        self,
+        x: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        offset: int,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, _ = x.shape
         if self.q_proj is not None:
@@ -200,10 +219,15 @@ class MultiHeadLatentAttention(nn.Module):
             q = self.q_up(self.q_norm(self.q_down(x)))
         q = q.view(B, T, self.n_heads, -1).transpose(1, 2)
         q_nope, q_rope = q.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
-        return q_nope, self.rope(q_rope, position_ids, offset=offset)
+        return q_nope, self._rotate(q_rope, position_ids, offset, position_embeddings)
 
     def compress_kv(
-        self, x: torch.Tensor, position_ids: torch.Tensor | None = None, *, offset: int = 0
+        self,
+        x: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        *,
+        offset: int = 0,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-token state a latent KV cache stores: the normalised latent and the RoPE key.
 
@@ -215,6 +239,9 @@ class MultiHeadLatentAttention(nn.Module):
             Positions ``(T,)`` or ``(B, T)`` for the RoPE key.
         offset : int, default 0
             Position of the first token when ``position_ids`` is not given.
+        position_embeddings : tuple of torch.Tensor, optional
+            RoPE ``(cos, sin)`` at the tokens' positions (computed once per forward
+            by a model); they replace ``position_ids``.
 
         Returns
         -------
@@ -226,7 +253,8 @@ class MultiHeadLatentAttention(nn.Module):
         x = check_model_input("x", x, self.d_model)
         latent, k_rope = self.kv_down(x).split([self.kv_lora_rank, self.qk_rope_head_dim], -1)
         latent = self.kv_norm(latent).unsqueeze(1)
-        return latent, self.rope(k_rope.unsqueeze(1), position_ids, offset=offset)
+        k_rope = self._rotate(k_rope.unsqueeze(1), position_ids, offset, position_embeddings)
+        return latent, k_rope
 
     def forward(
         self,
@@ -237,6 +265,8 @@ class MultiHeadLatentAttention(nn.Module):
         position_ids: torch.Tensor | None = None,
         offset: int = 0,
         cache: KVCache | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Self-attention with keys and values expanded from the latent (training path).
 
@@ -245,17 +275,24 @@ class MultiHeadLatentAttention(nn.Module):
         x : torch.Tensor
             Input of shape ``(B, T, d_model)``.
         mask : torch.Tensor, optional
-            Boolean mask broadcasting to ``(B, H, T, T)``; ``True`` = may attend.
+            Boolean mask broadcasting to ``(B, H, T, S)`` over the keys attended
+            to; ``True`` = may attend. Used as given (a model builds it complete).
         is_causal : bool, default False
-            Apply the causal mask.
+            Apply the causal rules, ANDed with ``mask`` (with a cache:
+            :func:`~llmref.attention.masking.causal_rules` over its positions).
         position_ids : torch.Tensor, optional
-            Positions ``(T,)`` or ``(B, T)``.
+            Positions ``(T,)`` or ``(B, T)``; default from the cache, else
+            ``offset + arange(T)``.
         offset : int, default 0
             Position of the first token when ``position_ids`` is not given.
         cache : llmref.cache.LatentCache, optional
             Decode through a latent cache: the new tokens' latents are stored
-            and attention runs on the absorbed path over everything cached
-            (requires ``is_causal=True``; positions come from the cache).
+            and attention runs on the absorbed path over everything cached.
+        position_embeddings : tuple of torch.Tensor, optional
+            RoPE ``(cos, sin)`` at the new tokens' positions, computed once per
+            forward by a model; they replace ``position_ids``.
+        lengths : torch.Tensor, optional
+            Real (trailing) tokens per row, ``(B,)``, for ``cache.update`` (left padding).
 
         Returns
         -------
@@ -266,8 +303,6 @@ class MultiHeadLatentAttention(nn.Module):
         ------
         TypeError
             If ``cache`` does not store latents.
-        ValueError
-            If ``cache`` is given without ``is_causal=True``.
         """
         x = check_model_input("x", x, self.d_model)
         B, T, _ = x.shape
@@ -277,18 +312,31 @@ class MultiHeadLatentAttention(nn.Module):
                     f"MultiHeadLatentAttention needs a latent cache (llmref.cache.LatentCache), "
                     f"got {type(cache).__name__} (which stores {cache.stores!r})"
                 )
-            if not is_causal:
-                raise ValueError("a KV cache is for causal decoding; pass is_causal=True with it")
-            start = cache.next_position
-            latent, k_rope = cache.update(*self.compress_kv(x, position_ids, offset=start))
-            causal = cache.attention_mask(T)
-            mask = causal if mask is None else mask & causal
+            if is_causal:  # the causal rules over the cache; a model hands a complete mask
+                mask, is_causal = causal_rules(mask, T, cache=cache, batch_size=B, lengths=lengths)
+            if position_ids is None and position_embeddings is None:
+                position_ids = cache.positions_for(T, batch_size=B, lengths=lengths)
+            new = self.compress_kv(
+                x, position_ids, offset=offset, position_embeddings=position_embeddings
+            )
+            latent, k_rope = (
+                cache.update(*new) if lengths is None else cache.update(*new, lengths=lengths)
+            )
             return self.forward_absorbed(
-                x, latent, k_rope, mask=mask, position_ids=position_ids, offset=start
+                x,
+                latent,
+                k_rope,
+                mask=mask,
+                is_causal=is_causal,
+                position_ids=position_ids,
+                offset=offset,
+                position_embeddings=position_embeddings,
             )
         H, nope = self.n_heads, self.qk_nope_head_dim
-        q_nope, q_rope = self._queries(x, position_ids, offset)
-        latent, k_rope = self.compress_kv(x, position_ids, offset=offset)
+        q_nope, q_rope = self._queries(x, position_ids, offset, position_embeddings)
+        latent, k_rope = self.compress_kv(
+            x, position_ids, offset=offset, position_embeddings=position_embeddings
+        )
         kv = self.kv_up(latent.squeeze(1)).view(B, T, H, nope + self.v_head_dim).transpose(1, 2)
         k_nope, v = kv.split([nope, self.v_head_dim], dim=-1)
         q = torch.cat([q_nope, q_rope], dim=-1)
@@ -306,6 +354,7 @@ class MultiHeadLatentAttention(nn.Module):
         is_causal: bool = False,
         position_ids: torch.Tensor | None = None,
         offset: int = 0,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Attention directly on the latent, with the up-projections absorbed (decode path).
 
@@ -326,6 +375,8 @@ class MultiHeadLatentAttention(nn.Module):
             Positions of the new tokens, ``(T,)`` or ``(B, T)``.
         offset : int, default 0
             Position of the first new token when ``position_ids`` is not given.
+        position_embeddings : tuple of torch.Tensor, optional
+            RoPE ``(cos, sin)`` at the new tokens' positions; replace ``position_ids``.
 
         Returns
         -------
@@ -344,14 +395,16 @@ class MultiHeadLatentAttention(nn.Module):
         if (latent is None) != (k_rope is None):
             raise ValueError("latent and k_rope must be given together (from compress_kv)")
         if latent is None or k_rope is None:
-            latent, k_rope = self.compress_kv(x, position_ids, offset=offset)
+            latent, k_rope = self.compress_kv(
+                x, position_ids, offset=offset, position_embeddings=position_embeddings
+            )
         for name, t, width in (("latent", latent, r), ("k_rope", k_rope, self.qk_rope_head_dim)):
             check_tensor(name, t, ndim=4)
             if t.shape[0] != B or t.shape[1] != 1 or t.shape[3] != width:
                 raise ValueError(
                     f"{name} must have shape (B, 1, S, {width}) with B={B}, got {tuple(t.shape)}"
                 )
-        q_nope, q_rope = self._queries(x, position_ids, offset)
+        q_nope, q_rope = self._queries(x, position_ids, offset, position_embeddings)
         w_up = self.kv_up.weight.view(H, nope + self.v_head_dim, r)
         w_uk, w_uv = w_up[:, :nope], w_up[:, nope:]
         q_latent = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)

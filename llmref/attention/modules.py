@@ -8,17 +8,12 @@ import torch
 from torch import nn
 
 from .._checks import check_heads, check_int, check_model_input, check_positive_float
-from ..cache.base import KVCache
+from ..cache import KVCache, spec_of
+from ..position import apply_rope
 from .functional import ATTENTION, resolve_backend
-from .masks import sliding_window_mask
+from .masking import causal_rules
 
 __all__ = ["MultiHeadAttention"]
-
-
-def _plain_causal(cache: KVCache) -> bool:
-    """Whether ``cache.attention_mask`` is the causal mask over its positions in stream order
-    (the base rule, not a ring buffer's, a sink cache's or a padding wrapper's)."""
-    return type(cache).attention_mask is KVCache.attention_mask and cache.key_positions.ndim == 1
 
 
 class MultiHeadAttention(nn.Module):
@@ -60,7 +55,8 @@ class MultiHeadAttention(nn.Module):
         Logit softcapping ``softcap * tanh(s / softcap)`` (Gemma 2).
     window : int, optional
         Sliding window: each query sees the ``window`` most recent keys, itself
-        included (see :func:`~llmref.attention.sliding_window_mask`).
+        included (see :func:`~llmref.attention.sliding_window_mask`); one of the
+        causal rules applied with ``is_causal=True``.
     sinks : bool, default False
         Learn one sink logit per head (gpt-oss), initialised to zero.
     rope : torch.nn.Module, optional
@@ -189,6 +185,8 @@ class MultiHeadAttention(nn.Module):
         position_ids: torch.Tensor | None = None,
         offset: int = 0,
         cache: KVCache | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend from ``x`` to ``context`` (or to ``x`` itself).
 
@@ -200,21 +198,30 @@ class MultiHeadAttention(nn.Module):
             Keys/values source of shape ``(B, S, d_model)`` (cross-attention);
             defaults to ``x`` (self-attention).
         mask : torch.Tensor, optional
-            Boolean mask broadcasting to ``(B, H, T, S)``; ``True`` = may attend.
+            Boolean mask broadcasting to ``(B, H, T, S)`` over the keys attended
+            to (after the cache's update); ``True`` = may attend. Used as given
+            (a model builds it complete, see :mod:`llmref.attention.masking`).
         is_causal : bool, default False
-            Apply a top-left aligned causal mask.
+            Apply the layer's causal rules (:func:`~llmref.attention.masking.causal_rules`:
+            causality, ``window`` and the cache's positions), ANDed with ``mask``.
+            ``False``: ``mask`` alone (none: every key is visible).
         position_ids : torch.Tensor, optional
-            Positions ``(T,)`` or ``(B, T)`` for ``rope`` (self-attention).
+            Positions ``(T,)`` or ``(B, T)`` for ``rope`` (self-attention);
+            default from the cache, else ``offset + arange(T)``.
         offset : int, default 0
             Position of the first token, for ``rope`` and ``position_bias`` when
             ``position_ids`` is not given.
         cache : llmref.cache.KVCache, optional
             KV cache of this layer (self-attention only). The new keys and
             values are stored in it and the queries attend to everything it
-            returns; positions come from the cache unless ``position_ids`` is
-            given (``offset`` is ignored), and
-            the causal/window mask from :meth:`~llmref.cache.KVCache.attention_mask`
-            (requires ``is_causal=True``).
+            returns.
+        position_embeddings : tuple of torch.Tensor, optional
+            RoPE ``(cos, sin)`` tables at the new tokens' positions, computed once
+            per forward by the model (:meth:`~llmref.position.RotaryEmbedding.position_embeddings`);
+            they replace ``position_ids``.
+        lengths : torch.Tensor, optional
+            Real (trailing) tokens per row, ``(B,)``, passed to ``cache.update``
+            (left padding).
 
         Returns
         -------
@@ -222,6 +229,49 @@ class MultiHeadAttention(nn.Module):
             Shape ``(B, T, d_model)``.
         """
         check_model_input("x", x, self.d_model)
+        B, T, _ = x.shape
+        q, k, v = self._project(x, context)
+        if cache is not None:
+            self._check_cache(cache, context)
+            if position_ids is None and position_embeddings is None:
+                position_ids = cache.positions_for(T, batch_size=B, lengths=lengths)
+        if is_causal:  # the layer's own rules; a model hands a complete mask instead
+            mask, is_causal = causal_rules(
+                mask, T, k.shape[2], cache=cache, window=self.window, batch_size=B, lengths=lengths
+            )
+        if self.rope is not None:
+            if position_embeddings is not None:
+                cos, sin = position_embeddings
+                q = apply_rope(q, cos, sin, layout=self.rope.layout)
+                k = apply_rope(k, cos, sin, layout=self.rope.layout)
+            else:
+                position_ids = None if position_ids is None else position_ids.to(x.device)
+                q = self.rope(q, position_ids, offset=offset)
+                k = self.rope(k, position_ids, offset=offset)
+        if cache is not None:
+            k, v = cache.update(k, v) if lengths is None else cache.update(k, v, lengths=lengths)
+        extra: dict[str, Any] = {}
+        if self.softcap is not None:
+            extra["softcap"] = self.softcap
+        if self.sink_logits is not None:
+            extra["sinks"] = self.sink_logits
+        if self.position_bias is not None:
+            extra["bias"] = self._position_bias(T, k.shape[2], offset, cache)
+        out = ATTENTION[self.backend].fn(
+            q,
+            k,
+            v,
+            mask=None if mask is None else mask.to(q.device),
+            is_causal=is_causal,
+            scale=self.scale,
+            **extra,
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _project(
+        self, x: torch.Tensor, context: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries ``(B, H, T, D)`` and keys, values ``(B, H_kv, S, D)``, QK-normed."""
         B, T, _ = x.shape
         H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q_rows = H * D
@@ -242,70 +292,41 @@ class MultiHeadAttention(nn.Module):
         v = v.view(B, S, H_kv, D).transpose(1, 2)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if cache is not None:
-            if context is not None:
-                raise ValueError("cache is for self-attention; pass no context with it")
-            if not is_causal:
-                raise ValueError("a KV cache is for causal decoding; pass is_causal=True with it")
-            if cache.stores != "kv":
-                raise TypeError(
-                    f"MultiHeadAttention needs a cache of keys and values, got "
-                    f"{type(cache).__name__} (which stores {cache.stores!r})"
-                )
-            if position_ids is None:
-                position_ids = cache.positions_for(T).to(x.device)
-                if position_ids.ndim == 2 and position_ids.shape[0] != B:  # per-sequence cache
-                    raise ValueError(
-                        f"x has batch size {B} but the cache holds {position_ids.shape[0]} "
-                        "sequences"
-                    )
-        if self.rope is not None:
-            q = self.rope(q, position_ids, offset=offset)
-            k = self.rope(k, position_ids, offset=offset)
-        if cache is not None:
-            k, v = cache.update(k, v)
-            S = k.shape[2]
-            plain = self.window is None and _plain_causal(cache)
-            if plain and S == T == cache.seen_tokens:
-                pass  # a prefill: the causal mask, which the kernels apply unmaterialised
-            elif plain and T == 1:
-                is_causal = False  # one new token in stream order: every cached key is visible
-            else:
-                allowed = cache.attention_mask(T, window=self.window)
-                mask = allowed if mask is None else mask & allowed
-                is_causal = False
-        elif self.window is not None:
-            window = sliding_window_mask(T, S, window=self.window, offset=S - T, device=x.device)
-            mask = window if mask is None else mask & window
-        extra: dict[str, Any] = {}
-        if self.softcap is not None:
-            extra["softcap"] = self.softcap
-        if self.sink_logits is not None:
-            extra["sinks"] = self.sink_logits
-        if self.position_bias is not None:
-            extra["bias"] = self._position_bias(T, S, offset, cache)
-        out = ATTENTION[self.backend].fn(
-            q, k, v, mask=mask, is_causal=is_causal, scale=self.scale, **extra
-        )
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, q_rows))
+        return q, k, v
+
+    @staticmethod
+    def _check_cache(cache: KVCache, context: torch.Tensor | None) -> None:
+        if context is not None:
+            raise ValueError("cache is for self-attention; pass no context with it")
+        if cache.stores != "kv":
+            raise TypeError(
+                f"MultiHeadAttention needs a cache of keys and values, got "
+                f"{type(cache).__name__} (which stores {cache.stores!r})"
+            )
 
     def _position_bias(self, T: int, S: int, offset: int, cache: KVCache | None) -> torch.Tensor:
         """``position_bias`` over the keys attended to, following the cache's key positions.
 
-        A cache may return its keys out of time order (the sliding-window ring buffer);
-        the bias is then computed over the span of positions it holds and gathered by
-        :attr:`~llmref.cache.KVCache.key_positions`. The new tokens are the newest keys.
+        The bias depends on ``query - key`` only, and each row's keys (in any order:
+        a ring buffer returns slot order) lie within ``S`` positions of its newest
+        key, so it is computed once over ``S`` keys in order and gathered per row.
+        A cache that renumbers positions (the sink cache) is biased by its own
+        numbering, the place of each key among those kept.
         """
         assert self.position_bias is not None
-        keys = None if cache is None else cache.key_positions
-        if keys is None or keys.ndim != 1 or keys.numel() == 0:  # per-sequence: in order
+        if cache is None:
             return self.position_bias(T, S, offset=offset)
-        lo, hi = int(keys.min()), int(keys.max())
-        span = hi - lo + 1
-        if span == S and bool((keys[1:] > keys[:-1]).all()):  # in order: no gather needed
-            return self.position_bias(T, S, offset=S - T)
-        bias = self.position_bias(T, span, offset=span - T)
-        return bias[..., keys.to(bias.device) - lo]
+        keys = cache.key_positions.to(self.out_proj.weight.device)  # (B, S), -1 = no key
+        spec = spec_of(cache)
+        if spec is not None and spec.renumbers_positions:
+            keys = torch.where(keys >= 0, torch.arange(S, device=keys.device), -1)
+        newest = keys.amax(-1, keepdim=True)
+        ordered = self.position_bias(T, S, offset=S - T)  # (H, T, S): keys 0..S-1 in order
+        index = (S - 1 - (newest - keys)).clamp(0, S - 1)  # padding keys: masked anyway
+        H = ordered.shape[0]
+        return ordered.expand(keys.shape[0], H, T, S).gather(
+            -1, index[:, None, None, :].expand(-1, H, T, -1)
+        )
 
     @classmethod
     def from_torch(cls, module: nn.MultiheadAttention, **options: Any) -> MultiHeadAttention:

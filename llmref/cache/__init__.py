@@ -1,10 +1,12 @@
 """KV caches: one class per kind, one interface (``update(k, v) -> (k_all, v_all)``).
 
-Every kind is registered in :data:`CACHES`; ``meta["attention"]`` is ``"mla"``
-for the latent cache (which stores latents, not keys and values).
+Caches store keys and values and report their positions per sequence; the model
+builds masks from those. Every kind is registered in :data:`CACHES` with a
+:class:`CacheSpec` declaring what it stores (``"latent"`` for MLA's cache), the
+mask rule its eviction implies, and its capabilities.
 """
 
-from ._registry import CACHES
+from ._registry import CACHES, CacheSpec, spec_of
 from .base import KVCache
 from .dynamic import DynamicCache
 from .latent import LatentCache
@@ -17,6 +19,7 @@ from .static import StaticCache
 
 __all__ = [
     "CACHES",
+    "CacheSpec",
     "DynamicCache",
     "KVCache",
     "LatentCache",
@@ -26,4 +29,5 @@ __all__ = [
     "SlidingWindowCache",
     "StaticCache",
     "kv_bytes_per_token",
+    "spec_of",
 ]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from ._registry import CACHES
+from ._registry import CACHES, CacheSpec
 from .dynamic import DynamicCache
 
 __all__ = ["LatentCache"]
 
 
-@CACHES.register("latent", paper="deepseek2024v2", attention="mla")
 class LatentCache(DynamicCache):
     """Stores what :class:`~llmref.attention.MultiHeadLatentAttention` needs per token.
 
@@ -35,3 +34,8 @@ class LatentCache(DynamicCache):
     """
 
     stores = "latent"
+
+
+CACHES.add(
+    CacheSpec(name="latent", fn=LatentCache, paper="deepseek2024v2", stores="latent", traces=True)
+)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_int, check_tensor
-from ._registry import CACHES
-from .base import KVCache
+from ._registry import CACHES, CacheSpec
+from .base import KVCache, compact_positions
 
 __all__ = ["PagedCache"]
 
 
-@CACHES.register("paged", paper="kwon2023vllm", third_party="vllm PagedAttention")
 class PagedCache(KVCache):
     """Keys and values in fixed-size blocks allocated on demand from one pool (PagedAttention).
 
@@ -49,9 +48,12 @@ class PagedCache(KVCache):
     -----
     :meth:`update` gathers each sequence's blocks into a dense ``(B, H_kv, S,
     D)`` tensor, right-padded to the longest sequence, and sets
-    :attr:`key_positions` to ``(B, S)`` with ``-1`` on padding, so
-    :meth:`attention_mask` is per sequence, ``(B, 1, T, S)``. A fused kernel
-    would read the blocks in place; gathering keeps this reference readable.
+    :attr:`key_positions` to ``(B, S)`` with ``-1`` on padding, from which the
+    model's mask is per sequence. A fused kernel would read the blocks in place
+    (its spec's ``layout`` is where a ``"block_table"`` variant would say so);
+    gathering keeps this reference readable. Left padding is dropped (only the
+    last ``lengths[b]`` tokens of row ``b`` are stored), so a padded row holds
+    exactly the blocks it holds alone.
 
     References
     ----------
@@ -84,25 +86,15 @@ class PagedCache(KVCache):
     @property
     def next_positions(self) -> torch.Tensor:
         """Position of each sequence's next token, shape ``(B,)``."""
+        if not self.lengths:
+            return super().next_positions
         return torch.tensor(self.lengths, dtype=torch.long)
 
-    def positions_for(self, T: int) -> torch.Tensor:
-        """Per-sequence positions of the next ``T`` tokens, shape ``(B, T)``.
-
-        Parameters
-        ----------
-        T : int
-            Number of new tokens per sequence.
-
-        Returns
-        -------
-        torch.Tensor
-            ``lengths[b] + arange(T)`` for each row ``b`` (``(T,)`` before the
-            first update).
-        """
-        if not self.lengths:  # nothing stored yet: every sequence starts at 0
-            return torch.arange(T)
-        return self.next_positions.unsqueeze(-1) + torch.arange(T)
+    def next_key_positions(
+        self, T: int, *, batch_size: int = 1, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Positions ``0 .. n_b - 1`` per row after the update, right-padded with ``-1``."""
+        return compact_positions(self.lengths, T, batch_size, lengths)
 
     def update(
         self, k: torch.Tensor, v: torch.Tensor, *, lengths: torch.Tensor | None = None
@@ -145,13 +137,14 @@ class PagedCache(KVCache):
             new = [T] * B
         else:
             check_tensor("lengths", lengths, ndim=1)
+            self.ragged = True
             new = [int(n) for n in lengths]
             if len(new) != B or any(not 0 <= n <= T for n in new):
                 raise ValueError(f"lengths must be {B} ints in [0, {T}], got {new}")
         for b, n in enumerate(new):
             for i in range(T - n, T):
                 self._append(b, k[b, :, i], v[b, :, i])
-        self.seen_tokens = max(self.lengths)
+        self.seen_tokens += T
         return self._gather()
 
     def _append(self, b: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -188,37 +181,6 @@ class PagedCache(KVCache):
 
         return gather(self._k_pool), gather(self._v_pool)
 
-    def attention_mask(self, T: int, *, window: int | None = None) -> torch.Tensor:
-        """Per-sequence causal mask of each row's newest ``T`` tokens, ``(B, 1, T, S)``.
-
-        Query ``i`` of row ``b`` is the token at position ``lengths[b] - T + i``;
-        rows with fewer than ``T`` new tokens have fully masked (zero) leading
-        query rows.
-
-        Parameters
-        ----------
-        T : int
-            Number of queries per row.
-        window : int, optional
-            Sliding-window width, combined by AND.
-
-        Returns
-        -------
-        torch.Tensor
-            Boolean, shape ``(B, 1, T, S)``.
-        """
-        keys = self.key_positions  # (B, S), -1 = padding
-        queries = (
-            self.next_positions.to(keys.device).unsqueeze(-1)
-            - T
-            + torch.arange(T, device=keys.device)
-        )
-        distance = queries.unsqueeze(-1) - keys.unsqueeze(-2)
-        allowed = (distance >= 0) & (keys >= 0).unsqueeze(-2)
-        if window is not None:
-            allowed &= distance < window
-        return allowed.unsqueeze(1)
-
     def free(self, b: int) -> None:
         """Return sequence ``b``'s blocks to the free list and empty it (its row stays).
 
@@ -233,6 +195,7 @@ class PagedCache(KVCache):
         self.free_blocks.extend(reversed(self.block_tables[b]))
         self.block_tables[b] = []
         self.lengths[b] = 0
+        self.ragged = True
 
     def __len__(self) -> int:
         return max(self.lengths, default=0)
@@ -242,9 +205,20 @@ class PagedCache(KVCache):
         self.block_tables = [[] for _ in self.lengths]
         self.lengths = [0] * len(self.lengths)
         self.seen_tokens = 0
-        self.key_positions = torch.zeros(0, dtype=torch.long)
+        self.key_positions = torch.zeros(1, 0, dtype=torch.long)
+        self.ragged = False
 
     @property
     def nbytes(self) -> int:
         pools = (self._k_pool, self._v_pool)
         return sum(t.numel() * t.element_size() for t in pools if t is not None)
+
+
+CACHES.add(
+    CacheSpec(
+        name="paged",
+        fn=PagedCache,
+        paper="kwon2023vllm",
+        third_party="vllm PagedAttention",
+    )
+)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from .._checks import check_int
-from ._registry import CACHES
-from .base import KVCache, check_same_layout
+from ._registry import CACHES, CacheSpec
+from .base import KVCache, right_padded
 
 if TYPE_CHECKING:
     from ..position import RotaryEmbedding
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
 __all__ = ["SinkCache"]
 
 
-@CACHES.register("sink", paper="xiao2024streamingllm")
 class SinkCache(KVCache):
     """Keeps the first ``n_sink`` tokens and the recent window, renumbering positions.
 
@@ -48,10 +48,25 @@ class SinkCache(KVCache):
 
     Notes
     -----
-    The new tokens' queries and keys must be rotated at positions
-    :attr:`next_position` onward (``len(cache)`` before the update), which
-    :class:`~llmref.attention.MultiHeadAttention` does. Exact for RoPE types
+    Two kinds of position meet here. :attr:`key_positions` are each kept token's
+    index in its sequence, so the model's mask is the ``"sink"`` rule of
+    :mod:`llmref.attention.masks` (declared in the spec, with this cache's
+    ``n_sink`` and ``window``). RoPE positions are counted inside the cache: the
+    new tokens' queries and keys must be rotated at :meth:`positions_for`
+    (``len(cache)`` onward, per row), which :class:`~llmref.models.DecoderLM`
+    and :class:`~llmref.attention.MultiHeadAttention` do. Exact for RoPE types
     whose frequencies do not depend on the sequence length (not ``dynamic``).
+
+    The re-rotation of kept keys on eviction is the one place RoPE is computed
+    outside the model's once-per-forward cos/sin: it corrects *stored* keys by an
+    angle (``-shift``) that depends on this cache's eviction count per row, not
+    on the new tokens' positions, so it belongs to the cache's storage, as in
+    transformers' former ``SinkCache``.
+
+    Left padding (``update(..., lengths=...)``) is not stored: each row keeps
+    its own first ``n_sink`` *real* tokens as sinks, and a padded row stores,
+    rotates and returns exactly what it would alone (rows are right-padded to the
+    longest, position ``-1``).
 
     References
     ----------
@@ -64,8 +79,10 @@ class SinkCache(KVCache):
     >>> cache = SinkCache(n_sink=2, window=3)
     >>> for t in range(8):
     ...     k, v = cache.update(torch.randn(1, 1, 1, 4), torch.randn(1, 1, 1, 4))
-    >>> len(cache), cache.next_position  # 2 sinks + 2 recent kept for the next token
-    (4, 4)
+    >>> len(cache), cache.positions_for(1).tolist()  # 2 sinks + 2 recent kept: next at 4
+    (4, [[4]])
+    >>> cache.key_positions.tolist()  # what the last step attended to, by sequence index
+    [[0, 1, 4, 5, 6, 7]]
     """
 
     def __init__(self, n_sink: int, window: int, *, rope: RotaryEmbedding | None = None) -> None:
@@ -73,58 +90,67 @@ class SinkCache(KVCache):
         self.n_sink = check_int("n_sink", n_sink, minimum=0)
         self.window = check_int("window", window, minimum=1)
         self.rope = rope
-        self._k: torch.Tensor | None = None
-        self._v: torch.Tensor | None = None
+        self._rows: list[_Row] = []
 
     @property
-    def next_position(self) -> int:
-        return len(self)
+    def next_positions(self) -> torch.Tensor:
+        if not self._rows:
+            return super().next_positions
+        return torch.tensor([row.next for row in self._rows], dtype=torch.long)
 
-    def attention_mask(self, T: int, *, window: int | None = None) -> torch.Tensor:
-        """Causal mask over the returned keys restricted to the sinks plus the recent window.
+    def positions_for(
+        self, T: int, *, batch_size: int = 1, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """RoPE positions of the next ``T`` tokens, counted inside the cache (``len`` of
+        each row onward); padding at 0. Shape ``(B, T)``."""
+        kept = torch.tensor([len(row) for row in self._rows] or [0], dtype=torch.long)
+        steps = torch.arange(T)
+        pad = (
+            torch.zeros(1, 1, dtype=torch.long) if lengths is None else (T - lengths.cpu())[:, None]
+        )
+        return torch.where(steps >= pad, kept[:, None] + steps - pad, 0).expand(batch_size, T)
 
-        Parameters
-        ----------
-        T : int
-            Number of queries (the tokens of the last update).
-        window : int, optional
-            A further sliding window of the layer, combined by AND.
+    def next_key_positions(
+        self, T: int, *, batch_size: int = 1, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        new = self._new_positions(T, batch_size, lengths).cpu()
+        rows = self._rows or [_Row(None, None) for _ in range(new.shape[0])]
+        kept = [torch.cat([row.positions, p[p >= 0]]) for row, p in zip(rows, new, strict=True)]
+        S = max(p.numel() for p in kept)
+        return torch.stack([F.pad(p, (0, S - p.numel()), value=-1) for p in kept])
 
-        Returns
-        -------
-        torch.Tensor
-            Shape ``(T, S)``.
-        """
-        keys = self.key_positions
-        queries = keys[keys.numel() - T :]  # the new tokens are the last T returned keys
-        distance = queries.unsqueeze(-1) - keys.unsqueeze(-2)
-        allowed = (distance >= 0) & ((distance < self.window) | (keys < self.n_sink))
-        if window is not None:
-            allowed &= distance < window
-        return allowed
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, k: torch.Tensor, v: torch.Tensor, *, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self._check_kv(k, v)
-        check_same_layout("k", k, self._k)
-        check_same_layout("v", v, self._v)
-        k_all = k if self._k is None else torch.cat([self._k, k], dim=2)
-        v_all = v if self._v is None else torch.cat([self._v, v], dim=2)
-        S = k_all.shape[2]
-        self.key_positions = torch.arange(S, device=k.device)
-        self.seen_tokens += k.shape[2]
-        keep_recent = self.window - 1  # what the next query needs besides itself
-        evict = max(0, S - self.n_sink - keep_recent)
-        if evict == 0:
-            self._k, self._v = k_all, v_all
-        else:
-            recent = k_all[:, :, self.n_sink + evict :]
-            self._k = torch.cat([k_all[:, :, : self.n_sink], self._shift(recent, evict)], dim=2)
-            self._v = torch.cat([v_all[:, :, : self.n_sink], v_all[:, :, self.n_sink + evict :]], 2)
-        return k_all, v_all
+        stored = [self._rows[0].k, self._rows[0].v] if self._rows else []
+        B, T, new = self._check_rows(k, v, stored, lengths)
+        positions = self.next_key_positions(T, batch_size=B, lengths=lengths)
+        if not self._rows:
+            self._rows = [_Row(k[:1, :, :0], v[:1, :, :0]) for _ in range(B)]
+        keys, values = [], []
+        for b, (row, n) in enumerate(zip(self._rows, new, strict=True)):
+            k_all = torch.cat([row.k, k[b : b + 1, :, T - n :]], dim=2)
+            v_all = torch.cat([row.v, v[b : b + 1, :, T - n :]], dim=2)
+            kept = positions[b, : k_all.shape[2]]
+            keys.append(k_all)
+            values.append(v_all)
+            evict = max(0, k_all.shape[2] - self.n_sink - (self.window - 1))
+            recent = slice(self.n_sink + evict, None)
+            row.k = torch.cat(
+                [k_all[:, :, : self.n_sink], self._shift(k_all[:, :, recent], evict)], 2
+            )
+            row.v = torch.cat([v_all[:, :, : self.n_sink], v_all[:, :, recent]], 2)
+            row.positions = torch.cat([kept[: self.n_sink], kept[recent]])
+            row.next += n
+        self.seen_tokens += T
+        self.key_positions = positions.to(k.device)
+        S = positions.shape[1]
+        return right_padded(keys, S), right_padded(values, S)
 
     def _shift(self, keys: torch.Tensor, shift: int) -> torch.Tensor:
         """Rotate keys from position p to p - shift."""
-        if self.rope is None or keys.shape[2] == 0:
+        if self.rope is None or keys.shape[2] == 0 or shift == 0:
             return keys
         from ..position import apply_rope, rope_cos_sin
 
@@ -136,13 +162,42 @@ class SinkCache(KVCache):
         return apply_rope(keys, cos.to(keys.dtype), sin.to(keys.dtype), layout=self.rope.layout)
 
     def __len__(self) -> int:
-        return 0 if self._k is None else self._k.shape[2]
+        return max((len(row) for row in self._rows), default=0)
 
     def reset(self) -> None:
-        self._k = self._v = None
+        self._rows = []
         self.seen_tokens = 0
-        self.key_positions = torch.zeros(0, dtype=torch.long)
+        self.key_positions = torch.zeros(1, 0, dtype=torch.long)
+        self.ragged = False
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self._k, self._v) if t is not None)
+        return sum(row.nbytes for row in self._rows)
+
+
+class _Row:
+    """One sequence of a :class:`SinkCache`: kept keys/values and their sequence positions."""
+
+    def __init__(self, k: torch.Tensor | None, v: torch.Tensor | None) -> None:
+        self.k, self.v = k, v
+        self.positions = torch.zeros(0, dtype=torch.long)
+        self.next = 0  # real tokens seen
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v) if t is not None)
+
+
+CACHES.add(
+    CacheSpec(
+        name="sink",
+        fn=SinkCache,
+        paper="xiao2024streamingllm",
+        mask="sink",
+        mask_params=("n_sink", "window"),
+        renumbers_positions=True,
+    )
+)

@@ -556,8 +556,11 @@ class DecoderBlock(nn.Module):
         x: torch.Tensor,
         *,
         mask: torch.Tensor | None = None,
+        is_causal: bool = True,
         position_ids: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
+        lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Apply the block to the residual stream ``x`` of shape ``(B, T, d_model)``.
 
@@ -566,11 +569,19 @@ class DecoderBlock(nn.Module):
         x : torch.Tensor
             Residual stream ``(B, T, d_model)``.
         mask : torch.Tensor, optional
-            Boolean mask (``True`` = may attend) combined with the causal mask.
+            Boolean mask (``True`` = may attend) over the keys attended to.
+        is_causal : bool, default True
+            Apply the causal rules besides ``mask`` (see
+            :class:`~llmref.attention.MultiHeadAttention`); a model that hands
+            a complete mask passes ``False``.
         position_ids : torch.Tensor, optional
             Positions ``(T,)`` or ``(B, T)``; default from the cache, else ``0..T-1``.
+        position_embeddings : tuple of torch.Tensor, optional
+            RoPE ``(cos, sin)`` computed once per forward by the model.
         cache : llmref.cache.KVCache, optional
             This layer's cache.
+        lengths : torch.Tensor, optional
+            Real (trailing) tokens per row, for the cache (left padding).
 
         Returns
         -------
@@ -578,7 +589,13 @@ class DecoderBlock(nn.Module):
             Shape ``(B, T, d_model)``.
         """
         h = x + self.attn(
-            self.attn_norm(x), mask=mask, is_causal=True, position_ids=position_ids, cache=cache
+            self.attn_norm(x),
+            mask=mask,
+            is_causal=is_causal,
+            position_ids=position_ids,
+            position_embeddings=position_embeddings,
+            cache=cache,
+            lengths=lengths,
         )
         return h + self.mlp(self.mlp_norm(h))
 

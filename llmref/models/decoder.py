@@ -2,94 +2,30 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from .._checks import check_tensor
-from ..cache.base import KVCache
+from ..attention.masking import cache_mask_mods, layer_mask, positions_mask
+from ..cache import KVCache, spec_of
 from ..position import RotaryEmbedding
-from ..position.rope import _rotate
 from .blocks import DecoderBlock, MoE
 from .config import DecoderConfig
 
 __all__ = ["DecoderLM"]
 
 
-def _renumbers_positions(cache: KVCache) -> bool:
-    """Whether the cache counts positions inside itself (the sink cache), not in the stream."""
-    return type(cache).next_position is not KVCache.next_position
+@dataclass(frozen=True)
+class _LayerInputs:
+    """What one forward hands a layer, built once for all layers that share it."""
 
-
-class _PaddedCache(KVCache):
-    """A view of a layer's cache that also masks out padding keys.
-
-    Layers build their mask from ``cache.attention_mask(T)`` after the update;
-    this view ANDs it with ``key_padding[b, key_positions[j]]`` (True = real
-    token), so any cache kind whose key positions index the token stream works
-    with left- (or any) padding.
-    """
-
-    def __init__(self, cache: KVCache, key_padding: torch.Tensor) -> None:
-        # no super().__init__(): every attribute is the wrapped cache's
-        self._cache = cache
-        self._key_padding = key_padding
-
-    @property
-    def stores(self) -> str:
-        return self._cache.stores
-
-    @stores.setter
-    def stores(self, value: str) -> None:
-        raise AttributeError("stores is the wrapped cache's")
-
-    @property
-    def seen_tokens(self) -> int:
-        return self._cache.seen_tokens
-
-    @seen_tokens.setter
-    def seen_tokens(self, value: int) -> None:
-        self._cache.seen_tokens = value
-
-    @property
-    def key_positions(self) -> torch.Tensor:
-        return self._cache.key_positions
-
-    @key_positions.setter
-    def key_positions(self, value: torch.Tensor) -> None:
-        self._cache.key_positions = value
-
-    @property
-    def next_position(self) -> int:
-        return self._cache.next_position
-
-    def positions_for(self, T: int) -> torch.Tensor:
-        return self._cache.positions_for(T)
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._cache.update(k, v)
-
-    def attention_mask(self, T: int, *, window: int | None = None) -> torch.Tensor:
-        allowed = self._cache.attention_mask(T, window=window)
-        keys = self._cache.key_positions.to(self._key_padding.device)
-        if keys.ndim == 1:
-            real = self._key_padding[:, keys]
-        else:  # per-sequence positions (paged), -1 = no key
-            real = self._key_padding.gather(1, keys.clamp(min=0)) & (keys >= 0)
-        return allowed & real[:, None, None, :].to(allowed.device)
-
-    def __len__(self) -> int:
-        return len(self._cache)
-
-    def reset(self) -> None:
-        self._cache.reset()
-
-    @property
-    def nbytes(self) -> int:
-        return self._cache.nbytes
+    mask: torch.Tensor | None
+    is_causal: bool
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None
 
 
 class DecoderLM(nn.Module):
@@ -238,50 +174,90 @@ class DecoderLM(nn.Module):
         torch.Tensor
             Shape ``(B, T, d_model)``.
         """
-        ids = self._check_ids(input_ids)
-        B, T = ids.shape
-        caches = self._check_caches(caches)
-        past = 0 if caches is None else caches[0].seen_tokens
-        padding = self._check_attention_mask(attention_mask, B, past + T, caches)
-        if position_ids is not None:
-            check_tensor("position_ids", position_ids)
-            if position_ids.shape[-1] != T or position_ids.ndim not in (1, 2):
-                raise ValueError(
-                    f"position_ids must be (T,) or (B, T) with T={T}, got shape "
-                    f"{tuple(position_ids.shape)}"
-                )
-        mask = None
-        if padding is not None:
-            if position_ids is None:  # positions count real tokens only
-                position_ids = (padding.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-            if caches is None:
-                mask = padding[:, None, None, :]
-            else:
-                caches = [_PaddedCache(c, padding) for c in caches]
-        elif position_ids is None:
-            # One positions tensor for every layer, so that they share one cos/sin lookup
-            # (see _RotaryEmbedding); caches of mixed kinds may number positions differently.
-            if caches is None:
-                position_ids = torch.arange(T, device=ids.device)
-            elif len({type(c) for c in caches}) == 1:
-                position_ids = caches[0].positions_for(T).to(ids.device)
-                if position_ids.ndim == 2 and position_ids.shape[0] != B:  # paged caches
-                    raise ValueError(
-                        f"input_ids has batch size {B} but the caches hold "
-                        f"{position_ids.shape[0]} sequences"
-                    )
-        for rope in (self.rope, self.mla_rope):
-            if isinstance(rope, _RotaryEmbedding):
-                rope.forget()
-        x = self.embed(ids)
+        caches = None if caches is None else list(caches)
+        if torch.compiler.is_compiling():  # checked eagerly; a traced forward assumes padding
+            padding = None if attention_mask is None else attention_mask.to(torch.bool)
+        else:
+            padding = self._check_inputs(input_ids, attention_mask, caches, position_ids)
+        B, T = input_ids.shape
+        device = self.embed.weight.device
+        lengths = None
+        if padding is not None and caches is not None:
+            lengths = padding[:, padding.shape[1] - T :].sum(-1)
+        inputs = self._layer_inputs(B, T, padding, lengths, caches, position_ids, device)
+        x = self.embed(input_ids.to(device))
         for i, layer in enumerate(self.layers):
+            step = inputs[i]
             x = layer(
                 x,
-                mask=mask,
-                position_ids=position_ids,
+                mask=step.mask,
+                is_causal=step.is_causal,
+                position_embeddings=step.position_embeddings,
                 cache=None if caches is None else caches[i],
+                lengths=lengths,
             )
         return self.norm(x)
+
+    def _layer_inputs(
+        self,
+        B: int,
+        T: int,
+        padding: torch.Tensor | None,
+        lengths: torch.Tensor | None,
+        caches: list[KVCache] | None,
+        position_ids: torch.Tensor | None,
+        device: torch.device,
+    ) -> list[_LayerInputs]:
+        """Each layer's mask and RoPE tables, computed once per group of layers sharing them."""
+        queries = None  # sequence positions of the new tokens, -1 = padding (no cache)
+        if caches is None and padding is not None:
+            queries = torch.where(padding, padding.long().cumsum(-1) - 1, -1)
+        if position_ids is None:
+            if caches is not None:
+                source = next(
+                    (c for c in caches if _renumbers(c)), caches[0]
+                )  # the sink cache numbers positions itself
+                position_ids = source.positions_for(T, batch_size=B, lengths=lengths)
+            elif queries is not None:
+                position_ids = queries.clamp(min=0)
+            else:
+                position_ids = torch.arange(T)
+        tables: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
+        for name, rope in (("rope", self.rope), ("mla", self.mla_rope)):
+            tables[name] = None
+            if isinstance(rope, RotaryEmbedding):
+                seq_len = None
+                if rope.needs_seq_len and not torch.compiler.is_compiling():
+                    seq_len = int(position_ids.max()) + 1 if position_ids.numel() else 0
+                cos, sin = rope.position_embeddings(position_ids.to(device), seq_len=seq_len)
+                if cos.ndim == 3:  # (B, T, d) -> (B, 1, T, d): one table for every head
+                    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+                tables[name] = (cos, sin)
+        masks: dict[Any, tuple[torch.Tensor | None, bool]] = {}
+        out = []
+        for i in range(self.config.n_layers):
+            spec = self.config.layer(i)
+            cache = None if caches is None else caches[i]
+            key = (spec.window, _mask_group(cache))
+            if key not in masks:
+                if queries is not None:  # padding without a cache: keys are the new tokens
+                    mods = cache_mask_mods(None, window=spec.window)
+                    mask: torch.Tensor | None = positions_mask(queries, queries, mask_mods=mods)
+                    masks[key] = (mask.to(device), False)
+                else:
+                    mask, is_causal = layer_mask(
+                        T, cache=cache, window=spec.window, batch_size=B, lengths=lengths
+                    )
+                    masks[key] = (None if mask is None else mask.to(device), is_causal)
+            mask, is_causal = masks[key]
+            out.append(
+                _LayerInputs(
+                    mask=mask,
+                    is_causal=is_causal,
+                    position_embeddings=tables["mla" if spec.attention == "mla" else "rope"],
+                )
+            )
+        return out
 
     def forward(
         self,
@@ -302,7 +278,10 @@ class DecoderLM(nn.Module):
             of shape ``(B, past + T)`` where ``past`` is the number of tokens
             already in ``caches`` (transformers' convention). Padding tokens are
             never attended to and positions count real tokens only, so a
-            left-padded sequence computes exactly what it computes alone.
+            left-padded sequence computes what it computes alone (to rounding).
+            With caches, each call's padding must come first in its row (left
+            padding); the caches are told each row's real tokens and report
+            positions per row, so every cache kind works with it.
         caches : sequence of llmref.cache.KVCache, optional
             One cache per layer (see :func:`~llmref.models.make_caches`): the
             new tokens' keys and values are stored and the queries attend to
@@ -310,8 +289,10 @@ class DecoderLM(nn.Module):
             (:class:`~llmref.cache.LatentCache`), the others one that stores
             keys and values.
         position_ids : torch.Tensor, optional
-            Positions ``(T,)`` or ``(B, T)`` of the new tokens; default: from
-            ``attention_mask`` if given, else from the caches, else ``0..T-1``.
+            RoPE positions ``(T,)`` or ``(B, T)`` of the new tokens; default:
+            from the caches (:meth:`~llmref.cache.KVCache.positions_for`), else
+            from ``attention_mask``, else ``0..T-1``. Masks follow the token
+            order, not these.
 
         Returns
         -------
@@ -326,15 +307,58 @@ class DecoderLM(nn.Module):
             layer's attention kind.
         ValueError
             If shapes disagree (batch, length, number of caches), a token id
-            is out of range, or padding is combined with a cache that
-            renumbers positions (the sink cache).
+            is out of range, padding is not on the left with caches, or caches
+            that renumber positions (the sink cache) are mixed with others.
+
+        Notes
+        -----
+        One forward builds each layer's attention mask and the RoPE cos/sin
+        tables once, before the layers run (layers sharing a window and a cache
+        kind share the mask): the mask from the ``mask_mod`` s of
+        :mod:`llmref.attention.masks` evaluated on the queries' positions and the
+        positions the caches report (:func:`~llmref.attention.masking.layer_mask`;
+        the kernels' ``is_causal`` fast path where nothing else applies), the
+        tables from the position ids. Checks that need host values run once per
+        call, before that, and are skipped when the forward is traced by
+        :func:`torch.compile`, which then captures the whole forward of a dense
+        model (and a decoding step through a cache whose spec says ``traces``)
+        as one graph; a mixture-of-experts layer's data-dependent expert loop
+        breaks the graph.
         """
         h = self.hidden_states(
             input_ids, attention_mask=attention_mask, caches=caches, position_ids=position_ids
         )
         return self.lm_head(h)
 
-    # -- checks ----------------------------------------------------------------------------
+    # -- checks (host values: once per call, before the layers; skipped when traced) ------
+
+    def _check_inputs(
+        self,
+        input_ids: object,
+        attention_mask: object,
+        caches: list[KVCache] | None,
+        position_ids: object,
+    ) -> torch.Tensor | None:
+        """Check every input; return the padding mask (bool, ``(B, past + T)``) or None."""
+        ids = self._check_ids(input_ids)
+        B, T = ids.shape
+        self._check_caches(caches)
+        held = {c.next_positions.shape[0] for c in caches or ()} - {1}
+        if held and held != {B}:
+            raise ValueError(
+                f"input_ids has batch size {B} but the caches hold {held.pop()} sequences"
+            )
+        past = 0 if caches is None else caches[0].seen_tokens
+        padding = self._check_attention_mask(attention_mask, B, past + T, T, caches)
+        if position_ids is not None:
+            check_tensor("position_ids", position_ids)
+            assert isinstance(position_ids, torch.Tensor)
+            if position_ids.shape[-1] != T or position_ids.ndim not in (1, 2):
+                raise ValueError(
+                    f"position_ids must be (T,) or (B, T) with T={T}, got shape "
+                    f"{tuple(position_ids.shape)}"
+                )
+        return padding
 
     def _check_ids(self, input_ids: object) -> torch.Tensor:
         check_tensor("input_ids", input_ids, ndim=2)
@@ -374,10 +398,21 @@ class DecoderLM(nn.Module):
         seen = {c.seen_tokens for c in caches}
         if len(seen) > 1:
             raise ValueError(f"caches must all have seen the same tokens, got {sorted(seen)}")
+        groups = {_mask_group(c) for c in caches if _renumbers(c)}
+        if groups and (len(groups) > 1 or not all(_renumbers(c) for c in caches)):
+            raise ValueError(
+                "caches that renumber positions (the sink cache) must be used, with the same "
+                "settings, by every layer: the layers share one set of RoPE positions"
+            )
         return list(caches)
 
     def _check_attention_mask(
-        self, attention_mask: object, B: int, length: int, caches: list[KVCache] | None
+        self,
+        attention_mask: object,
+        B: int,
+        length: int,
+        T: int,
+        caches: list[KVCache] | None,
     ) -> torch.Tensor | None:
         """The padding mask as bool ``(B, length)``, or None when there is no padding."""
         if attention_mask is None:
@@ -396,10 +431,11 @@ class DecoderLM(nn.Module):
             raise ValueError("attention_mask must hold only 0 and 1 (or False and True)")
         if bool(padding.all()):
             return None
-        if caches is not None and any(_renumbers_positions(c) for c in caches):
+        new = padding[:, length - T :]
+        if caches is not None and bool((new[:, :-1] & ~new[:, 1:]).any()):
             raise ValueError(
-                "padding (zeros in attention_mask) cannot be combined with a cache that "
-                "renumbers positions (the sink cache); generate such sequences one at a time"
+                "with caches, the padding of the new tokens must come first in each row (left "
+                "padding: zeros before ones in attention_mask[:, past:])"
             )
         return padding.to(self.embed.weight.device)
 
@@ -411,58 +447,19 @@ class DecoderLM(nn.Module):
         )
 
 
-class _RotaryEmbedding(RotaryEmbedding):
-    """A :class:`~llmref.position.RotaryEmbedding` that prepares its cos/sin tables once per
-    positions tensor: the queries and keys of every layer of one forward pass share them.
+def _renumbers(cache: KVCache) -> bool:
+    """Whether the cache kind declares RoPE positions of its own (the sink cache)."""
+    spec = spec_of(cache)
+    return spec is not None and spec.renumbers_positions
 
-    :class:`DecoderLM` passes one positions tensor to every layer and calls :meth:`forget`
-    at the start of each forward pass. The first rotation with new positions goes through
-    :func:`~llmref.position.apply_rope` (which checks the shapes); the following ones,
-    on the same positions, repeat its arithmetic without the per-call checks (about a
-    fifth of a small model's decoding step), so the results are bit for bit those of the
-    parent class (tested).
-    """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.forget()
-
-    def forget(self) -> None:
-        """Drop the tables of the last positions."""
-        self._positions: torch.Tensor | None = None
-        self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def forward(
-        self, x: torch.Tensor, position_ids: torch.Tensor | None = None, *, offset: int = 0
-    ) -> torch.Tensor:
-        if position_ids is None:
-            return super().forward(x, position_ids, offset=offset)
-        tables = self._tables
-        if position_ids is self._positions and tables is not None and self._fits(x, tables[0]):
-            cos, sin = tables
-            d = cos.shape[-1]
-            rot = x if d == x.shape[-1] else x[..., :d]
-            out = (rot * cos) + (_rotate(rot, self.layout) * sin)
-            if d != x.shape[-1]:
-                out = torch.cat((out, x[..., d:].to(out.dtype)), dim=-1)
-            return out.to(x.dtype)
-        out = super().forward(x, position_ids, offset=offset)  # checks everything
-        cos, sin = self.cos_sin(position_ids)
-        cos, sin = cos.to(x.device), sin.to(x.device)
-        if x.ndim == 4 and cos.ndim == 3:  # (B, T, d) -> (B, 1, T, d), as apply_rope does
-            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        self._positions, self._tables = position_ids, (cos, sin)
-        return out
-
-    def _fits(self, x: torch.Tensor, cos: torch.Tensor) -> bool:
-        """Whether the prepared tables broadcast to ``x`` as they did to the checked call."""
-        return (
-            x.ndim == 4
-            and x.shape[-2] == cos.shape[-2]
-            and x.shape[-1] >= cos.shape[-1]
-            and (cos.ndim < 4 or cos.shape[0] == x.shape[0])
-            and x.device == cos.device
-        )
+def _mask_group(cache: KVCache | None) -> tuple[Any, ...] | None:
+    """Caches in lockstep whose masks agree: one class and the same declared rule settings."""
+    if cache is None:
+        return None
+    spec = spec_of(cache)
+    params = () if spec is None else tuple(getattr(cache, p) for p in spec.mask_params)
+    return (type(cache), params)
 
 
 def _position_modules(
@@ -477,7 +474,7 @@ def _position_modules(
         return None, None, None
 
     def make(dim: int) -> nn.Module:
-        return _RotaryEmbedding(
+        return RotaryEmbedding(
             dim,
             base=config.rope_theta,
             rope_type=config.rope_type,
@@ -504,33 +501,25 @@ def empty_model(
 ) -> DecoderLM:
     """A :class:`DecoderLM` with uninitialised parameters, for loaders that fill every weight.
 
-    Skips the random initialisation (seconds for a 100M-parameter model); the
-    position modules, whose buffers are derived, are built as usual.
+    The model is built on the meta device (no memory, no random initialisation:
+    seconds saved on a 100M-parameter model), moved to ``device`` with
+    :meth:`~torch.nn.Module.to_empty`, and then its *derived* buffers, which no
+    checkpoint holds, are computed again: the RoPE frequencies, the ALiBi slopes,
+    and the MoE routing-correction biases (zero until a loader fills them).
     """
-    with _no_init():
-        model = DecoderLM(config, device=device, dtype=dtype)
+    model = DecoderLM(config, device="meta", dtype=dtype)
+    target = torch.device("cpu") if device is None else torch.device(device)
+    model.to_empty(device=target)
+    fresh = _position_modules(config, target)
+    with torch.no_grad():
+        for old, new in zip((model.rope, model.mla_rope, model.alibi), fresh, strict=True):
+            if old is None or new is None:
+                continue
+            for buf, value in zip(old.buffers(), new.buffers(), strict=True):
+                buf.copy_(value)
+        for module in model.modules():
+            if isinstance(module, MoE) and module.e_score_correction_bias is not None:
+                module.e_score_correction_bias.zero_()
     if config.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     return model
-
-
-@contextlib.contextmanager
-def _no_init() -> Iterator[None]:
-    """Make ``torch.nn.init``'s fill functions no-ops while modules are built.
-
-    Parameters keep whatever their fresh storage holds; the caller overwrites
-    every one of them. (transformers' loaders do the same.)
-    """
-    names = ("normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_", "trunc_normal_")
-    saved = {name: getattr(nn.init, name) for name in names}
-
-    def skip(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return tensor
-
-    try:
-        for name in names:
-            setattr(nn.init, name, skip)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)

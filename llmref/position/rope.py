@@ -70,6 +70,7 @@ def rope_cos_sin(
     attention_factor: float = 1.0,
     layout: str = "half",
     dtype: torch.dtype | None = None,
+    trig_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The cos and sin tables RoPE rotates with, at the given positions.
 
@@ -89,6 +90,13 @@ def rope_cos_sin(
         Channel order of the tables (see the module docstring).
     dtype : torch.dtype, optional
         dtype of the returned tables; default that of ``inv_freq``.
+    trig_dtype : torch.dtype, optional
+        dtype in which cos and sin of the angles are evaluated, then rounded back
+        to the angles' dtype; default the angles' own. ``torch.float64`` makes
+        float32 tables correctly rounded, so each position's value no longer
+        depends on where it sits in the tensor (vectorised and scalar float32
+        ``cos`` may differ by an ulp), at the price of possibly differing by an
+        ulp from transformers' float32 tables.
 
     Returns
     -------
@@ -126,7 +134,11 @@ def rope_cos_sin(
     layout = _check_layout(layout)
     angles = position_ids.to(device=inv_freq.device)[..., None].to(inv_freq.dtype) * inv_freq
     angles = _expand_pairs(angles, layout)
-    cos, sin = angles.cos(), angles.sin()
+    if trig_dtype is None or trig_dtype == angles.dtype:
+        cos, sin = angles.cos(), angles.sin()
+    else:
+        wide = angles.to(trig_dtype)
+        cos, sin = wide.cos().to(angles.dtype), wide.sin().to(angles.dtype)
     if attention_factor != 1.0:
         cos, sin = cos * attention_factor, sin * attention_factor
     if dtype is not None:
@@ -638,6 +650,68 @@ class RotaryEmbedding(nn.Module):
         if dtype is not None:
             cos, sin = cos.to(dtype), sin.to(dtype)
         return cos, sin
+
+    @property
+    def needs_seq_len(self) -> bool:
+        """Whether the frequencies depend on the sequence length (``"dynamic"``, ``"longrope"``):
+        :meth:`position_embeddings` then needs ``seq_len``, a host value."""
+        return self.rope_type in ("dynamic", "longrope")
+
+    def position_embeddings(
+        self, position_ids: torch.Tensor, *, seq_len: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin at ``position_ids``, computed directly (no table, no host values).
+
+        What a model computes once per forward and hands to every layer (as
+        transformers' rotary modules do): ``position_ids * inv_freq`` in the
+        computation dtype (the angles of transformers and of :meth:`cos_sin`, bit
+        for bit), then cos and sin evaluated in float64 and rounded back
+        (:func:`rope_cos_sin`'s ``trig_dtype``), so each position's value is a
+        function of the position alone — a left-padded row gets the tables it
+        gets alone — and the call traces as one graph.
+
+        Parameters
+        ----------
+        position_ids : torch.Tensor
+            Integer positions ``(T,)`` or ``(B, T)``, on any device.
+        seq_len : int, optional
+            Sequence length the ``"dynamic"`` and ``"longrope"`` frequencies adapt
+            to (see :attr:`needs_seq_len`); default ``max(position_ids) + 1``
+            (a host value).
+
+        Returns
+        -------
+        cos, sin : torch.Tensor
+            Shape ``(*position_ids.shape, rotary_dim)``, on the buffers' device;
+            ``(B, T, d)`` tables broadcast over heads in
+            :func:`~llmref.position.apply_rope`.
+
+        Raises
+        ------
+        TypeError
+            If ``position_ids`` is not an integer tensor.
+
+        Examples
+        --------
+        >>> rope = RotaryEmbedding(8)
+        >>> cos, sin = rope.position_embeddings(torch.tensor([[0, 1, 2], [5, 6, 7]]))
+        >>> cos.shape
+        torch.Size([2, 3, 8])
+        >>> float((cos - rope.cos_sin(torch.tensor([[0, 1, 2], [5, 6, 7]]))[0]).abs().max()) < 1e-7
+        True
+        """
+        position_ids = _check_positions(position_ids)
+        if self.needs_seq_len:
+            if seq_len is None:
+                seq_len = int(position_ids.max()) + 1 if position_ids.numel() else 0
+            self._update_frequencies(check_int("seq_len", seq_len, minimum=0))
+        return rope_cos_sin(
+            self.inv_freq,
+            position_ids.to(self.inv_freq.device),
+            attention_factor=self.attention_factor,
+            layout=self.layout,
+            trig_dtype=torch.float64,
+        )
 
     def forward(
         self, x: torch.Tensor, position_ids: torch.Tensor | None = None, *, offset: int = 0

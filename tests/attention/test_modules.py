@@ -69,7 +69,7 @@ def mha_mag(
             )
         if mha.rope is not None:
             acts[i], errs[i] = rope_err(acts[i], errs[i], mha.rope, own=own["rope"])
-    if mha.window is not None:
+    if mha.window is not None and is_causal:  # the window is one of the causal rules
         window = sliding_window_mask(T, S, window=mha.window, offset=S - T)
         mask = window if mask is None else mask & window
     options = {"softcap": mha.softcap, "bias": bias, "scale": mha.scale}

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from llmref.attention import MultiHeadAttention, MultiHeadLatentAttention, naive_attention
+from llmref.attention.masking import cache_mask
 from llmref.cache import (
     CACHES,
     DynamicCache,
@@ -144,7 +145,7 @@ def test_reset_and_reuse():
         cache.reset()
         assert len(cache) == 0 and cache.seen_tokens == 0
         k, _ = cache.update(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
-        assert k.shape[2] == 2 and cache.key_positions.tolist() == [0, 1]
+        assert k.shape[2] == 2 and cache.key_positions.tolist() == [[0, 1]]
 
 
 def test_bad_input():
@@ -177,8 +178,6 @@ def test_wrong_cache_for_the_attention_kind():
     ).double()
     with pytest.raises(TypeError, match="needs a latent cache"):
         mla(x, is_causal=True, cache=DynamicCache())
-    with pytest.raises(ValueError, match="pass is_causal=True"):
-        mha(x, cache=DynamicCache())
 
 
 def test_paged_cache_with_sequences_of_different_lengths_equals_each_alone():
@@ -191,13 +190,15 @@ def test_paged_cache_with_sequences_of_different_lengths_equals_each_alone():
     steps = [(q_new(5), kv(5), kv(5), lengths)] + [(q_new(1), kv(1), kv(1), None)] * 3
     for q, k, v, lens in steps:
         T = q.shape[2]
+        mask = cache_mask(paged, T, batch_size=2, lengths=lens)
         k_all, v_all = paged.update(k, v, lengths=lens)
-        out = naive_attention(q, k_all, v_all, mask=paged.attention_mask(T))
+        out = naive_attention(q, k_all, v_all, mask=mask)
         for b in range(2):
             n = T if lens is None else int(lens[b])
+            ref_mask = cache_mask(alone[b], n)
             kb, vb = alone[b].update(k[b : b + 1, :, T - n :], v[b : b + 1, :, T - n :])
             qb = q[b : b + 1, :, T - n :]
-            ref = naive_attention(qb, kb, vb, mask=alone[b].attention_mask(n))
+            ref = naive_attention(qb, kb, vb, mask=ref_mask)
             # the same keys, gathered from blocks and padded: rounding only
             assert_within(out[b : b + 1, :, T - n :], ref, scale=attention_scale(qb, kb, vb))
             padding = out[b, :, : T - n]
@@ -314,3 +315,106 @@ def test_kv_bytes_per_token_matches_measured_caches():
         kv_bytes_per_token(cfg, "ring")
     with pytest.raises(ValueError, match="needs kv_lora_rank"):
         kv_bytes_per_token(cfg, "latent")
+
+
+# -- positions: what caches report instead of masks ------------------------------------------
+
+POSITION_KINDS = {
+    "dynamic": DynamicCache,
+    "static": lambda: StaticCache(32),
+    "sliding_window": lambda: SlidingWindowCache(3),
+    "paged": lambda: PagedCache(n_blocks=16, block_size=2),
+    "latent": LatentCache,
+    "quantized": lambda: QuantizedCache(bits=4, group_size=2, residual_length=1),
+    "sink": lambda: SinkCache(2, 3),
+}
+
+
+def test_every_kind_reports_positions():
+    assert set(POSITION_KINDS) == set(CACHES)
+
+
+@pytest.mark.parametrize("kind", POSITION_KINDS)
+def test_next_key_positions_predicts_the_update(kind):
+    """The model builds masks before the layers run: the prediction must be the update's."""
+    cache = POSITION_KINDS[kind]()
+    g = torch.Generator().manual_seed(0)
+    steps = [(5, torch.tensor([5, 2])), (1, None), (3, torch.tensor([3, 3])), (1, None)]
+    for T, lengths in steps:
+        predicted = cache.next_key_positions(T, batch_size=2, lengths=lengths)
+        queries = cache.query_positions(T, batch_size=2, lengths=lengths)
+        k = torch.randn(2, 1, T, 4, generator=g)
+        k_all, _ = cache.update(k, k) if lengths is None else cache.update(k, k, lengths=lengths)
+        assert_identical(cache.key_positions, predicted)
+        assert k_all.shape[2] == predicted.shape[1]
+        real = queries >= 0
+        if lengths is not None:
+            assert real.sum(-1).tolist() == lengths.tolist()
+        # every real query is a key of the update, at its own position
+        for b in range(2):
+            assert set(queries[b][real[b]].tolist()) <= set(cache.key_positions[b].tolist())
+
+
+def test_left_padding_positions_count_real_tokens_only():
+    cache = DynamicCache()
+    k = torch.randn(2, 1, 4, 2)
+    cache.update(k, k, lengths=torch.tensor([4, 1]))
+    assert cache.key_positions.tolist() == [[0, 1, 2, 3], [-1, -1, -1, 0]]
+    assert cache.positions_for(2, batch_size=2).tolist() == [[4, 5], [1, 2]]
+    assert cache.ragged
+
+
+def test_sink_cache_renumbers_rope_positions_but_reports_sequence_positions():
+    cache = SinkCache(n_sink=1, window=2)
+    for _ in range(5):
+        cache.update(torch.randn(1, 1, 1, 2), torch.randn(1, 1, 1, 2))
+    assert cache.key_positions.tolist() == [[0, 3, 4]]  # sink 0, then the newest
+    assert cache.positions_for(1).tolist() == [[2]]  # 2 kept: the next token is rotated to 2
+    assert cache.query_positions(1).tolist() == [[5]]  # but it is the 6th token
+
+
+def test_cache_specs_declare_rules_instead_of_masks():
+    from llmref.attention.masking import cache_mask_mods
+    from llmref.cache import spec_of
+
+    assert CACHES["sliding_window"].mask == "sliding_window"
+    assert CACHES["sink"].mask == "sink" and CACHES["sink"].renumbers_positions
+    assert not CACHES["quantized"].exact and CACHES["dynamic"].traces
+    assert spec_of(StaticCache(2)).name == "static"  # not its base class's
+    for name, spec in CACHES.items():
+        assert "attention_mask" not in vars(spec.fn), name  # no cache kind defines a mask
+        assert spec.layout == "dense" and not spec.per_head_positions and not spec.needs_scores
+    assert len(cache_mask_mods(DynamicCache())) == 0
+    assert len(cache_mask_mods(SinkCache(1, 2), window=4)) == 2
+
+
+def test_cache_spec_checks_itself():
+    from llmref.cache import CacheSpec
+
+    with pytest.raises(ValueError, match="stores must be one of"):
+        CacheSpec(name="x", fn=DynamicCache, stores="both")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        CacheSpec(name="x", fn=DynamicCache, layout="sparse")
+    with pytest.raises(ValueError, match=r"mask_params .* without a mask"):
+        CacheSpec(name="x", fn=DynamicCache, mask_params=("window",))
+
+
+def test_deprecated_names_warn_and_still_work():
+    cache = DynamicCache()
+    cache.update(torch.randn(1, 1, 3, 2), torch.randn(1, 1, 3, 2))
+    with pytest.warns(DeprecationWarning, match="positions_for"):
+        assert cache.next_position == 3
+    with pytest.warns(DeprecationWarning, match="masking.cache_mask"):
+        mask = cache.attention_mask(3)
+    assert_identical(mask[0, 0], torch.ones(3, 3, dtype=torch.bool).tril())
+
+
+def test_bad_lengths():
+    cache = DynamicCache()
+    k = torch.zeros(2, 1, 3, 2)
+    with pytest.raises(TypeError, match="lengths must be an integer tensor"):
+        cache.update(k, k, lengths=torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"lengths must be \(B,\) = \(2,\)"):
+        cache.update(k, k, lengths=torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"lengths must be 2 ints in \[0, 3\]"):
+        QuantizedCache().update(k, k, lengths=torch.tensor([1, 4]))
