@@ -110,8 +110,8 @@ def process_logits(
 
     - vLLM: penalties, temperature, **min-p**, then top-k and top-p; it has
       no typical, epsilon or eta sampling.
-    - llama.cpp's default chain: penalties, DRY, top-k, typical, top-p,
-      min-p, XTC, and **temperature last**, so its top-p and min-p see the
+    - llama.cpp's default chain: penalties, DRY, top-n-sigma, top-k, typical,
+      top-p, min-p, XTC, and **temperature last**, so its top-p and min-p see the
       untempered distribution (and its repetition and presence/frequency
       penalties count only the last 64 tokens, prompt included).
 

@@ -416,7 +416,7 @@ def eta_filter(
         Scores ``(..., V)``, floating.
     epsilon : float
         The paper's :math:`\\epsilon`, in ``(0, 1)`` (transformers'
-        ``eta_cutoff``; the paper suggests 3e-4 to 2e-3).
+        ``eta_cutoff``; the paper suggests 3e-4 to 4e-3, by model size).
     min_tokens_to_keep : int, default 1
         Keep at least this many of the most likely tokens.
     filter_value : float, default -inf
