@@ -77,8 +77,9 @@ class RouterSpec(Spec):
 
 ROUTERS = Registry("router", RouterSpec)
 """Registry of mixture-of-experts routing rules (``topk_method`` names as in DeepSeek's
-configs), name -> :class:`RouterSpec`. Each takes router logits ``(N, E)`` and returns
-per-expert selection scores and the weights to mix the chosen ones with."""
+configs), name -> :class:`~llmref.models.routing.RouterSpec`. Each takes router logits
+``(N, E)`` and returns per-expert selection scores and the weights to mix the chosen
+ones with."""
 
 
 def _group_mask(scores: torch.Tensor, group_scores: torch.Tensor, topk_group: int) -> torch.Tensor:
