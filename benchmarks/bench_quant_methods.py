@@ -76,7 +76,7 @@ MODEL_LAYOUT = Layout(
 
 
 def weight_methods() -> list[str]:
-    return [name for name, e in METHODS.items() if e.meta.get("target", "weight") == "weight"]
+    return [name for name, e in METHODS.items() if e.applies_to == "weight"]
 
 
 def _sweep(config: pytest.Config) -> str:
@@ -137,7 +137,7 @@ def test_quantize_layer(
     n, sequences, tokens = LAYER_SIZES[_sweep(pytestconfig)]
     w, x = layer_data(n, sequences, tokens, device)
     entry = METHODS[method]
-    inputs = x if entry.meta.get("needs_inputs") else None
+    inputs = x if entry.needs_inputs else None
     kwargs = _method_kwargs(method, 128)
     benchmark.group = "quant-method-layer"
     benchmark.extra_info.update(

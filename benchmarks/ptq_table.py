@@ -127,9 +127,8 @@ def variants(group: int) -> list[tuple[str, QuantConfig | None]]:
         for gs in (group, None):
             where = f"g{gs}" if gs else "per channel"
             for method in ("rtn", "gptq", "awq", "hqq"):
+                # group_size None: per channel (leaving it out would mean groups of 128)
                 opts = {"bits": bits, "group_size": gs, "symmetric": False}
-                if gs is None:
-                    del opts["group_size"]
                 config = QuantConfig("int", opts, REFERENCE, method=method)
                 rows.append((f"{method} int{bits} {where}", config))
                 if method == "rtn":  # HQQ's starting point: min-max with a float zero

@@ -70,7 +70,7 @@ for name, entry in FORMATS.items():
     qt = quantize(w, name)
     s = sqnr(w, dequantize(qt))
     for a in (ax2, ax3):
-        a.plot(qt.bits_per_weight, s, markers[entry.meta["kind"]], ms=7)
+        a.plot(qt.bits_per_weight, s, markers[entry.kind], ms=7)
     if qt.bits_per_weight > 5.5 or qt.bits_per_weight < 4:
         dy = 6 if name.startswith("mx") else -9  # keep the fp8 and mxfp8 labels apart
         ax2.annotate(

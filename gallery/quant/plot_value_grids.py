@@ -23,7 +23,7 @@ fig, (ax, ax_log) = plt.subplots(1, 2, figsize=(12, 0.42 * len(names) + 1.2), sh
 for row, name in enumerate(names):
     v = format_values(name)
     v = v / v.abs().max()
-    kind = FORMATS[name].meta["kind"]
+    kind = FORMATS[name].kind
     color = {"int": "C0", "ggml": "C0", "codebook": "C2", "float": "C1", "mx": "C3"}[kind]
     ax.plot(v, [row] * len(v), "|", color=color, markersize=9, markeredgewidth=1.2)
     pos = v[v > 0]

@@ -149,7 +149,7 @@ def error_bound(qt: QuantizedTensor) -> torch.Tensor | None:
     The float rounding of computing ``dequantize(qt)`` comes on top: compare with
     :func:`assert_error_within` and ``scale=group_absmax(x, qt)``.
     """
-    kind = FORMATS[qt.fmt].meta["kind"]
+    kind = FORMATS[qt.fmt].kind
     g = group_size(qt)
 
     def per_group(s: torch.Tensor) -> torch.Tensor:

@@ -270,7 +270,8 @@ def test_smollm2_texts_token_counts_and_per_channel_4bit_ordering():
     sqnrs = {}
     for method in ("rtn", "gptq", "awq"):
         model = copy.deepcopy(base)
-        cfg = QuantConfig("int", {"bits": 4, "symmetric": False}, "reference", method=method)
+        per_channel = {"bits": 4, "group_size": None, "symmetric": False}
+        cfg = QuantConfig("int", per_channel, "reference", method=method)
         quantize_model(model, cfg, block0, calibration=calib)
         sqnrs[method] = sqnr(reference, block_output(model, ev, 0))
     # SQNR in dB: RTN 17.2. Gaps over three disjoint slices of both texts (calibration

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import nn
 
-from llmref._registry import RegistryEntry
 from llmref.models import DecoderConfig, DecoderLM
 from llmref.quant import (
     METHODS,
+    MethodSpec,
     QuantConfig,
     QuantLinear,
     gptq,
@@ -72,11 +73,17 @@ def recording(monkeypatch):
     """A method registered for the test that records the inputs each layer was given."""
     seen = {}
 
-    def record(weight, inputs=None, *, fmt="int4", group_size=None, tag="", **options):
+    def record(weight, inputs=None, *, fmt="int4", group_size="default", **options):
         seen[len(seen)] = inputs
         return rtn(weight, fmt=fmt, group_size=group_size, **options)
 
-    entry = RegistryEntry(name="record", fn=record, meta={"needs_inputs": True, "formats": None})
+    @dataclass(frozen=True)
+    class RecordConfig:
+        pass
+
+    entry = MethodSpec(
+        name="record", fn=record, applies_to="weight", needs_inputs=True, config=RecordConfig
+    )
     monkeypatch.setitem(METHODS._entries, "record", entry)
     return seen
 

@@ -74,7 +74,7 @@ FAST = [
     ("int4", {"group_size": 64}, "int4_tinygemm_bf16", "bfloat16"),
     ("int4", {"group_size": 128}, "int4_w4a8", "int8_groups"),
     ("int4", {"group_size": 256, "symmetric": False}, "int4_w4a8", "int8_groups"),
-    ("int4", {}, "int4_w4a8", "int8_groups"),  # per channel: one group of 512
+    ("int4", {"group_size": None}, "int4_w4a8", "int8_groups"),  # per channel: one group of 512
     ("int8", {}, "int8_weight", "float32"),
     ("int8", {}, "int8_dynamic", "int8_rows"),
     ("int8", {}, "int8_weight_bf16", "bfloat16"),
@@ -95,7 +95,7 @@ def assert_kernel_output(y, x, qt, b, options, computes, what):
     if computes == "int8_rows":
         x = int8_rows(x)
     elif computes == "int8_groups":
-        x = int8_blocks(x, options.get("group_size", x.shape[-1]))
+        x = int8_blocks(x, options.get("group_size") or x.shape[-1])
     ref, _ = linear_reference(x, w, b)
     # the int4 kernels sum unsigned codes and subtract the zero point after: their terms are
     # |x| (|w| + 30 s) (int_weight_magnitude); the int8 ones sum |x| |w|
@@ -110,7 +110,9 @@ def test_fast_kernels_equal_the_reference(fmt, options, kernel, computes, M):
     lin = make_linear(512, 192, seed=2)
     fast = QuantLinear.from_linear(lin, fmt, backend=kernel, **options)
     ref = QuantLinear.from_linear(lin, fmt, backend="reference", **options)
-    assert fast.kernel.name == kernel and KERNELS[kernel].exact == (computes == "float32")
+    # exact for this weight: exact, and implementing the activations it declares (float)
+    exact = KERNELS[kernel].is_exact_for(fast.qweight.without_input_scale())
+    assert fast.kernel.name == kernel and exact == (computes == "float32")
     x = randn(M, 512, seed=3)
     with torch.no_grad():
         y, y_ref = fast(x), ref(x)

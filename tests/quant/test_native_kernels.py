@@ -34,7 +34,7 @@ FORMATS = [
     ("int4", {"group_size": 32}, "int4_w4a32"),
     ("int4", {"group_size": 64}, "int4_w4a32"),
     ("int4", {"group_size": 128}, "int4_w4a32"),
-    ("int4", {}, "int4_w4a32"),  # per channel: one group per row
+    ("int4", {"group_size": None}, "int4_w4a32"),  # per channel: one group per row
     ("int4", {"group_size": 32, "symmetric": False}, "int4_w4a32"),  # uint8 zero points
     ("int4", {"group_size": 128, "symmetric": False}, "int4_w4a32"),
     ("int4", {"group_size": 64, "symmetric": False, "zero_point": "float"}, "int4_w4a32"),

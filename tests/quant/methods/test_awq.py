@@ -96,7 +96,7 @@ def test_deterministic_subsampling_and_dtypes():
 def test_registry_entry():
     entry = METHODS["awq"]
     assert entry.fn is awq and entry.paper == "lin2024awq"
-    assert entry.meta["needs_inputs"] and entry.meta["target"] == "weight"
+    assert entry.needs_inputs and entry.applies_to == "weight"
 
 
 def test_bad_configs_raise_naming_the_argument():

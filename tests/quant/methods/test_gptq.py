@@ -213,7 +213,7 @@ def test_deterministic_and_keeps_dtype():
 
 def test_registered():
     entry = METHODS["gptq"]
-    assert entry.fn is gptq and entry.meta["needs_inputs"] and entry.meta["target"] == "weight"
+    assert entry.fn is gptq and entry.needs_inputs and entry.applies_to == "weight"
     assert entry.paper == "frantar2023gptq"
 
 
@@ -284,7 +284,7 @@ def test_hessian_that_never_factorizes_raises_naming_the_damping():
         ({"block_size": 0}, ValueError, "block_size"),
         ({"block_size": 2.5}, TypeError, "block_size"),
         ({"act_order": 1}, TypeError, "act_order"),
-        ({"act_order": True}, ValueError, "static_groups=True"),
+        ({"act_order": True, "group_size": 64}, ValueError, "static_groups=True"),
         ({"fmt": "nf4"}, ValueError, "fmt"),
         ({"fmt": "int4", "bits": 3}, TypeError, "fmt='int'"),
         ({"fmt": "int", "bits": 9}, ValueError, "bits"),

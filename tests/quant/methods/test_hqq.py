@@ -120,7 +120,7 @@ def test_early_stop_triggers_and_more_iterations_do_not_hurt():
         early_stop=True,
     )
     assert len(history) < 201 and history[-1] >= history[-2]  # stopped early (measured: 34)
-    short, long = hqq(w, iters=5), hqq(w, iters=200)
+    short, long = hqq(w, iters=5, group_size=64), hqq(w, iters=200, group_size=64)
     assert torch.all(l1(w, long) <= l1(w, min_max_rtn(w)))
     assert float(l1(w, long).mean()) <= float(l1(w, short).mean())
 
@@ -145,7 +145,7 @@ def test_zero_and_constant_blocks():
 
 def test_registered_and_storage_matches_the_format():
     entry = METHODS["hqq"]
-    assert entry.fn is hqq and not entry.meta["needs_inputs"] and entry.paper == "badri2023hqq"
+    assert entry.fn is hqq and not entry.needs_inputs and entry.paper == "badri2023hqq"
     w = weights("gaussian", shape=(8, 128))
     qt = hqq(w, fmt="int", bits=3, group_size=32)
     assert qt.fmt == "int" and qt.options["bits"] == 3

@@ -78,7 +78,7 @@ def test_dtypes_determinism_and_registry():
     assert k2.dtype == v2.dtype == torch.bfloat16
     assert kivi_dequantize(out, dtype=torch.float64)[0].dtype == torch.float64
     entry = METHODS["kivi"]
-    assert entry.fn is kivi and entry.meta["target"] == "kv" and entry.paper == "liu2024kivi"
+    assert entry.fn is kivi and entry.applies_to == "kv" and entry.paper == "liu2024kivi"
 
 
 def test_bad_inputs_raise_naming_the_argument():

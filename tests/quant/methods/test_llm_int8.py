@@ -129,7 +129,7 @@ def test_activation_quantization_edge_cases():
 def test_registry_entry_and_bad_configs():
     entry = METHODS["llm_int8"]
     assert entry.fn is llm_int8 and entry.paper == "dettmers2022llmint8"
-    assert not entry.meta["needs_inputs"]
+    assert not entry.needs_inputs
     w, x, _ = layer_with_outliers(8, 16, 4)
     for bad in (0.0, -1.0):
         with pytest.raises(ValueError, match="threshold"):

@@ -102,7 +102,7 @@ def test_deterministic_and_dtype():
 def test_registry_entry():
     entry = METHODS["smoothquant"]
     assert entry.fn is smoothquant and entry.paper == "xiao2023smoothquant"
-    assert entry.meta["needs_inputs"] and entry.meta["formats"] == ("int8",)
+    assert entry.needs_inputs and entry.formats == ("int8",)
 
 
 def test_bad_configs_raise_naming_the_argument():
