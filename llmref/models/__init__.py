@@ -8,11 +8,14 @@ and :mod:`llmref.position`; :func:`generate` decodes from it through any
 real checkpoints.
 """
 
+import torch
+
+from . import generation as _generation
 from .blocks import DecoderBlock, MoE, SwiGLU, TransformerBlock, moe, swiglu
 from .classifier import TextClassifier
 from .config import ATTENTION_KINDS, DecoderConfig, MLAConfig, MoEConfig
 from .decoder import DecoderLM
-from .generation import generate, make_caches, top_k_filter, top_p_filter
+from .generation import generate, make_caches
 from .gguf import from_gguf, gguf_tokenizer, load_gguf, pack_gguf_linears
 from .hf import SUPPORTED_ARCHITECTURES, config_from_transformers, from_transformers
 from .routing import ROUTERS, route_tokens
@@ -44,6 +47,78 @@ __all__ = [
     "top_k_filter",
     "top_p_filter",
 ]
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Deprecated: use :func:`llmref.inference.top_k_filter` (same result, more options).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        Scores ``(..., V)``.
+    k : int
+        Tokens to keep (>= 1).
+
+    Returns
+    -------
+    torch.Tensor
+        The logits with all but the ``k`` largest (and their ties) at ``-inf``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import torch
+    >>> from llmref.models import top_k_filter
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     out = top_k_filter(torch.tensor([1.0, 3.0, 2.0]), 1)
+    >>> out, caught[0].category.__name__
+    (tensor([-inf, 3., -inf]), 'DeprecationWarning')
+    """
+    _deprecated("top_k_filter")
+    return _generation.top_k_filter(logits, k)
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Deprecated: use :func:`llmref.inference.top_p_filter` (same result, more options).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        Scores ``(..., V)``.
+    p : float
+        Probability mass to keep, in ``(0, 1]``.
+
+    Returns
+    -------
+    torch.Tensor
+        The logits with the tokens outside the nucleus at ``-inf``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import torch
+    >>> from llmref.models import top_p_filter
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     out = top_p_filter(torch.tensor([0.6, 0.3, 0.1]).log(), 0.5)
+    >>> out.isfinite().tolist(), caught[0].category.__name__
+    ([True, False, False], 'DeprecationWarning')
+    """
+    _deprecated("top_p_filter")
+    return _generation.top_p_filter(logits, p)
+
+
+def _deprecated(name: str) -> None:
+    # llmref.inference sits above llmref.models in the layer order, so the shims call the
+    # copies generate keeps in llmref.models.generation (same operations, same results).
+    import warnings
+
+    warnings.warn(
+        f"llmref.models.{name} is deprecated; use llmref.inference.{name}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def __getattr__(name: str) -> object:

@@ -13,7 +13,7 @@ from .._checks import check_int, check_positive_float, check_tensor
 from ..cache import CACHES, KVCache
 from .decoder import DecoderLM
 
-__all__ = ["Streamer", "generate", "make_caches", "top_k_filter", "top_p_filter"]
+__all__ = ["Streamer", "generate", "make_caches"]
 
 CacheFactory = Callable[[int], KVCache]
 """``factory(layer_index) -> KVCache``: builds the cache of one layer."""
@@ -33,6 +33,10 @@ class Streamer(Protocol):
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the ``k`` largest logits of each row; set the others to ``-inf``.
+
+    :func:`generate`'s own copy: the public function is
+    :func:`llmref.inference.top_k_filter` (``llmref.models.top_k_filter`` is a
+    deprecated alias of this one), which :mod:`llmref.models` cannot import.
 
     Parameters
     ----------
@@ -71,6 +75,10 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filtering: keep the smallest set of top tokens whose probability reaches ``p``.
+
+    :func:`generate`'s own copy: the public function is
+    :func:`llmref.inference.top_p_filter` (``llmref.models.top_p_filter`` is a
+    deprecated alias of this one), which :mod:`llmref.models` cannot import.
 
     Parameters
     ----------
