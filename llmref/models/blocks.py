@@ -344,7 +344,7 @@ class MoE(nn.Module):
         E, d_e = config.n_experts, config.d_expert
         self.router = nn.Linear(d_model, E, bias=False, **kw)
         bias = None
-        if ROUTERS[config.topk_method].meta.get("correction_bias"):
+        if ROUTERS[config.topk_method].correction_bias:
             bias = torch.zeros(E, device=device, dtype=torch.float32)
         self.register_buffer("e_score_correction_bias", bias)
         self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * d_e, d_model, **kw))
@@ -357,6 +357,10 @@ class MoE(nn.Module):
             else None
         )
         self.experts: nn.ModuleList | None = None
+
+    def _expert_layers(self) -> list[dict[str, nn.Linear]]:
+        assert self.experts is not None
+        return [dict(expert.items()) for expert in self.experts]  # type: ignore[operator]
 
     def quantizable_linears(self) -> dict[str, nn.Linear]:
         """The linear layers quantization may replace: the experts', not the router.
@@ -395,7 +399,7 @@ class MoE(nn.Module):
             )
             del self.gate_up_proj, self.down_proj
         out: dict[str, nn.Linear] = {}
-        for e, expert in enumerate(self.experts):
+        for e, expert in enumerate(self._expert_layers()):
             for name, lin in expert.items():
                 out[f"experts.{e}.{name}"] = lin
         if self.shared_experts is not None:
@@ -437,8 +441,8 @@ class MoE(nn.Module):
         if self.experts is None:
             out = moe(flat, self.gate_up_proj, self.down_proj, weights, indices)
         else:
-            gate_up = [expert["gate_up_proj"] for expert in self.experts]
-            down = [expert["down_proj"] for expert in self.experts]
+            gate_up = [expert["gate_up_proj"] for expert in self._expert_layers()]
+            down = [expert["down_proj"] for expert in self._expert_layers()]
             out = moe(flat, gate_up, down, weights, indices)
         out = out.view_as(x)
         if self.shared_experts is not None:

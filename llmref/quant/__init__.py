@@ -38,10 +38,10 @@ from .methods import (
     KIVIConfig,
     LLMInt8Config,
     MethodSpec,
-    RTNConfig,
-    SmoothQuantConfig,
     OutlierStats,
     QuantizedKV,
+    RTNConfig,
+    SmoothQuantConfig,
     activation_outliers,
     awq,
     gptq,
@@ -58,14 +58,14 @@ from .metrics import cosine_similarity, max_abs_error, model_size_bytes, mse, sq
 from .model import LayerReport, QuantConfig, quantize_model
 from .modules import QuantLinear
 from .packing import pack_codes, unpack_codes
-from .protocol import QuantizableWeights
-from .registry import FormatOptions, FormatSpec
 from .primitives import (
     choose_qparams,
     dequantize_affine,
     quantize_affine,
     round_values,
 )
+from .protocol import QuantizableWeights
+from .registry import FormatOptions, FormatSpec
 from .tensor import QuantizedTensor
 
 __all__ = [

@@ -144,7 +144,8 @@ class LayerReport(NamedTuple):
     kernel : str
         Kernel the new layer uses.
     method : str, default "rtn"
-        The method in :data:`~llmref.quant.METHODS` that chose the weights.
+        The method in :data:`~llmref.quant.METHODS` that chose the weights
+        (``"rtn"`` for an expert no calibration token reached).
     sqnr : float, default nan
         Reconstruction error: SQNR in dB of the new layer's output against the
         float layer's, on (up to ``max_tokens`` of) the calibration inputs the
@@ -386,7 +387,9 @@ def quantize_model(
         :class:`~llmref.quant.QuantConfig` (format, method and their options).
     filter_fn : callable, optional
         ``filter_fn(qualified_name, linear) -> bool``; only layers for which it
-        returns True are quantized. Default: every ``nn.Linear``.
+        returns True are quantized. Default: every ``nn.Linear``, except those a
+        module implementing :class:`~llmref.quant.QuantizableWeights` keeps
+        float (a mixture of experts' router).
     calibration : tensor or iterable, optional
         Calibration data: a tensor of input ids ``(N, T)`` (split into batches
         of 8 sequences) or an iterable of batches, each passed to the model as
@@ -421,8 +424,9 @@ def quantize_model(
         If ``model`` is not a module, ``config`` is neither a str nor a
         QuantConfig, or ``calibration`` is not a tensor or iterable.
     ValueError
-        If a selected layer cannot be quantized with ``config``, or the method
-        needs calibration inputs and none are given.
+        If a selected layer cannot be quantized with ``config`` (the message
+        names the layer), or the method needs calibration inputs and none are
+        given.
 
     Notes
     -----
@@ -433,6 +437,16 @@ def quantize_model(
     block ``i + 1``. So each layer is calibrated on activations that already
     carry the error of the layers before it. Layers outside the blocks (if
     selected) are done last, in one pass over the whole model.
+
+    **Modules that own their weights.** Before choosing layers, every module
+    implementing :class:`~llmref.quant.QuantizableWeights` is asked for its
+    quantizable linear layers: a mixture of experts
+    (:class:`~llmref.models.MoE`) turns its stacked expert weights into one
+    ``nn.Linear`` per expert matrix (same result) and keeps its router float, so
+    each expert is quantized as a layer of its own, calibrated on the tokens
+    routed to it. An expert that no calibration token reaches gets
+    round-to-nearest instead of a method that needs inputs, with a
+    ``RuntimeWarning`` (its report says ``method="rtn"``).
 
     **One pass** (models without visible blocks): hooks on every selected layer
     record the float model's activations over all batches, then every layer is

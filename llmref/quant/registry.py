@@ -7,6 +7,7 @@ importing the families that register into it (which import the tensor type).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -35,7 +36,7 @@ per output channel."""
 
 GRANULARITY_KINDS = ("group", "channel", "tensor", "block")
 
-O = TypeVar("O", bound="FormatOptions")
+OptionsT = TypeVar("OptionsT", bound="FormatOptions")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,7 +66,7 @@ granularity, symmetric, scale_convention, zero_point, rounding, generator
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def from_kwargs(cls: type[O], fmt: str, options: Mapping[str, Any]) -> O:
+    def from_kwargs(cls: type[OptionsT], fmt: str, options: Mapping[str, Any]) -> OptionsT:
         """Build (and so validate) the options of format ``fmt`` from a mapping.
 
         Raises
@@ -216,10 +217,17 @@ def resolve_group_size(group_size: object, bits: int, last: int) -> int | None:
     :data:`DEFAULT_GROUP_SIZE` elements, else :data:`DEFAULT_GROUP_SIZE`; any
     other value is returned as given.
 
+    Raises
+    ------
+    ValueError
+        If the default applies and :data:`DEFAULT_GROUP_SIZE` does not divide
+        ``last`` (the message names a group size that does): never a silent
+        change of granularity.
+
     Examples
     --------
     >>> from llmref.quant.registry import resolve_group_size
-    >>> resolve_group_size("default", 4, 576), resolve_group_size("default", 8, 576)
+    >>> resolve_group_size("default", 4, 512), resolve_group_size("default", 8, 576)
     (128, None)
     >>> resolve_group_size("default", 4, 64), resolve_group_size(32, 4, 64)
     (None, 32)
@@ -228,4 +236,10 @@ def resolve_group_size(group_size: object, bits: int, last: int) -> int | None:
         return group_size  # type: ignore[return-value]
     if bits >= 8 or last <= DEFAULT_GROUP_SIZE:
         return None
+    if last % DEFAULT_GROUP_SIZE:
+        raise ValueError(
+            f"group_size must divide the last dimension {last}: the default below 8 bits is "
+            f"groups of {DEFAULT_GROUP_SIZE}, which does not; pass a group_size that divides "
+            f"{last} (e.g. {math.gcd(last, DEFAULT_GROUP_SIZE)}) or group_size=None (per channel)"
+        )
     return DEFAULT_GROUP_SIZE

@@ -67,7 +67,7 @@ def quantize_ternary(x: torch.Tensor, *, group_size: int = 32) -> QuantizedTenso
     >>> import torch
     >>> from llmref.quant import quantize
     >>> quantize(torch.tensor([[0.1, -2.0, 1.0, 0.9]]), "toy_ternary", group_size=4).dequantize()
-    tensor([[ 0.0000, -1.0000,  1.0000,  1.0000]])
+    tensor([[ 0., -1.,  1.,  1.]])
     """
     check_float_input("x", x)
     g = group_length(x.shape, group_size=group_size)

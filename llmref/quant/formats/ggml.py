@@ -29,8 +29,8 @@ from ..packing import pack_codes, unpack_codes
 from ..primitives import check_float_input, round_values
 from ..registry import register_format
 from ..tensor import QuantizedTensor
-from .options import GGMLOptions
 from .integer import int_tensor_from_codes
+from .options import GGMLOptions
 
 __all__ = ["GGML_INT_BITS", "GGUF_BLOCKS", "from_ggml_blocks", "ggml_to_int", "to_ggml_blocks"]
 

@@ -56,7 +56,7 @@ def _quantize_int(
         scale_convention=scale_convention,
         zero_point=zero_point,
         granularity=granularity,
-        group_size=group_size,
+        group_size=group_size,  # type: ignore[arg-type]  # "default" resolved above
     )
     q = quantize_affine(
         x,

@@ -18,18 +18,18 @@ from .rtn import RTNConfig, rtn
 from .smoothquant import OutlierStats, SmoothQuantConfig, activation_outliers, smoothquant
 
 __all__ = [
+    "METHODS",
     "AWQConfig",
     "GPTQConfig",
     "HQQConfig",
+    "Int8VectorwiseQuant",
     "KIVIConfig",
     "LLMInt8Config",
-    "METHODS",
     "MethodSpec",
-    "RTNConfig",
-    "SmoothQuantConfig",
-    "Int8VectorwiseQuant",
     "OutlierStats",
     "QuantizedKV",
+    "RTNConfig",
+    "SmoothQuantConfig",
     "activation_outliers",
     "awq",
     "gptq",

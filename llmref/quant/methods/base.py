@@ -34,9 +34,9 @@ __all__ = [
     "MethodSpec",
     "check_group_size",
     "check_inputs",
+    "check_per_channel",
     "check_weight",
     "even_rows",
-    "check_per_channel",
     "int8_only",
     "int_format_bits",
     "method_group_size",
@@ -140,7 +140,11 @@ class MethodSpec(Spec):
             DeprecationWarning,
             stacklevel=2,
         )
-        return {"target": self.applies_to, "needs_inputs": self.needs_inputs, "formats": self.formats}
+        return {
+            "target": self.applies_to,
+            "needs_inputs": self.needs_inputs,
+            "formats": self.formats,
+        }
 
 
 METHODS: Registry[MethodSpec] = Registry("quantization method", MethodSpec)
@@ -343,7 +347,7 @@ def method_group_size(
     Examples
     --------
     >>> from llmref.quant.methods.base import method_group_size
-    >>> method_group_size("int4", "default", {}, 576), method_group_size("int8", "default", {}, 576)
+    >>> method_group_size("int4", "default", {}, 512), method_group_size("int8", "default", {}, 576)
     (128, 576)
     """
     bits = int_format_bits(fmt, dict(options))

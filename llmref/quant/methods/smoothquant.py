@@ -38,6 +38,7 @@ class SmoothQuantConfig:
     def __post_init__(self) -> None:
         _check_fraction("alpha", self.alpha, closed_high=True)
 
+
 _FLOOR = 1e-5  # the reference implementation's floor on max|W_j| and on s_j
 
 
