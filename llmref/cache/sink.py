@@ -82,7 +82,7 @@ class SinkCache(KVCache):
     >>> len(cache), cache.positions_for(1).tolist()  # 2 sinks + 2 recent kept: next at 4
     (4, [[4]])
     >>> cache.key_positions.tolist()  # what the last step attended to, by sequence index
-    [[0, 1, 4, 5, 6, 7]]
+    [[0, 1, 5, 6, 7]]
     """
 
     def __init__(self, n_sink: int, window: int, *, rope: RotaryEmbedding | None = None) -> None:
@@ -114,8 +114,9 @@ class SinkCache(KVCache):
         self, T: int, *, batch_size: int = 1, lengths: torch.Tensor | None = None
     ) -> torch.Tensor:
         new = self._new_positions(T, batch_size, lengths).cpu()
-        rows = self._rows or [_Row(None, None) for _ in range(new.shape[0])]
-        kept = [torch.cat([row.positions, p[p >= 0]]) for row, p in zip(rows, new, strict=True)]
+        held = [row.positions for row in self._rows]
+        held = held or [torch.zeros(0, dtype=torch.long)] * new.shape[0]
+        kept = [torch.cat([old, p[p >= 0]]) for old, p in zip(held, new, strict=True)]
         S = max(p.numel() for p in kept)
         return torch.stack([F.pad(p, (0, S - p.numel()), value=-1) for p in kept])
 
@@ -178,17 +179,17 @@ class SinkCache(KVCache):
 class _Row:
     """One sequence of a :class:`SinkCache`: kept keys/values and their sequence positions."""
 
-    def __init__(self, k: torch.Tensor | None, v: torch.Tensor | None) -> None:
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k, self.v = k, v
         self.positions = torch.zeros(0, dtype=torch.long)
         self.next = 0  # real tokens seen
 
     def __len__(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
+        return self.k.shape[2]
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.k, self.v) if t is not None)
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v))
 
 
 CACHES.add(

@@ -242,8 +242,8 @@ class DecoderLM(nn.Module):
             if key not in masks:
                 if queries is not None:  # padding without a cache: keys are the new tokens
                     mods = cache_mask_mods(None, window=spec.window)
-                    mask: torch.Tensor | None = positions_mask(queries, queries, mask_mods=mods)
-                    masks[key] = (mask.to(device), False)
+                    dense = positions_mask(queries, queries, mask_mods=mods)
+                    masks[key] = (dense.to(device), False)
                 else:
                     mask, is_causal = layer_mask(
                         T, cache=cache, window=spec.window, batch_size=B, lengths=lengths
