@@ -541,7 +541,7 @@ for _spec in (
         supports=_int4_supports,
         prepare=_int4_prepare,
         run=_int4_run_in(None),
-        third_party="torch._weight_int4pack_mm_for_cpu",
+        third_party="torch._weight_int4pack_mm_for_cpu (private op)",
     ),
     KernelSpec(
         name="int4_tinygemm_bf16",
@@ -550,7 +550,7 @@ for _spec in (
         run=_int4_run_in(torch.bfloat16),
         exact=False,
         activations="bfloat16",
-        third_party="torch._weight_int4pack_mm_for_cpu",
+        third_party="torch._weight_int4pack_mm_for_cpu (private op)",
     ),
     KernelSpec(
         name="int4_w4a8",
@@ -565,7 +565,7 @@ for _spec in (
         prepare=_int8_prepare,
         run=_int8_activations_run,
         activations="per_token_int8",
-        third_party="torch._int_mm",
+        third_party="torch._int_mm (private op)",
     ),
     KernelSpec(
         name="llm_int8",
@@ -581,7 +581,7 @@ for _spec in (
         supports=_int8_weight_supports,
         prepare=_int8_prepare,
         run=_int8_weight_run,
-        third_party="torch._weight_int8pack_mm",
+        third_party="torch._weight_int8pack_mm (private op)",
     ),
     KernelSpec(
         name="int8_weight_bf16",
@@ -590,7 +590,7 @@ for _spec in (
         run=_int8_weight_bf16_run,
         exact=False,
         activations="bfloat16",
-        third_party="torch._weight_int8pack_mm",
+        third_party="torch._weight_int8pack_mm (private op)",
     ),
 ):
     KERNELS.add(_spec)
@@ -610,9 +610,9 @@ AUTO_ORDERS: dict[str, tuple[str, ...]] = {
     "none": tuple(k for k in _EXACT_ORDER if k not in ("int4_w4a32", "int8_w8a32", "int4_w4a8")),
 }
 """The order ``backend="auto"`` tries kernels in, per native path
-(:func:`llmref.quant._native.selected_isa`): the first that is exact for the
-weight (:meth:`KernelSpec.is_exact_for`) and supports it wins, else the
-reference. Static: nothing is timed at run time.
+(``LLMREF_CPU_ISA`` or the CPU's best, as :func:`kernel_status` reports it): the
+first that is exact for the weight (:meth:`KernelSpec.is_exact_for`) and
+supports it wins, else the reference. Static: nothing is timed at run time.
 
 On ``avx512`` and ``avx2``, llmref's own ``int4_w4a32`` and ``int8_w8a32`` (float
 activations, the weight dequantized in registers with the reference's
@@ -673,7 +673,8 @@ def fast_isa() -> str:
     """The key of :data:`FAST_ORDERS` for this machine.
 
     ``"avx512_vnni"`` when the native path is ``avx512`` and the CPU has
-    AVX512-VNNI, else the native path (:func:`llmref.quant._native.selected_isa`).
+    AVX512-VNNI, else the native path (``LLMREF_CPU_ISA`` or the CPU's best, as
+    :func:`kernel_status` reports it).
 
     Examples
     --------

@@ -11,7 +11,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -35,8 +35,6 @@ DEFAULT_GROUP_SIZE = 128
 per output channel."""
 
 GRANULARITY_KINDS = ("group", "channel", "tensor", "block")
-
-OptionsT = TypeVar("OptionsT", bound="FormatOptions")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +64,7 @@ granularity, symmetric, scale_convention, zero_point, rounding, generator
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def from_kwargs(cls: type[OptionsT], fmt: str, options: Mapping[str, Any]) -> OptionsT:
+    def from_kwargs(cls, fmt: str, options: Mapping[str, Any]) -> FormatOptions:
         """Build (and so validate) the options of format ``fmt`` from a mapping.
 
         Raises
@@ -115,7 +113,7 @@ class FormatSpec(Spec):
     group_size : int or None
         The default group size (``None`` for per-channel or per-tensor
         defaults; the integer formats below 8 bits use
-        :data:`DEFAULT_GROUP_SIZE`).
+        :data:`~llmref.quant.registry.DEFAULT_GROUP_SIZE`).
     kind : {"int", "codebook", "float", "mx", "ggml"}
         The family.
     options : type
