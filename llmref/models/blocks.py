@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_float_dtype, check_int, check_positive_float, check_tensor
-from ..attention import MultiHeadAttention, MultiHeadLatentAttention
+from ..attention import MultiHeadAttention
+from .attention_kinds import ATTENTION_KINDS
 from .routing import ROUTERS, route_tokens
 
 if TYPE_CHECKING:
@@ -486,7 +487,10 @@ class DecoderBlock(nn.Module):
     ----------
     attn_norm, mlp_norm : torch.nn.RMSNorm
         The pre-norms (transformers: ``input_layernorm``, ``post_attention_layernorm``).
-    attn : MultiHeadAttention or MultiHeadLatentAttention
+    attn : torch.nn.Module
+        Built by the layer's attention kind (:data:`~llmref.models.ATTENTION_KINDS`):
+        :class:`~llmref.attention.MultiHeadAttention` or
+        :class:`~llmref.attention.MultiHeadLatentAttention` for the built-in kinds.
     mlp : SwiGLU or MoE
 
     Examples
@@ -516,38 +520,8 @@ class DecoderBlock(nn.Module):
         d = config.d_model
         self.attn_norm = nn.RMSNorm(d, eps=config.norm_eps, **kw)
         self.mlp_norm = nn.RMSNorm(d, eps=config.norm_eps, **kw)
-        self.attn: MultiHeadAttention | MultiHeadLatentAttention
-        if spec.attention == "mla":
-            mla = config.mla
-            assert mla is not None  # DecoderConfig checked it
-            self.attn = MultiHeadLatentAttention(
-                d,
-                config.n_heads,
-                kv_lora_rank=mla.kv_lora_rank,
-                qk_nope_head_dim=mla.qk_nope_head_dim,
-                qk_rope_head_dim=mla.qk_rope_head_dim,
-                v_head_dim=mla.v_head_dim,
-                q_lora_rank=mla.q_lora_rank,
-                rope=rope,
-                scale=config.attention_scale,
-                bias=config.attention_bias == "all",
-                norm_eps=mla.norm_eps,
-                **kw,
-            )
-        else:
-            self.attn = MultiHeadAttention(
-                d,
-                config.n_heads,
-                n_kv_heads=config.n_kv_heads,
-                head_dim=config.head_dim,
-                bias=config.attention_bias != "none",
-                out_bias=config.attention_bias == "all",  # "qkv": Qwen2, no output bias
-                scale=config.attention_scale,
-                window=spec.window,
-                rope=rope,
-                position_bias=position_bias,
-                **kw,
-            )
+        kind = ATTENTION_KINDS[spec.attention]  # the kind's own builder (DecoderConfig checked it)
+        self.attn = kind.fn(config, index, rope=rope, position_bias=position_bias, **kw)
         self.mlp: SwiGLU | MoE
         if spec.mlp == "moe":
             assert config.moe is not None

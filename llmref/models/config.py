@@ -8,16 +8,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 from .._checks import check_int, check_positive_float
+from .attention_kinds import ATTENTION_KINDS
 from .routing import ROUTERS
 
 __all__ = ["ATTENTION_KINDS", "DecoderConfig", "LayerSpec", "MLAConfig", "MoEConfig"]
-
-ATTENTION_KINDS = ("mha", "gqa", "mqa", "mla")
-"""Attention kinds a decoder layer can use, by name.
-
-``"mha"``, ``"gqa"`` and ``"mqa"`` are :class:`~llmref.attention.MultiHeadAttention`
-with ``n_kv_heads == n_heads``, ``1 < n_kv_heads < n_heads`` and ``n_kv_heads == 1``;
-``"mla"`` is :class:`~llmref.attention.MultiHeadLatentAttention`."""
 
 POSITIONS = ("rope", "alibi", "nope")
 """Position encodings a decoder can use, by their names in :data:`llmref.position.POSITION`."""
@@ -231,8 +225,9 @@ class DecoderConfig:
     head_dim : int, optional
         Width of one head; default ``d_model // n_heads``.
     attention : str or sequence of str, default "mha"
-        Attention kind per layer, names in :data:`ATTENTION_KINDS`. ``"mha"``,
-        ``"gqa"`` and ``"mqa"`` must agree with ``n_kv_heads``.
+        Attention kind per layer, names in :data:`~llmref.models.ATTENTION_KINDS`.
+        ``"mha"`` takes any ``n_kv_heads`` (GQA and MQA included); ``"gqa"`` and
+        ``"mqa"`` also check that ``n_kv_heads`` is what they name.
     window : int, None or sequence, default None
         Sliding window per layer (each query sees this many keys, itself
         included, as :func:`~llmref.attention.sliding_window_mask`); ``None``
@@ -334,23 +329,25 @@ class DecoderConfig:
         n = self.n_layers
         attention = _per_layer("attention", self.attention, n)
         for kind in attention:
-            _check_choice("attention", kind, ATTENTION_KINDS)
+            _check_choice("attention", kind, tuple(ATTENTION_KINDS))
         _set(self, "attention", attention)
-        mha_kinds = {k for k in attention if k != "mla"}
-        if self.n_kv_heads is None:
-            _set(self, "n_kv_heads", 1 if mha_kinds == {"mqa"} else self.n_heads)
+        kinds = [ATTENTION_KINDS[k] for k in dict.fromkeys(attention)]
+        rules = [spec for spec in kinds if spec.kv_heads is not None]
+        if self.n_kv_heads is None:  # n_heads, unless the kinds want one head (MQA)
+            H = self.n_heads
+
+            def fits(kv: int) -> bool:
+                return all(r.kv_heads(kv, H) for r in rules if r.kv_heads is not None)
+
+            _set(self, "n_kv_heads", 1 if not fits(H) and fits(1) else H)
         kv = check_int("n_kv_heads", self.n_kv_heads, minimum=1)
         if self.n_heads % kv:
             raise ValueError(f"n_kv_heads must divide n_heads={self.n_heads}, got n_kv_heads={kv}")
-        for kind in mha_kinds:
-            ok = {"mha": kv == self.n_heads, "mqa": kv == 1, "gqa": 1 < kv < self.n_heads}[kind]
-            if not ok:
-                need = {
-                    "mha": f"n_kv_heads == n_heads={self.n_heads}",
-                    "mqa": "n_kv_heads == 1",
-                    "gqa": f"1 < n_kv_heads < n_heads={self.n_heads}",
-                }[kind]
-                raise ValueError(f"attention {kind!r} needs {need}, got n_kv_heads={kv}")
+        for spec in rules:
+            assert spec.kv_heads is not None
+            if not spec.kv_heads(kv, self.n_heads):
+                need = spec.kv_heads_rule.format(n_heads=self.n_heads)
+                raise ValueError(f"attention {spec.name!r} needs {need}, got n_kv_heads={kv}")
         if self.head_dim is None:
             if self.d_model % self.n_heads:
                 raise ValueError(
@@ -364,24 +361,30 @@ class DecoderConfig:
         for i, (kind, w) in enumerate(zip(attention, windows, strict=True)):
             if w is not None:
                 check_int("window", w, minimum=1)
-                if kind == "mla":
-                    raise ValueError(f"window is not supported on MLA layers (layer {i})")
+                if not ATTENTION_KINDS[kind].windows:
+                    raise ValueError(
+                        f"window is not supported on {kind.upper()} layers (layer {i})"
+                    )
         _set(self, "window", windows)
 
-        if "mla" in attention:
-            if not isinstance(self.mla, MLAConfig):
+        for section, cls in _SECTIONS.items():
+            users = [spec.name for spec in kinds if spec.section == section]
+            value = getattr(self, section)
+            if users and not isinstance(value, cls):
                 raise TypeError(
-                    f"mla must be an MLAConfig when a layer uses 'mla' attention, "
-                    f"got {type(self.mla).__name__}"
+                    f"{section} must be an {cls.__name__} when a layer uses {users[0]!r} "
+                    f"attention, got {type(value).__name__}"
                 )
-        elif self.mla is not None:
-            raise ValueError("mla is given but no layer uses 'mla' attention")
+            if not users and value is not None:
+                raise ValueError(f"{section} is given but no layer uses {section!r} attention")
 
         _check_choice("position", self.position, POSITIONS)
-        if self.position == "alibi" and "mla" in attention:
-            raise ValueError(
-                "position 'alibi' cannot be used with 'mla' attention (MLA needs RoPE)"
-            )
+        for spec in kinds:
+            if self.position == "alibi" and not spec.position_bias:
+                raise ValueError(
+                    f"position 'alibi' cannot be used with {spec.name!r} attention "
+                    f"({spec.name.upper()} needs RoPE)"
+                )
         _set(self, "rope_theta", check_positive_float("rope_theta", self.rope_theta))
         _check_choice("rope_type", self.rope_type, tuple(ROPE_SCALING))
         if not isinstance(self.rope_parameters, Mapping):
@@ -475,3 +478,7 @@ class DecoderConfig:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+_SECTIONS: dict[str, type] = {"mla": MLAConfig}
+"""DecoderConfig fields holding an attention kind's own sizes (``AttentionKindSpec.section``)."""

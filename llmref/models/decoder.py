@@ -11,8 +11,9 @@ from torch import nn
 
 from .._checks import check_tensor
 from ..attention.masking import cache_mask_mods, layer_mask, positions_mask
-from ..cache import KVCache, spec_of
+from ..cache import CACHES, KVCache, spec_of
 from ..position import RotaryEmbedding
+from .attention_kinds import ATTENTION_KINDS
 from .blocks import DecoderBlock, MoE
 from .config import DecoderConfig
 
@@ -120,7 +121,7 @@ class DecoderLM(nn.Module):
             DecoderBlock(
                 config,
                 i,
-                rope=self.mla_rope if config.layer(i).attention == "mla" else self.rope,
+                rope=getattr(self, ATTENTION_KINDS[config.layer(i).attention].rope),
                 position_bias=self.alibi,
                 **kw,
             )
@@ -223,7 +224,7 @@ class DecoderLM(nn.Module):
             else:
                 position_ids = torch.arange(T)
         tables: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
-        for name, rope in (("rope", self.rope), ("mla", self.mla_rope)):
+        for name, rope in (("rope", self.rope), ("mla_rope", self.mla_rope)):
             tables[name] = None
             if isinstance(rope, RotaryEmbedding):
                 seq_len = None
@@ -254,7 +255,7 @@ class DecoderLM(nn.Module):
                 _LayerInputs(
                     mask=mask,
                     is_causal=is_causal,
-                    position_embeddings=tables["mla" if spec.attention == "mla" else "rope"],
+                    position_embeddings=tables[ATTENTION_KINDS[spec.attention].rope],
                 )
             )
         return out
@@ -387,9 +388,9 @@ class DecoderLM(nn.Module):
             if not isinstance(cache, KVCache):
                 raise TypeError(f"caches[{i}] must be a KVCache, got {type(cache).__name__}")
             kind = self.config.layer(i).attention
-            need = "latent" if kind == "mla" else "kv"
+            need = ATTENTION_KINDS[kind].stores
             if cache.stores != need:
-                hint = "llmref.cache.LatentCache" if need == "latent" else "e.g. DynamicCache"
+                hint = "e.g. " + CACHES[ATTENTION_KINDS[kind].default_cache].fn.__name__
                 raise TypeError(
                     f"caches[{i}] is a {type(cache).__name__}, which stores {cache.stores!r}, "
                     f"but layer {i} uses {kind!r} attention, which needs a cache that stores "
@@ -484,13 +485,12 @@ def _position_modules(
             **config.rope_parameters,
         )
 
-    kinds = set(config.attention)
-    rope = make(config.head_dim) if kinds - {"mla"} else None  # type: ignore[arg-type]
-    mla_rope = None
-    if "mla" in kinds:
-        assert config.mla is not None
-        mla_rope = make(config.mla.qk_rope_head_dim)
-    return rope, mla_rope, None
+    ropes: dict[str, nn.Module | None] = {"rope": None, "mla_rope": None}
+    for name in dict.fromkeys(config.attention):
+        spec = ATTENTION_KINDS[name]
+        if ropes[spec.rope] is None:
+            ropes[spec.rope] = make(spec.rope_dim(config))
+    return ropes["rope"], ropes["mla_rope"], None
 
 
 def empty_model(

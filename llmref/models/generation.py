@@ -11,6 +11,7 @@ import torch
 
 from .._checks import check_int, check_positive_float, check_tensor
 from ..cache import CACHES, KVCache
+from .attention_kinds import ATTENTION_KINDS
 from .decoder import DecoderLM
 
 __all__ = ["Streamer", "generate", "make_caches"]
@@ -157,8 +158,9 @@ def make_caches(
     model : DecoderLM
         The model the caches are for.
     cache : str, callable or None
-        ``None``: :class:`~llmref.cache.DynamicCache` for MHA-family layers and
-        :class:`~llmref.cache.LatentCache` for MLA layers. A name in
+        ``None``: each layer's attention kind's ``default_cache``
+        (:class:`~llmref.cache.DynamicCache` for the MHA family,
+        :class:`~llmref.cache.LatentCache` for MLA). A name in
         :data:`llmref.cache.CACHES`: that kind for every layer, with settings
         taken from the model and the lengths (``"static"``: ``max_len``
         tokens; ``"sliding_window"``: each layer's window; ``"paged"``:
@@ -210,11 +212,9 @@ attention, which needs a cache that stores 'kv' (e.g. DynamicCache)
     n = model.config.n_layers
     caches: list[KVCache] = []
     if cache is None:
-        from ..cache import DynamicCache, LatentCache
-
         for i in range(n):
-            mla = model.config.layer(i).attention == "mla"
-            caches.append(LatentCache() if mla else DynamicCache())
+            kind = ATTENTION_KINDS[model.config.layer(i).attention]
+            caches.append(CACHES[kind.default_cache].fn())
     elif isinstance(cache, str):
         if cache not in CACHES:
             known = ", ".join(repr(k) for k in CACHES)

@@ -44,7 +44,6 @@ def test_defaults_and_per_layer_normalisation():
         (dict(d_model=64.0), TypeError, "d_model must be an int"),
         (dict(n_kv_heads=3), ValueError, "n_kv_heads must divide n_heads=8"),
         (dict(attention="gqa"), ValueError, "attention 'gqa' needs 1 < n_kv_heads < n_heads=8"),
-        (dict(attention="mha", n_kv_heads=2), ValueError, "attention 'mha' needs n_kv_heads =="),
         (dict(attention="mqa", n_kv_heads=2), ValueError, "attention 'mqa' needs n_kv_heads == 1"),
         (dict(attention="flash"), ValueError, "attention must be one of"),
         (dict(attention=["mha", "mha"]), ValueError, r"one per layer \(n_layers=3\), got 2"),
@@ -135,3 +134,25 @@ def test_layer_index_and_replace_errors():
         cfg.layer(3)
     with pytest.raises(TypeError, match=r"unknown DecoderConfig fields: \['layers'\]"):
         cfg.replace(layers=4)
+
+
+def test_the_default_attention_kind_takes_any_number_of_kv_heads():
+    """ "mha" names the whole MultiHeadAttention family: n_kv_heads alone makes GQA or MQA."""
+    from llmref.models import DecoderLM
+
+    cfg = DecoderConfig(vocab_size=16, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=64)
+    assert cfg.layer(0).attention == "mha" and cfg.n_kv_heads == 2
+    attn = DecoderLM(cfg).layers[0].attn
+    assert (attn.n_heads, attn.n_kv_heads) == (4, 2)
+    assert DecoderConfig(**{**BASE, "n_kv_heads": 1}).n_kv_heads == 1
+    assert DecoderConfig(**{**BASE, "attention": "mqa"}).n_kv_heads == 1  # mqa's default
+
+
+def test_attention_kinds_are_typed_specs_that_the_config_reads():
+    from llmref.models import ATTENTION_KINDS
+    from llmref.models.attention_kinds import AttentionKindSpec
+
+    assert set(ATTENTION_KINDS) == {"mha", "gqa", "mqa", "mla"}
+    assert all(isinstance(spec, AttentionKindSpec) for spec in ATTENTION_KINDS.values())
+    assert ATTENTION_KINDS["mla"].section == "mla" and not ATTENTION_KINDS["mla"].windows
+    assert ATTENTION_KINDS["gqa"].kv_heads(2, 8) and not ATTENTION_KINDS["gqa"].kv_heads(8, 8)
