@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -322,7 +322,7 @@ def hqq(
     rounding = format_options.get("rounding", "nearest_even")
     scale_convention = format_options.get("scale_convention", "qmax")
     g = method_group_size(fmt, group_size, format_options, in_features)
-    HQQConfig(
+    cfg = HQQConfig(
         iters=iters,
         lp_norm=lp_norm,
         beta=beta,
@@ -337,12 +337,7 @@ def hqq(
         bits=bits,
         zero_point=zero_point,
         rounding=rounding,
-        iters=iters,
-        lp_norm=lp_norm,
-        beta=beta,
-        kappa=kappa,
-        optimize_scale=optimize_scale,
-        early_stop=early_stop,
+        **asdict(cfg),
     )
     codes = quantize_affine(wg, scale, zp, bits=bits, rounding=rounding).reshape(w.shape)
     return int_tensor_from_codes(
