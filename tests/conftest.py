@@ -15,6 +15,7 @@ import tests.extending.toy_kernel  # noqa: F401  (worked example: registers "toy
 import tests.extending.toy_method  # noqa: F401  (worked example: registers "toy_clip")
 import tests.extending.toy_backend  # noqa: F401  (worked example: registers "toy_two_pass")
 import tests.extending.toy_rope_rule  # noqa: F401  (worked example: registers "toy_truncated")
+import tests.extending.toy_cache  # noqa: F401  (worked example: registers "toy_recent")
 from llmref._cpu import machine_info
 
 

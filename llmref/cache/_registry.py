@@ -48,9 +48,9 @@ class CacheSpec(Spec):
         policy (False for lossy storage such as KIVI, whose bound is its step).
     traces : bool
         Whether a decoding step through it is captured as one graph by
-        ``torch.compile(fullgraph=True)`` (no host values in :meth:`update`).
+        ``torch.compile(fullgraph=True)`` (no host values in :meth:`~llmref.cache.KVCache.update`).
     layout : {"dense", "block_table"}
-        What :meth:`update` hands attention: ``"dense"`` keys and values
+        What :meth:`~llmref.cache.KVCache.update` hands attention: ``"dense"`` keys and values
         ``(B, H_kv, S, D)`` (every kind today; the paged cache gathers its
         blocks), or ``"block_table"`` (reserved: a paged cache handing a
         paged-attention kernel its pool and per-sequence block table instead).
@@ -60,6 +60,10 @@ class CacheSpec(Spec):
     needs_scores : bool
         Reserved for caches that evict by attention score (H2O, SnapKV): the
         layer hands them the attention weights after each step.
+    example : callable or None
+        Builds a small instance whose every behaviour shows within a dozen
+        tokens (a window of 4, groups of 2), for the contract suite
+        (:mod:`llmref.testing.contracts.cache`) and the docs; ``None``: ``fn()``.
 
     Examples
     --------
@@ -83,6 +87,7 @@ class CacheSpec(Spec):
     layout: str = "dense"
     per_head_positions: bool = False
     needs_scores: bool = False
+    example: Callable[[], Any] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

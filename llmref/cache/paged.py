@@ -217,6 +217,7 @@ class PagedCache(KVCache):
 CACHES.add(
     CacheSpec(
         name="paged",
+        example=lambda: PagedCache(n_blocks=32, block_size=3),
         fn=PagedCache,
         paper="kwon2023vllm",
         third_party="vllm PagedAttention",

@@ -155,4 +155,12 @@ class _Row:
         return full + sum(c.keys.nbytes + c.values.nbytes for c in self.chunks)
 
 
-CACHES.add(CacheSpec(name="quantized", fn=QuantizedCache, paper="liu2024kivi", exact=False))
+CACHES.add(
+    CacheSpec(
+        name="quantized",
+        example=lambda: QuantizedCache(bits=2, group_size=2, residual_length=1),
+        fn=QuantizedCache,
+        paper="liu2024kivi",
+        exact=False,
+    )
+)

@@ -195,6 +195,7 @@ class _Row:
 CACHES.add(
     CacheSpec(
         name="sink",
+        example=lambda: SinkCache(2, 4),
         fn=SinkCache,
         paper="xiao2024streamingllm",
         mask="sink",

@@ -144,6 +144,7 @@ class SlidingWindowCache(KVCache):
 CACHES.add(
     CacheSpec(
         name="sliding_window",
+        example=lambda: SlidingWindowCache(4),
         fn=SlidingWindowCache,
         paper="beltagy2020longformer",
         third_party="transformers.SlidingWindowLayer",

@@ -81,6 +81,7 @@ class StaticCache(DynamicCache):
 CACHES.add(
     CacheSpec(
         name="static",
+        example=lambda: StaticCache(64),
         fn=StaticCache,
         paper="pope2023efficiently",
         third_party="transformers.StaticCache",

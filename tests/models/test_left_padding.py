@@ -63,7 +63,7 @@ def _model(variant):
 
 
 def test_every_registered_kind_is_covered():
-    assert set(KINDS) == set(CACHES)
+    assert set(KINDS) == {n for n in CACHES if not n.startswith("toy_")}
 
 
 def _cache_arg(kind, model):
