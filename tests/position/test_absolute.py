@@ -107,6 +107,13 @@ def test_attention_without_positions_is_permutation_equivariant():
         )
 
 
+def test_legacy_meta_keeps_the_old_keys_and_warns():
+    with pytest.warns(DeprecationWarning, match=r"PositionSpec.meta is deprecated.*spec.forms"):
+        meta = POSITION["kerple"].meta
+    assert meta["kind"] == "bias" and meta["variants"] == ("log", "power")
+    assert POSITION["kerple"].forms == ("log", "power")
+
+
 def test_registry_entries():
     kinds = {name: entry.kind for name, entry in POSITION.items()}
     assert kinds["rope"] == "rotary" and kinds["nope"] == "none"
