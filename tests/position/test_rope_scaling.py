@@ -495,3 +495,26 @@ def test_head_dim_type_and_proportional_odd():
         rope_frequencies(63, rope_type="proportional", partial_rotary_factor=0.5)
     with pytest.raises(ValueError, match="rotary dimension > 2"):
         rope_frequencies(2, rope_type="dynamic", factor=2.0, max_position_embeddings=8)
+
+
+def test_rope_rule_spec_validates_its_declaration():
+    from llmref.position import RopeRuleSpec
+
+    def rule(head_dim, *, factor=None, base=1e4, device=None, dtype=torch.float32):
+        return default_frequencies(head_dim, base=base, device=device, dtype=dtype)
+
+    def spec(**fields):
+        return RopeRuleSpec(name="x", fn=rule, **fields)
+
+    with pytest.raises(ValueError, match=r"\['factor'\] declared both required and optional"):
+        spec(required=("factor",), optional=("factor",), example={"factor": 2.0})
+    with pytest.raises(ValueError, match=r"\['base'\] are taken by every rule"):
+        spec(optional=("base",))
+    with pytest.raises(
+        ValueError, match=r"example must give every required key.*missing \['factor'\]"
+    ):
+        spec(required=("factor",))
+    with pytest.raises(ValueError, match=r"unknown \['alpha'\]"):
+        spec(required=("factor",), example={"factor": 2.0, "alpha": 1.0})
+    with pytest.raises(TypeError, match="required must be a tuple of non-empty str"):
+        spec(required=["factor"], example={"factor": 2.0})
