@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -62,6 +63,21 @@ class HeadConfig(NamedTuple):
     n_heads: int
     n_kv_heads: int
     head_dim: int
+
+
+def check_token_set(name: str, value: object, vocab: int) -> list[int]:
+    """An id or iterable of ids (e.g. ``eos_token_id``) as a list, each in ``[0, vocab)``;
+    ``None`` gives ``[]``."""
+    if value is None:
+        return []
+    ids = list(value) if isinstance(value, Iterable) else [value]
+    out = []
+    for t in ids:
+        t = check_int(name, t, minimum=0)
+        if t >= vocab:
+            raise ValueError(f"{name} must be < vocab_size={vocab}, got {t}")
+        out.append(t)
+    return out
 
 
 def check_heads(

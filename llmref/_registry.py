@@ -182,7 +182,7 @@ class Registry(Mapping[str, S], Generic[S]):
                 fields_["meta"] = {**fields_.get("meta", {}), **meta}
 
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.add(self.spec(name=name, fn=fn, **fields_))
+            self.add(self.spec(name=name, fn=fn, **fields_))  # type: ignore[call-arg]
             return fn
 
         return decorator

@@ -10,12 +10,16 @@ transformers' logits processor of the same name where it has one. A
 :class:`SamplingConfig` holds a choice of them, :func:`process_logits` applies it
 in transformers' order and :func:`sample` draws from the result.
 :func:`beam_search` decodes with transformers' beam search semantics from any
-:class:`~llmref.models.DecoderLM`.
+:class:`LanguageModel` (such as :class:`~llmref.models.DecoderLM`). The package sits
+below :mod:`llmref.models` (whose :func:`~llmref.models.generate` samples with these
+rules and delegates ``num_beams > 1`` to :func:`beam_search`), so it calls models only
+through that protocol.
 """
 
 from .beam import beam_search
 from .config import SamplingConfig
 from .penalties import presence_frequency_penalty, repetition_penalty
+from .protocol import LanguageModel, check_language_model
 from .sampling import apply_temperature, process_logits, sample
 from .truncation import (
     TRUNCATION,
@@ -30,10 +34,12 @@ from .truncation import (
 
 __all__ = [
     "TRUNCATION",
+    "LanguageModel",
     "SamplingConfig",
     "TruncationSpec",
     "apply_temperature",
     "beam_search",
+    "check_language_model",
     "epsilon_filter",
     "eta_filter",
     "min_p_filter",

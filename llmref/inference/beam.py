@@ -7,26 +7,13 @@ from collections.abc import Iterable
 
 import torch
 
-from .._checks import check_int, check_tensor, compute_dtype
-from ..models import DecoderLM
+from .._checks import check_int, check_tensor, check_token_set, compute_dtype
 from ._args import check_real
+from .protocol import LanguageModel, check_language_model
 
 __all__ = ["beam_search"]
 
 NEG_INF = -math.inf
-
-
-def _check_eos(eos_token_id: object, vocab: int) -> list[int]:
-    if eos_token_id is None:
-        return []
-    ids = list(eos_token_id) if isinstance(eos_token_id, Iterable) else [eos_token_id]
-    out = []
-    for t in ids:
-        t = check_int("eos_token_id", t, minimum=0)
-        if t >= vocab:
-            raise ValueError(f"eos_token_id must be < vocab_size={vocab}, got {t}")
-        out.append(t)
-    return out
 
 
 def _check_prompt(
@@ -65,7 +52,7 @@ def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def beam_search(
-    model: DecoderLM,
+    model: LanguageModel,
     input_ids: torch.Tensor,
     *,
     num_beams: int,
@@ -82,8 +69,8 @@ def beam_search(
 
     Parameters
     ----------
-    model : DecoderLM
-        The language model (in eval mode).
+    model : LanguageModel
+        The language model (in eval mode), e.g. a :class:`~llmref.models.DecoderLM`.
     input_ids : torch.Tensor
         Prompt ids ``(B, T)``; prompts of different lengths left-padded, with
         ``attention_mask``.
@@ -167,16 +154,14 @@ def beam_search(
     >>> torch.equal(beam_search(model, prompt, num_beams=1, max_new_tokens=5), greedy)
     True
     """
-    if not isinstance(model, DecoderLM):
-        raise TypeError(f"model must be a llmref.models.DecoderLM, got {type(model).__name__}")
-    V = model.config.vocab_size
+    V = check_language_model(model)
     ids, mask = _check_prompt(input_ids, attention_mask, V)
     K = check_int("num_beams", num_beams, minimum=1)
     new = check_int("max_new_tokens", max_new_tokens, minimum=1)
     alpha = check_real("length_penalty", length_penalty)
     if not (isinstance(early_stopping, bool) or early_stopping == "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    eos = _check_eos(eos_token_id, V)
+    eos = check_token_set("eos_token_id", eos_token_id, V)
     R = check_int("num_return_sequences", num_return_sequences, minimum=1)
     if R > K:
         raise ValueError(f"num_return_sequences must be <= num_beams={K}, got {R}")
@@ -191,8 +176,8 @@ def beam_search(
             f"more than vocab_size={V}; use fewer beams"
         )
 
-    device = model.embed.weight.device
-    dtype = compute_dtype(model.embed.weight.dtype)
+    weight = next(model.parameters())
+    device, dtype = weight.device, compute_dtype(weight.dtype)
     ids = ids.to(device)
     B, T = ids.shape
     total = T + new

@@ -10,7 +10,7 @@ real checkpoints.
 
 import torch
 
-from . import generation as _generation
+from .. import inference as _inference
 from .blocks import DecoderBlock, MoE, SwiGLU, TransformerBlock, moe, swiglu
 from .classifier import TextClassifier
 from .config import ATTENTION_KINDS, DecoderConfig, MLAConfig, MoEConfig
@@ -76,7 +76,7 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     (tensor([-inf, 3., -inf]), 'DeprecationWarning')
     """
     _deprecated("top_k_filter")
-    return _generation.top_k_filter(logits, k)
+    return _inference.top_k_filter(logits, k)
 
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
@@ -106,12 +106,10 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     ([True, False, False], 'DeprecationWarning')
     """
     _deprecated("top_p_filter")
-    return _generation.top_p_filter(logits, p)
+    return _inference.top_p_filter(logits, p)
 
 
 def _deprecated(name: str) -> None:
-    # llmref.inference sits above llmref.models in the layer order, so the shims call the
-    # copies generate keeps in llmref.models.generation (same operations, same results).
     import warnings
 
     warnings.warn(

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import torch
 
-from .._checks import check_int, check_positive_float, check_tensor
+from .._checks import check_int, check_tensor, check_token_set
 from ..cache import CACHES, KVCache
+from ..inference import SamplingConfig, beam_search, process_logits, sample
 from .attention_kinds import ATTENTION_KINDS
 from .decoder import DecoderLM
 
@@ -30,117 +30,6 @@ class Streamer(Protocol):
     def put(self, value: torch.Tensor) -> None: ...
 
     def end(self) -> None: ...
-
-
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the ``k`` largest logits of each row; set the others to ``-inf``.
-
-    :func:`generate`'s own copy: the public function is
-    :func:`llmref.inference.top_k_filter` (``llmref.models.top_k_filter`` is a
-    deprecated alias of this one), which :mod:`llmref.models` cannot import.
-
-    Parameters
-    ----------
-    logits : torch.Tensor
-        Scores ``(..., V)``.
-    k : int
-        Tokens to keep (>= 1); values above ``V`` keep everything.
-
-    Returns
-    -------
-    torch.Tensor
-        Same shape and dtype. Ties with the ``k``-th largest value are kept,
-        as transformers' ``TopKLogitsWarper`` does.
-
-    Raises
-    ------
-    TypeError
-        If ``logits`` is not a floating tensor or ``k`` not an int.
-    ValueError
-        If ``k < 1``.
-
-    Examples
-    --------
-    >>> import torch
-    >>> top_k_filter(torch.tensor([1.0, 3.0, 2.0, 0.0]), 2)
-    tensor([-inf, 3., 2., -inf])
-    """
-    check_tensor("logits", logits)
-    if not logits.dtype.is_floating_point:
-        raise TypeError(f"logits must be a floating tensor, got {logits.dtype}")
-    k = check_int("k", k, minimum=1)
-    k = min(k, logits.shape[-1])
-    kth = logits.topk(k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus filtering: keep the smallest set of top tokens whose probability reaches ``p``.
-
-    :func:`generate`'s own copy: the public function is
-    :func:`llmref.inference.top_p_filter` (``llmref.models.top_p_filter`` is a
-    deprecated alias of this one), which :mod:`llmref.models` cannot import.
-
-    Parameters
-    ----------
-    logits : torch.Tensor
-        Scores ``(..., V)``.
-    p : float
-        Probability mass to keep, in ``(0, 1]``; ``1`` keeps every token.
-
-    Returns
-    -------
-    torch.Tensor
-        Same shape and dtype, removed tokens at ``-inf``. The most likely
-        token is always kept.
-
-    Raises
-    ------
-    TypeError
-        If ``logits`` is not a floating tensor or ``p`` not a number.
-    ValueError
-        If ``p`` is outside ``(0, 1]``.
-
-    Notes
-    -----
-    Sort the probabilities in ascending order and drop every token whose
-    cumulative probability (itself included) is at most ``1 - p``: what is
-    left is the most likely tokens up to and including the one that brings
-    their mass to at least ``p`` {cite:p}`holtzman2020curious`. This is
-    transformers' ``TopPLogitsWarper`` exactly.
-
-    References
-    ----------
-    :cite:t:`holtzman2020curious`
-
-    Examples
-    --------
-    >>> import torch
-    >>> logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
-    >>> top_p_filter(logits, 0.75).isfinite().tolist()  # 0.5 + 0.3 reaches 0.75
-    [True, True, False, False]
-    """
-    check_tensor("logits", logits)
-    if not logits.dtype.is_floating_point:
-        raise TypeError(f"logits must be a floating tensor, got {logits.dtype}")
-    p = _check_top_p(p)
-    sorted_logits, order = logits.sort(dim=-1, descending=False)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove_sorted = cumulative <= (1 - p)
-    remove_sorted[..., -1:] = False  # keep at least the most likely token
-    remove = remove_sorted.scatter(-1, order, remove_sorted)
-    return logits.masked_fill(remove, float("-inf"))
-
-
-def _check_top_p(p: object) -> float:
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"top_p must be a float, got {type(p).__name__}")
-    if not (0.0 < float(p) <= 1.0):
-        raise ValueError(f"top_p must be in (0, 1], got {p}")
-    return float(p)
-
-
-# -- caches ------------------------------------------------------------------------------
 
 
 def make_caches(
@@ -272,19 +161,6 @@ def _named_cache(
 # -- generation ----------------------------------------------------------------------------
 
 
-def _check_eos(eos_token_id: object, vocab: int) -> list[int]:
-    if eos_token_id is None:
-        return []
-    ids = [eos_token_id] if not isinstance(eos_token_id, Iterable) else list(eos_token_id)
-    out = []
-    for t in ids:
-        t = check_int("eos_token_id", t, minimum=0)
-        if t >= vocab:
-            raise ValueError(f"eos_token_id must be < vocab_size={vocab}, got {t}")
-        out.append(t)
-    return out
-
-
 def generate(
     model: DecoderLM,
     input_ids: torch.Tensor,
@@ -295,13 +171,24 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    min_p: float | None = None,
+    typical_p: float | None = None,
+    epsilon_cutoff: float | None = None,
+    eta_cutoff: float | None = None,
+    repetition_penalty: float = 1.0,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    min_tokens_to_keep: int = 1,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
     eos_token_id: int | Iterable[int] | None = None,
     pad_token_id: int | None = None,
     seed: int | None = None,
     streamer: Streamer | None = None,
     attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Continue ``input_ids`` by up to ``max_new_tokens`` tokens, greedily or by sampling.
+    """Continue ``input_ids`` by up to ``max_new_tokens`` tokens: greedy, sampled or beam search.
 
     The prompt is processed in one forward pass (prefill) that fills one KV
     cache per layer; each further token costs one forward pass over a single
@@ -321,13 +208,25 @@ def generate(
         KV cache kind per layer, see :func:`make_caches` (default: dynamic
         caches, latent caches for MLA layers).
     do_sample : bool, default False
-        Sample from the (filtered) distribution; otherwise take the argmax.
-    temperature : float, default 1.0
-        Divides the logits before sampling (> 0).
-    top_k : int, optional
-        Sample only among the ``top_k`` most likely tokens (:func:`top_k_filter`).
-    top_p : float, optional
-        Nucleus sampling (:func:`top_p_filter`), in ``(0, 1]``.
+        Sample from the processed distribution; otherwise take the argmax.
+    temperature, top_k, top_p, min_p, typical_p, epsilon_cutoff, eta_cutoff
+        The sampling rules of :class:`llmref.inference.SamplingConfig` (same
+        names, meanings and "off" values as transformers' ``GenerationConfig``),
+        applied by :func:`llmref.inference.process_logits` when ``do_sample``.
+    repetition_penalty, presence_penalty, frequency_penalty, min_tokens_to_keep
+        Also :class:`~llmref.inference.SamplingConfig`'s: the repetition
+        penalty counts the prompt and the generated tokens (padding excluded),
+        the presence and frequency penalties the generated tokens only. The
+        penalties apply to greedy decoding too, as in transformers.
+    num_beams : int, default 1
+        More than 1: beam search (:func:`llmref.inference.beam_search`, with
+        ``length_penalty`` and ``early_stopping``); it recomputes every beam
+        each step and takes no ``cache``, ``do_sample``, penalties, ``seed``
+        or ``streamer``.
+    length_penalty : float, default 1.0
+        Beam search only: see :func:`~llmref.inference.beam_search`.
+    early_stopping : bool or "never", default False
+        Beam search only: see :func:`~llmref.inference.beam_search`.
     eos_token_id : int or iterable of int, optional
         A sequence that produces one of these is finished; the batch stops when
         every sequence is.
@@ -354,18 +253,20 @@ def generate(
     TypeError
         For arguments of the wrong type (see also :func:`make_caches`).
     ValueError
-        For ``temperature <= 0`` or ``top_k < 1`` with ``do_sample``,
-        ``top_p`` outside ``(0, 1]``, an ``attention_mask`` whose shape
+        For a sampling option out of range (as :class:`~llmref.inference.SamplingConfig`
+        says), beam search combined with sampling options, an ``attention_mask`` whose shape
         differs from ``input_ids`` (batch or length), padding that is not on
         the left, a row with no real token, or cache settings that do not fit.
 
     Notes
     -----
-    Sampling applies temperature, then top-k, then top-p, as transformers
-    does, and draws from :math:`\\operatorname{softmax}(z / \\tau)` restricted to
-    the kept tokens. Greedy decoding with any exact cache kind gives the same
-    tokens as transformers' ``generate(do_sample=False)`` on the same weights
-    (tested for Llama, Mistral, Qwen2, DeepSeek-V2/V3 and SmolLM2).
+    Each step's logits go through :func:`llmref.inference.process_logits`
+    (penalties, temperature, then the truncation rules, in transformers'
+    order); sampling draws from their softmax with
+    :func:`llmref.inference.sample`, greedy decoding takes their argmax.
+    Greedy decoding with any exact cache kind gives the same tokens as
+    transformers' ``generate(do_sample=False)`` on the same weights (tested
+    for Llama, Mistral, Qwen2, DeepSeek-V2/V3 and SmolLM2).
 
     Examples
     --------
@@ -396,19 +297,25 @@ def generate(
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=0)
     if not isinstance(do_sample, bool):
         raise TypeError(f"do_sample must be a bool, got {type(do_sample).__name__}")
-    if top_p is not None:
-        top_p = _check_top_p(top_p)
-    if top_k is not None:
-        top_k = check_int("top_k", top_k, minimum=1)
-    if do_sample:
-        try:
-            temperature = check_positive_float("temperature", temperature)
-        except ValueError:
-            raise ValueError(
-                f"temperature must be > 0 when sampling (do_sample=True), got {temperature}; "
-                "use do_sample=False for greedy decoding"
-            ) from None
-    eos = _check_eos(eos_token_id, model.config.vocab_size)
+    config = SamplingConfig(
+        temperature=temperature if do_sample else 1.0,  # greedy: any temperature, same argmax
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        typical_p=typical_p,
+        epsilon_cutoff=epsilon_cutoff,
+        eta_cutoff=eta_cutoff,
+        repetition_penalty=repetition_penalty,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+        min_tokens_to_keep=min_tokens_to_keep,
+    )
+    if check_int("num_beams", num_beams, minimum=1) > 1:
+        return _beam_search(
+            model, ids, max_new_tokens, num_beams, length_penalty, early_stopping,
+            eos_token_id, pad_token_id, attention_mask, config, do_sample, cache, seed, streamer,
+        )  # fmt: skip
+    eos = check_token_set("eos_token_id", eos_token_id, model.config.vocab_size)
     pad = eos[0] if pad_token_id is None and eos else pad_token_id
     if pad is not None:
         pad = check_int("pad_token_id", pad, minimum=0)
@@ -432,7 +339,9 @@ def generate(
             hidden = model.hidden_states(step_ids, attention_mask=mask, caches=caches)
             logits = model.lm_head(hidden[:, -1]).float()
             if do_sample:
-                next_ids = _sample(logits, temperature, top_k, top_p, generator)
+                next_ids = sample(logits, config, **_seen(out, T, mask), generator=generator)
+            elif _penalised(config):
+                next_ids = process_logits(logits, config, **_seen(out, T, mask)).argmax(dim=-1)
             else:
                 next_ids = logits.argmax(dim=-1)
             if eos:
@@ -452,21 +361,65 @@ def generate(
     return torch.cat(out, dim=1)
 
 
-def _sample(
-    logits: torch.Tensor,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator | None,
+def _penalised(config: SamplingConfig) -> bool:
+    return (
+        config.repetition_penalty != 1.0
+        or config.presence_penalty != 0.0
+        or config.frequency_penalty != 0.0
+    )
+
+
+def _seen(out: list[torch.Tensor], T: int, mask: torch.Tensor | None) -> dict[str, Any]:
+    """The tokens so far (prompt, then generated) for the penalties, if one is on."""
+    return {"input_ids": torch.cat(out, dim=1), "prompt_length": T, "attention_mask": mask}
+
+
+def _beam_search(
+    model: DecoderLM,
+    ids: torch.Tensor,
+    max_new_tokens: int,
+    num_beams: int,
+    length_penalty: float,
+    early_stopping: bool | str,
+    eos_token_id: int | Iterable[int] | None,
+    pad_token_id: int | None,
+    attention_mask: torch.Tensor | None,
+    config: SamplingConfig,
+    do_sample: bool,
+    cache: object,
+    seed: object,
+    streamer: object,
 ) -> torch.Tensor:
-    if temperature != 1.0:
-        logits = logits / temperature
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    """``generate(num_beams > 1)``: :func:`llmref.inference.beam_search`, refusing the
+    options it does not take (never ignoring them silently)."""
+    unused = {
+        "do_sample=True": do_sample,
+        "a cache": cache is not None,
+        "a seed": seed is not None,
+        "a streamer": streamer is not None,
+        "sampling rules or penalties": config != SamplingConfig(),
+    }
+    given = [name for name, on in unused.items() if on]
+    if given:
+        raise ValueError(
+            f"num_beams={num_beams} runs beam search, which takes no {', '.join(given)}; "
+            "use num_beams=1 for those"
+        )
+    if max_new_tokens == 0:
+        return ids
+    out = beam_search(
+        model,
+        ids,
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        attention_mask=attention_mask,
+    )
+    assert isinstance(out, torch.Tensor)
+    return out
 
 
 def _check_prompt_mask(attention_mask: Any, ids: torch.Tensor) -> torch.Tensor | None:

@@ -283,7 +283,7 @@ def test_scores_are_the_length_penalised_log_probabilities_of_the_returned_token
         (dict(return_scores=1), TypeError, "return_scores must be a bool"),
         (dict(input_ids=torch.tensor([[1.0, 2.0, 3.0]])), TypeError, "integer tensor"),
         (dict(input_ids=torch.tensor([[1, 2, VOCAB]])), ValueError, r"in \[0, vocab_size=64\)"),
-        (dict(model=torch.nn.Linear(2, 2)), TypeError, "model must be a llmref.models.DecoderLM"),
+        (dict(model=torch.nn.Linear(2, 2)), TypeError, "model must be a language model"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, error, message):

@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from llmref.cache import StaticCache
-from llmref.models import (
-    DecoderConfig,
-    DecoderLM,
-    generate,
-    make_caches,
+from llmref.inference import (
+    SamplingConfig,
+    beam_search,
+    process_logits,
+    sample,
     top_k_filter,
     top_p_filter,
 )
+from llmref.models import DecoderConfig, DecoderLM, generate, make_caches
 from llmref.testing import assert_identical
 from tests.models.helpers import VARIANTS, VOCAB, make_model
 
@@ -190,13 +191,21 @@ def test_bad_input():
         generate(model, ids, 2, do_sample=True, top_p=1.5)
     with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
         top_p_filter(torch.zeros(3), -0.1)
-    with pytest.raises(ValueError, match="temperature must be > 0 when sampling"):
+    with pytest.raises(ValueError, match=r"temperature must be a finite number > 0, got 0\.0"):
         generate(model, ids, 2, do_sample=True, temperature=0.0)
-    with pytest.raises(ValueError, match="temperature must be > 0 when sampling"):
+    with pytest.raises(ValueError, match=r"temperature must be a finite number > 0, got -1\.0"):
         generate(model, ids, 2, do_sample=True, temperature=-1.0)
     generate(model, ids, 1, temperature=0.0)  # greedy ignores the temperature
-    with pytest.raises(ValueError, match="top_k must be >= 1"):
-        generate(model, ids, 2, do_sample=True, top_k=0)
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        generate(model, ids, 2, do_sample=True, top_k=-1)  # 0 is off, as in transformers
+    with pytest.raises(ValueError, match="min_p must be in"):
+        generate(model, ids, 2, do_sample=True, min_p=2.0)
+    with pytest.raises(ValueError, match="beam search, which takes no do_sample=True, a seed"):
+        generate(model, ids, 2, num_beams=2, do_sample=True, seed=0)
+    with pytest.raises(ValueError, match="beam search, which takes no sampling rules"):
+        generate(model, ids, 2, num_beams=2, repetition_penalty=1.2)
+    with pytest.raises(ValueError, match="num_beams must be >= 1"):
+        generate(model, ids, 2, num_beams=0)
     with pytest.raises(ValueError, match="k must be >= 1"):
         top_k_filter(torch.zeros(3), 0)
     with pytest.raises(
@@ -274,3 +283,67 @@ def test_cache_memory_stays_constant_over_a_4000_token_generation(kind):
         expected = 2 * cfg.n_kv_heads * (4 + window - 1) * cfg.head_dim * 4
     assert list(meter.sizes) == [100, 1000, 2000, 4000]
     assert set(meter.sizes.values()) == {expected}, meter.sizes  # a dynamic cache: 250x more
+
+
+# -- the sampling toolbox and beam search through generate ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"repetition_penalty": 1.5},
+        {"presence_penalty": 1.0, "frequency_penalty": 0.5},
+        {"repetition_penalty": 1.3, "top_k": 3, "min_p": 0.1},  # rules do not change greedy
+    ],
+)
+def test_greedy_with_penalties_takes_each_steps_processed_argmax(options):
+    """Teacher-forced: each generated token is the argmax of the full forward's last logits
+    after process_logits over the tokens so far (the penalties count padding never)."""
+    model = make_model("gqa-rope")
+    ids, mask = prompts()
+    out = generate(model, ids, 5, attention_mask=mask, **options)
+    config = SamplingConfig(**options)
+    T = ids.shape[1]
+    for step in range(5):
+        seen = out[:, : T + step]
+        full_mask = torch.cat([mask, mask.new_ones(3, step)], dim=1)
+        with torch.no_grad():
+            logits = model(seen, attention_mask=full_mask)[:, -1].float()
+        processed = process_logits(
+            logits, config, input_ids=seen, prompt_length=T, attention_mask=full_mask.bool()
+        )
+        assert torch.equal(out[:, T + step], processed.argmax(dim=-1)), f"step {step}"
+
+
+def test_sampling_draws_as_inference_sample_with_the_same_generator():
+    """generate(do_sample=True, seed=s) draws each token with llmref.inference.sample from a
+    generator seeded with s, after the same rules (a cached step's logits, so compared
+    through the teacher-forced tokens: each drawn token must have been kept by the rules)."""
+    model = make_model("gqa-rope")
+    ids, mask = prompts()
+    options = {"temperature": 0.7, "top_p": 0.9, "min_p": 0.05, "repetition_penalty": 1.2}
+    a = generate(model, ids, 6, attention_mask=mask, do_sample=True, seed=3, **options)
+    b = generate(model, ids, 6, attention_mask=mask, do_sample=True, seed=3, **options)
+    assert torch.equal(a, b)
+    config = SamplingConfig(**options)
+    T = ids.shape[1]
+    g = torch.Generator().manual_seed(3)
+    for step in range(6):
+        seen = a[:, : T + step]
+        full_mask = torch.cat([mask, mask.new_ones(3, step)], dim=1)
+        with torch.no_grad():
+            logits = model(seen, attention_mask=full_mask)[:, -1].float()
+        kw = {"input_ids": seen, "prompt_length": T, "attention_mask": full_mask.bool()}
+        kept = process_logits(logits, config, **kw).isfinite()
+        assert kept.gather(1, a[:, T + step, None]).all(), f"step {step}: a filtered token"
+        assert torch.equal(sample(logits, config, **kw, generator=g), a[:, T + step])
+
+
+def test_num_beams_runs_beam_search():
+    model = make_model("gqa-rope")
+    ids, mask = prompts()
+    kw = {"length_penalty": 0.5, "early_stopping": True, "eos_token_id": 7}
+    expected = beam_search(model, ids, num_beams=3, max_new_tokens=4, attention_mask=mask, **kw)
+    out = generate(model, ids, 4, num_beams=3, attention_mask=mask, **kw)
+    assert torch.equal(out, expected)
+    assert torch.equal(generate(model, ids, 0, num_beams=3), ids)
