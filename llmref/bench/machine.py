@@ -7,7 +7,7 @@ taken when the run *starts*, with the load average at that moment — and the
 summary's first lines say which machine it was (:func:`describe_machine`) and
 warn when the load average exceeded the cores (:func:`load_warning`).
 
-The CPU model and ISA features come from :mod:`llmref._cpu`, which also names
+The CPU model and ISA features come from ``llmref._cpu``, which also names
 the machine in the test header, so both say the same.
 """
 
@@ -55,7 +55,7 @@ def cpu_flags(cpuinfo: str | None = None) -> list[str]:
 def machine_info() -> dict[str, Any]:
     """Facts about this machine and process, to store with benchmark results.
 
-    The same facts as :func:`llmref._cpu.machine_info` (which the test header
+    The same facts as ``llmref._cpu.machine_info()`` (which the test header
     prints), as a JSON-ready dict with the Python version and platform added.
 
     Returns
