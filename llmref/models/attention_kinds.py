@@ -1,7 +1,7 @@
 """The decoder's attention kinds: one spec per kind, read by the config, the blocks and the caches.
 
-Adding a kind is one :meth:`~llmref.Registry.add` of an :class:`AttentionKindSpec`
-here (or in a user's module): :class:`~llmref.models.DecoderConfig` validates a
+Adding a kind is one :meth:`~llmref.Registry.add` of an
+:class:`~llmref.models.attention_kinds.AttentionKindSpec` here (or in a user's module): :class:`~llmref.models.DecoderConfig` validates a
 layer against the spec's declared constraints, :class:`~llmref.models.DecoderBlock`
 builds the module with its ``fn``, and :class:`~llmref.models.DecoderLM` and
 :func:`~llmref.models.make_caches` pick caches by what it ``stores``. (A kind that
@@ -84,7 +84,8 @@ class AttentionKindSpec(Spec):
 
 
 ATTENTION_KINDS: Registry[AttentionKindSpec] = Registry("decoder attention kind", AttentionKindSpec)
-"""Attention kinds a decoder layer can use, name -> :class:`AttentionKindSpec`.
+"""Attention kinds a decoder layer can use, by name, each an
+:class:`~llmref.models.attention_kinds.AttentionKindSpec`.
 
 ``"mha"`` is :class:`~llmref.attention.MultiHeadAttention` with any ``n_kv_heads``
 (so it covers GQA and MQA); ``"gqa"`` and ``"mqa"`` are the same module that also
