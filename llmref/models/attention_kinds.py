@@ -1,8 +1,9 @@
 """The decoder's attention kinds: one spec per kind, read by the config, the blocks and the caches.
 
 Adding a kind is one :meth:`~llmref.Registry.add` of an
-:class:`~llmref.models.attention_kinds.AttentionKindSpec` here (or in a user's module): :class:`~llmref.models.DecoderConfig` validates a
-layer against the spec's declared constraints, :class:`~llmref.models.DecoderBlock`
+:class:`~llmref.models.attention_kinds.AttentionKindSpec` here (or in a user's
+module): :class:`~llmref.models.DecoderConfig` validates a layer against the
+spec's declared constraints, :class:`~llmref.models.DecoderBlock`
 builds the module with its ``fn``, and :class:`~llmref.models.DecoderLM` and
 :func:`~llmref.models.make_caches` pick caches by what it ``stores``. (A kind that
 needs sizes of its own, as MLA does, also needs a field of
