@@ -168,7 +168,7 @@ class MoEConfig:
             "routed_scaling_factor",
             check_positive_float("routed_scaling_factor", self.routed_scaling_factor),
         )
-        if ROUTERS[self.topk_method].meta.get("grouped"):
+        if ROUTERS[self.topk_method].grouped:
             if self.n_group is None or self.topk_group is None:
                 raise ValueError(f"topk_method={self.topk_method!r} needs n_group and topk_group")
             check_int("n_group", self.n_group, minimum=1)
