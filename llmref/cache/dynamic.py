@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_int
 from ._registry import CACHES, CacheSpec
 from .base import KVCache, check_same_layout
 
@@ -70,6 +71,52 @@ class DynamicCache(KVCache):
         if old is not None:
             new[:, :, : self._len] = old[:, :, : self._len]
         return new
+
+    def crop(self, length: int) -> None:
+        """Keep only the first ``length`` token slots, dropping the newest ones.
+
+        What speculative decoding needs after a verification pass: the keys and
+        values of rejected draft tokens are removed, so the next update appends
+        where the accepted tokens end. The buffer keeps its capacity. The
+        dropped slots must be real tokens (left padding is never dropped:
+        ``length`` at least the padding of the longest-padded row).
+
+        Parameters
+        ----------
+        length : int
+            Token slots to keep, ``0 <= length <= len(self)``.
+
+        Raises
+        ------
+        TypeError
+            If ``length`` is not an int.
+        ValueError
+            If ``length`` is negative, longer than the cache, or would drop
+            padding slots.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from llmref.cache import DynamicCache
+        >>> cache = DynamicCache()
+        >>> _ = cache.update(torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8))
+        >>> cache.crop(4)
+        >>> len(cache), cache.key_positions.tolist(), cache.positions_for(1).tolist()
+        (4, [[0, 1, 2, 3]], [[4]])
+        """
+        length = check_int("length", length, minimum=0)
+        if length > self._len:
+            raise ValueError(f"length must be <= the {self._len} tokens held, got {length}")
+        dropped = self._len - length
+        if dropped and bool((self.key_positions[:, length:] < 0).any()):
+            raise ValueError(
+                f"length must keep every padding slot (crop drops real tokens only), got {length}"
+            )
+        self.key_positions = self.key_positions[:, :length]
+        if self._next is not None:
+            self._next = self._next - dropped
+        self._len = length
+        self.seen_tokens -= dropped
 
     def __len__(self) -> int:
         return self._len
