@@ -68,7 +68,7 @@ def naive_moe(x, layer):
 
 @pytest.mark.parametrize("method", list(ROUTERS))
 def test_moe_equals_the_naive_loop(method):
-    grouped = ROUTERS[method].meta.get("grouped")
+    grouped = ROUTERS[method].grouped
     cfg = MoEConfig(
         n_experts=8,
         top_k=3,
