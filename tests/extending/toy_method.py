@@ -16,8 +16,7 @@ import torch
 
 from llmref.quant import METHODS, MethodSpec, QuantizedTensor
 from llmref.quant.formats import int_tensor_from_codes
-from llmref.quant.methods.base import check_inputs, check_weight, int_format_bits
-from llmref.quant.methods.base import method_group_size
+from llmref.quant.methods.base import check_inputs, check_weight, int_format_bits, method_group_size
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,9 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ...quant import FORMATS, QuantizedTensor, QuantLinear, dequantize, quantize, rtn
-from ...quant.formats import int_codes
-from ...quant.kernels import KERNELS, KernelSpec, activation_semantics, int8_vectorwise_quant
+from ...quant import FORMATS, QuantizedTensor, QuantLinear, quantize, rtn
+from ...quant.kernels import KernelSpec, activation_semantics, int8_vectorwise_quant
 from ...quant.methods.base import MethodSpec
 from ...quant.registry import FormatSpec
 from ..equality import assert_identical, assert_within, matmul_scale
@@ -131,9 +130,7 @@ def check_format_round_trip(spec: FormatSpec, seed: int = 0) -> None:
             f"format {spec.name!r}: shape {shape} not kept"
         )
     zeros = torch.zeros(2, x.shape[-1])
-    assert_identical(
-        _dq(spec, _q(spec, zeros)), zeros, what=f"format {spec.name!r} on zeros"
-    )
+    assert_identical(_dq(spec, _q(spec, zeros)), zeros, what=f"format {spec.name!r} on zeros")
 
 
 def check_format_packing(spec: FormatSpec, seed: int = 0) -> None:
@@ -285,7 +282,7 @@ def check_weight_method(spec: MethodSpec, seed: int = 0, *, margin: float = METH
     assert isinstance(qt, QuantizedTensor) and qt.shape == w.shape, (
         f"method {spec.name!r} must return a QuantizedTensor of the weight's shape"
     )
-    act = {k: qt.options[k] for k in ("act_quant", "threshold") if k in qt.options}
+    act: dict[str, Any] = {k: qt.options[k] for k in ("act_quant", "threshold") if k in qt.options}
     base = rtn(w, fmt=fmt)
     base = QuantizedTensor(base.fmt, base.shape, base.dtype, base.tensors, {**base.options, **act})
     ours, theirs = _output_mse(qt, w, held_out), _output_mse(base, w, held_out)
