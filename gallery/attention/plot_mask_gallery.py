@@ -44,6 +44,10 @@ examples = {
         "sliding_window_mask(16, window=4)",
         lambda: MASKS["sliding_window"](T, window=4),
     ),
+    "local_window": (
+        "local_window_mask(16, window_size=(3, 2))",
+        lambda: MASKS["local_window"](T, window_size=(3, 2)),
+    ),
     "dilated": (
         "dilated_mask(16, window=4, dilation=2)",
         lambda: MASKS["dilated"](T, window=4, dilation=2),

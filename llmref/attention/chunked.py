@@ -27,7 +27,7 @@ from .._checks import (
     resolve_scale,
 )
 from .functional import ATTENTION
-from .masks import causal_mask
+from .masks import causal_mask, causal_offset
 
 __all__ = ["chunked_attention"]
 
@@ -82,9 +82,11 @@ class _Tiles:
     ``(B|1, H_kv|1, G|1, T|1, S|1)``, are applied through a 5-D view of the tile.
     """
 
-    def __init__(self, shapes, scale, softcap, bias5, mask5, is_causal, block_q, block_k):
+    def __init__(self, shapes, scale, softcap, bias5, mask5, is_causal, block_q, block_k, offset=0):
         self.shapes, self.scale, self.softcap = shapes, scale, softcap
         self.bias5, self.mask5, self.is_causal = bias5, mask5, is_causal
+        # Causal: query i sees keys j <= i + offset (0 top-left, S - T bottom-right).
+        self.offset = offset
         self.block_q, self.block_k = block_q, block_k
         # Scores are in units of `unit` natural-log units: the forward pass works in base 2
         # (unit = log2 e), the backward in base e (unit = 1); `alpha` = scale * unit.
@@ -116,7 +118,7 @@ class _Tiles:
     def key_blocks(self, qs: int, qe: int):
         S = self.shapes.key_len
         for ks in range(0, S, self.block_k):
-            if self.is_causal and ks > qe - 1:
+            if self.is_causal and ks > qe - 1 + self.offset:
                 return  # every later key is in the future of every query in the block
             if self.mask_tile(qs, ks)[0]:
                 yield ks, min(ks + self.block_k, S)
@@ -127,7 +129,8 @@ class _Tiles:
         key = (qe - qs, ke - ks, qs - ks, dtype)
         if key not in self._causal_cache:
             G = self.shapes.heads // self.shapes.kv_heads
-            hidden = ~causal_mask(qe - qs, ke - ks, offset=qs - ks, device=device)
+            shift = qs - ks + self.offset
+            hidden = ~causal_mask(qe - qs, ke - ks, offset=shift, device=device)
             tile = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill_(
                 hidden, _NEG_INF
             )
@@ -144,7 +147,7 @@ class _Tiles:
         causal diagonal are masked; without softcapping their ``-inf`` entries come with
         the matmul (``baddbmm`` from a cached additive tile).
         """
-        future = self.is_causal and ke - 1 > qs  # some key is in some row's future
+        future = self.is_causal and ke - 1 > qs + self.offset  # some key in some row's future
         kt = kb.transpose(1, 2)
         if future and self.softcap is None:
             future_tile = self._future(qs, qe, ks, ke, qb.device, qb.dtype)
@@ -418,7 +421,7 @@ def _block_sizes(block_size: object) -> tuple[int, int]:
     paper="dao2022flashattention",
     reference="naive_attention",
     third_party="torch.nn.functional.scaled_dot_product_attention",
-    features=frozenset({"bias", "softcap", "sinks"}),
+    features=frozenset({"bias", "softcap", "sinks", "causal_alignment"}),
     auto_order=1,
 )
 def chunked_attention(
@@ -432,6 +435,7 @@ def chunked_attention(
     bias: torch.Tensor | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    causal_alignment: str = "top_left",
     block_size: int | tuple[int, int] = 256,
     return_lse: bool = False,
 ) -> Any:
@@ -457,8 +461,9 @@ def chunked_attention(
         forward and backward, so sliding windows and block-sparse layouts cost
         only the tiles they touch.
     is_causal : bool, default False
-        Top-left aligned causal mask (as in SDPA); tiles entirely in the future
-        are skipped, which halves the work.
+        Causal mask aligned as ``causal_alignment`` says; tiles entirely in
+        the future are skipped in either alignment, which halves the work of
+        a square prefill.
     scale : float, optional
         Score scale; defaults to ``1 / sqrt(D)``.
     bias : torch.Tensor, optional
@@ -469,6 +474,10 @@ def chunked_attention(
     sinks : torch.Tensor, optional
         Learned per-head sink logits of shape ``(H,)``: an extra softmax entry
         with no value (gpt-oss), which lets a head attend to "nothing".
+    causal_alignment : {"top_left", "bottom_right"}, default "top_left"
+        As in :func:`~llmref.attention.naive_attention`: SDPA's alignment
+        (``CausalVariant.UPPER_LEFT``) or FlashAttention's
+        (``CausalVariant.LOWER_RIGHT``, the queries are the last ``T`` keys).
     block_size : int or tuple of int, default 256
         Tile size, or ``(block_q, block_k)``. Any size >= 1; the last tile may
         be partial. A speed knob only: tiles of ``B * H * block_q * block_k``
@@ -537,6 +546,8 @@ def chunked_attention(
         check_sinks(sinks, shapes, q.device)
     cap = None if softcap is None else check_positive_float("softcap", softcap)
     block_q, block_k = _block_sizes(block_size)
-    tiles = _Tiles(shapes, s, cap, None, _grouped(mask, shapes), bool(is_causal), block_q, block_k)
+    offset = causal_offset(causal_alignment, shapes.query_len, shapes.key_len)
+    mask5 = _grouped(mask, shapes)
+    tiles = _Tiles(shapes, s, cap, None, mask5, bool(is_causal), block_q, block_k, offset)
     out, lse = _ChunkedAttention.apply(q, k, v, bias, sinks, tiles)
     return (out, lse) if return_lse else out

@@ -27,6 +27,7 @@ from .._checks import (
     resolve_scale,
 )
 from .functional import ATTENTION
+from .masks import causal_offset
 
 __all__ = ["flex_attention"]
 
@@ -50,7 +51,7 @@ def _full(x: torch.Tensor, shapes: AttentionShapes) -> torch.Tensor:
     paper="dong2024flex",
     reference="naive_attention",
     third_party="torch.nn.attention.flex_attention.flex_attention",
-    features=frozenset({"bias", "softcap"}),
+    features=frozenset({"bias", "softcap", "causal_alignment"}),
     backward_on_cpu=False,  # PyTorch's FlexAttention has no CPU backward
 )
 def flex_attention(
@@ -63,6 +64,7 @@ def flex_attention(
     scale: float | None = None,
     bias: torch.Tensor | None = None,
     softcap: float | None = None,
+    causal_alignment: str = "top_left",
     mask_mod: Callable[..., torch.Tensor] | None = None,
     block_size: int = 128,
     compiled: bool = False,
@@ -78,7 +80,8 @@ def flex_attention(
         Boolean mask broadcasting to ``(B, H, T, S)``; ``True`` = may attend.
         Turned into a ``mask_mod`` that indexes it.
     is_causal : bool, default False
-        Top-left aligned causal mask, combined with the others by AND.
+        Causal mask aligned as ``causal_alignment`` says, combined with the
+        others by AND (as the ``mask_mod`` ``kv_idx <= q_idx + offset``).
     scale : float, optional
         Score scale; defaults to ``1 / sqrt(D)``.
     bias : torch.Tensor, optional
@@ -87,6 +90,10 @@ def flex_attention(
     softcap : float, optional
         Logit softcapping ``softcap * tanh(s / softcap)`` in the ``score_mod``,
         before the bias.
+    causal_alignment : {"top_left", "bottom_right"}, default "top_left"
+        As in :func:`~llmref.attention.naive_attention`: SDPA's alignment
+        (``CausalVariant.UPPER_LEFT``, offset 0) or FlashAttention's
+        (``CausalVariant.LOWER_RIGHT``, offset ``S - T``).
     mask_mod : callable, optional
         A FlexAttention ``mask_mod(b, h, q_idx, kv_idx) -> bool`` (for example
         from :func:`~llmref.attention.as_mask_mod`), combined with the others
@@ -137,8 +144,9 @@ def flex_attention(
     if mask is not None:
         dense = _full(check_mask(mask, shapes, q.device), shapes)
         mods.append(lambda b, h, qi, kv: dense[b, h, qi, kv])
+    offset = causal_offset(causal_alignment, shapes.query_len, shapes.key_len)
     if is_causal:
-        mods.append(lambda b, h, qi, kv: kv <= qi)
+        mods.append(lambda b, h, qi, kv: kv <= qi + offset)
     if mask_mod is not None:
         if not callable(mask_mod):
             raise TypeError(f"mask_mod must be callable, got {type(mask_mod).__name__}")

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 from .._checks import (
     check_bias,
@@ -25,12 +26,12 @@ from .._checks import (
 )
 from .._registry import Registry, Spec
 from ..position._registries import legacy_meta
-from .masks import causal_mask
+from .masks import causal_mask, causal_offset
 
 __all__ = ["ATTENTION", "AttentionBackendSpec", "attention", "naive_attention", "sdpa_attention"]
 
 #: The optional keywords a backend may support beyond ``mask``, ``is_causal`` and ``scale``.
-FEATURES = frozenset({"bias", "softcap", "sinks"})
+FEATURES = frozenset({"bias", "softcap", "sinks", "causal_alignment"})
 #: Where the additive bias enters a backend (:attr:`AttentionBackendSpec.bias_precision`).
 BIAS_PRECISIONS = ("compute", "input")
 
@@ -47,8 +48,10 @@ class AttentionBackendSpec(Spec):
         ``fn(q, k, v, *, mask=None, is_causal=False, scale=None, **features)``
         returning ``(B, H, T, Dv)`` in ``q``'s dtype.
     features : frozenset of str
-        The optional keywords ``fn`` supports, among ``"bias"``, ``"softcap"``
-        and ``"sinks"``; :func:`attention` refuses the others by name.
+        The optional keywords ``fn`` supports, among ``"bias"``, ``"softcap"``,
+        ``"sinks"`` and ``"causal_alignment"`` (taking ``"bottom_right"``
+        besides the default ``"top_left"``); :func:`attention` refuses the
+        others by name.
     exact : bool, default True
         Whether every result equals :func:`naive_attention`'s under the equality
         policy (:mod:`llmref.testing.equality`) on every input the backend
@@ -79,7 +82,7 @@ class AttentionBackendSpec(Spec):
     >>> from llmref.attention import ATTENTION
     >>> spec = ATTENTION["sdpa"]
     >>> sorted(spec.features), spec.bias_precision, spec.auto_order
-    (['bias'], 'input', 0)
+    (['bias', 'causal_alignment'], 'input', 0)
     """
 
     primary: ClassVar[str | None] = "fn"
@@ -163,12 +166,18 @@ dispatches to them by name, and ``"auto"`` tries them in ``auto_order``.
 
 
 def _combined_mask(
-    mask: torch.Tensor | None, is_causal: bool, T: int, S: int, device: torch.device
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    T: int,
+    S: int,
+    device: torch.device,
+    causal_alignment: str = "top_left",
 ) -> torch.Tensor | None:
-    """AND a user mask with the (top-left aligned) causal mask."""
+    """AND a user mask with the causal mask of the given alignment."""
+    offset = causal_offset(causal_alignment, T, S)  # validates the name even without is_causal
     if not is_causal:
         return mask
-    causal = causal_mask(T, S, device=device)
+    causal = causal_mask(T, S, offset=offset, device=device)
     return causal if mask is None else mask & causal
 
 
@@ -177,7 +186,7 @@ def _combined_mask(
     paper="vaswani2017attention",
     reference="naive_attention",
     third_party="torch.nn.functional.scaled_dot_product_attention",
-    features=frozenset({"bias", "softcap", "sinks"}),
+    features=frozenset({"bias", "softcap", "sinks", "causal_alignment"}),
     auto_order=2,
 )
 def naive_attention(
@@ -191,6 +200,7 @@ def naive_attention(
     bias: torch.Tensor | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    causal_alignment: str = "top_left",
     return_weights: bool = False,
 ) -> Any:
     """Attention computed exactly as written: ``softmax(q k^T * scale) v``.
@@ -212,8 +222,8 @@ def naive_attention(
     mask : torch.Tensor, optional
         Boolean mask broadcasting to ``(B, H, T, S)``; ``True`` = may attend.
     is_causal : bool, default False
-        Apply the causal mask ``causal_mask(T, S)`` (top-left aligned, like
-        SDPA). Combined with ``mask`` by logical AND.
+        Apply the causal mask ``causal_mask(T, S, offset=...)`` of
+        ``causal_alignment``. Combined with ``mask`` by logical AND.
     scale : float, optional
         Score scale; defaults to ``1 / sqrt(D)``. Must be > 0.
     bias : torch.Tensor, optional
@@ -226,6 +236,15 @@ def naive_attention(
         Per-head sink logits of shape ``(H,)``: one extra softmax entry per row
         that has no value, so a head can put probability mass on "nothing"
         (gpt-oss's learned attention sinks).
+    causal_alignment : {"top_left", "bottom_right"}, default "top_left"
+        Where ``is_causal`` puts the diagonal when ``T != S``. ``"top_left"``
+        (SDPA's ``is_causal=True``, PyTorch's
+        ``torch.nn.attention.bias.CausalVariant.UPPER_LEFT``): query ``i``
+        sees keys ``0 .. i``. ``"bottom_right"`` (FlashAttention >= 2.1,
+        ``CausalVariant.LOWER_RIGHT``): the queries are the last ``T`` of
+        ``S`` positions, query ``i`` sees keys ``0 .. i + S - T``; with
+        ``T > S`` the first ``T - S`` rows see nothing (zeros). The same for
+        ``T == S``; ignored without ``is_causal``.
     return_weights : bool, default False
         Also return the attention weights (over the real keys; with ``sinks``
         a row sums to less than 1).
@@ -246,8 +265,8 @@ def naive_attention(
     ValueError
         If an input is not 4-D, batch or head dims disagree, ``H % H_kv != 0``,
         ``mask`` or ``bias`` does not broadcast to ``(B, H, T, S)``, ``sinks`` is
-        not of shape ``(H,)``, or ``scale`` or ``softcap`` is not a finite
-        number > 0.
+        not of shape ``(H,)``, ``scale`` or ``softcap`` is not a finite
+        number > 0, or ``causal_alignment`` is neither name.
 
     Notes
     -----
@@ -289,7 +308,7 @@ def naive_attention(
     if sinks is not None:
         check_sinks(sinks, shapes, q.device)
     cap = None if softcap is None else check_positive_float("softcap", softcap)
-    mask = _combined_mask(mask, is_causal, T, S, q.device)
+    mask = _combined_mask(mask, is_causal, T, S, q.device, causal_alignment)
 
     compute = compute_dtype(q.dtype)
     G = H // H_kv
@@ -329,7 +348,7 @@ def naive_attention(
     paper="dao2022flashattention",
     reference="naive_attention",
     third_party="torch.nn.functional.scaled_dot_product_attention",
-    features=frozenset({"bias"}),
+    features=frozenset({"bias", "causal_alignment"}),
     bias_precision="input",
     auto_order=0,
 )
@@ -342,6 +361,7 @@ def sdpa_attention(
     is_causal: bool = False,
     scale: float | None = None,
     bias: torch.Tensor | None = None,
+    causal_alignment: str = "top_left",
 ) -> torch.Tensor:
     """Attention through :func:`torch.nn.functional.scaled_dot_product_attention`.
 
@@ -367,6 +387,11 @@ def sdpa_attention(
         mask in ``q``'s dtype, so a wider bias is rounded to it first (the
         spec's ``bias_precision="input"``): :func:`attention` does not pick
         this backend for such a call unless asked for ``backend="fast"``.
+    causal_alignment : {"top_left", "bottom_right"}, default "top_left"
+        As in :func:`naive_attention`. Bottom-right alone goes to SDPA as
+        PyTorch's ``torch.nn.attention.bias.causal_lower_right(T, S)``
+        (``CausalVariant.LOWER_RIGHT``) when ``T <= S``; with a mask, a bias
+        or ``T > S`` (which PyTorch warns gives NaN rows) as a dense mask.
 
     Returns
     -------
@@ -401,10 +426,14 @@ def sdpa_attention(
         check_mask(mask, shapes, q.device)
     if bias is not None:
         check_bias(bias, shapes, q.device)
-    if mask is not None or bias is not None:
-        mask = _combined_mask(mask, is_causal, shapes.query_len, shapes.key_len, q.device)
-        is_causal = False
-    attn_mask = mask
+    T, S = shapes.query_len, shapes.key_len
+    lower_right = is_causal and causal_offset(causal_alignment, T, S) != 0
+    if mask is not None or bias is not None or (lower_right and T > S):
+        mask = _combined_mask(mask, is_causal, T, S, q.device, causal_alignment)
+        is_causal = lower_right = False
+    attn_mask: Any = mask
+    if lower_right:  # T < S: PyTorch's own bottom-right causal bias
+        attn_mask, is_causal = causal_lower_right(T, S), False
     if bias is not None:
         attn_mask = bias.to(q.dtype)
         if mask is not None:
@@ -502,6 +531,7 @@ def attention(
     bias: torch.Tensor | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    causal_alignment: str = "top_left",
     backend: str = "auto",
 ) -> torch.Tensor:
     """Scaled dot-product attention through a chosen backend, exact by default.
@@ -518,7 +548,8 @@ def attention(
     mask : torch.Tensor, optional
         Boolean mask broadcasting to ``(B, H, T, S)``; ``True`` = may attend.
     is_causal : bool, default False
-        Top-left aligned causal mask (see :func:`~llmref.attention.causal_mask`).
+        Causal mask aligned as ``causal_alignment`` says (see
+        :func:`~llmref.attention.causal_mask`).
     scale : float, optional
         Score scale; defaults to ``1 / sqrt(D)``.
     bias : torch.Tensor, optional
@@ -529,6 +560,16 @@ def attention(
         Logit softcapping ``softcap * tanh(s / softcap)`` (Gemma 2).
     sinks : torch.Tensor, optional
         Per-head sink logits of shape ``(H,)`` (gpt-oss).
+    causal_alignment : {"top_left", "bottom_right"}, default "top_left"
+        ``"top_left"``: SDPA's ``is_causal`` (PyTorch's
+        ``torch.nn.attention.bias.CausalVariant.UPPER_LEFT``), query ``i``
+        sees keys ``0 .. i``. ``"bottom_right"``: FlashAttention's (>= 2.1)
+        ``causal=True`` (``CausalVariant.LOWER_RIGHT``), the queries are the
+        last ``T`` positions, so query ``i`` sees keys ``0 .. i + S - T``:
+        ``causal_mask(T, S, offset=S - T)``. Every built-in backend takes
+        both and the chunked one skips the hidden tiles of either; a
+        backend without the ``"causal_alignment"`` feature is refused for
+        ``"bottom_right"``.
     backend : str, default "auto"
         ``"auto"``: the first backend, in the static order ``"sdpa"``,
         ``"chunked"``, ``"naive"`` (:attr:`AttentionBackendSpec.auto_order`),
@@ -570,11 +611,14 @@ def attention(
     >>> torch.allclose(a, b, atol=1e-6)
     True
     """
-    extra = {
+    extra: dict[str, Any] = {
         key: value
         for key, value in (("bias", bias), ("softcap", softcap), ("sinks", sinks))
         if value is not None
     }
+    if causal_alignment != "top_left":  # the default goes to every backend, named or not
+        causal_offset(causal_alignment, 0, 0)
+        extra["causal_alignment"] = causal_alignment
     bias_dtype = bias.dtype if isinstance(bias, torch.Tensor) else None
     q_dtype = q.dtype if isinstance(q, torch.Tensor) else None
     name = resolve_backend(backend, set(extra), dtype=q_dtype, bias_dtype=bias_dtype)

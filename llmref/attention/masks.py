@@ -31,14 +31,19 @@ __all__ = [
     "block_sparse_mask",
     "block_topk_layout",
     "causal_mask",
+    "causal_offset",
     "dilated_mask",
     "document_mask",
+    "local_window_mask",
     "prefix_lm_mask",
     "sink_mask",
     "sliding_window_mask",
 ]
 
 MaskMod = Callable[[Any, Any, torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: The two ways to align a causal mask when ``T != S`` (see :func:`causal_offset`).
+CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,6 +115,42 @@ def _dense(mask_mod: MaskMod, T: int, S: int, device: torch.device | str | None)
     return mask_mod(0, 0, q_idx, kv_idx).expand(T, S)
 
 
+def causal_offset(causal_alignment: str, T: int, S: int) -> int:
+    """The ``offset`` of :func:`causal_mask` that a causal alignment stands for.
+
+    Parameters
+    ----------
+    causal_alignment : {"top_left", "bottom_right"}
+        ``"top_left"``: query 0 sits at key 0 (SDPA's ``is_causal=True``;
+        PyTorch's ``torch.nn.attention.bias.CausalVariant.UPPER_LEFT``).
+        ``"bottom_right"``: the last query sits at the last key, as the
+        ``T`` newest tokens after ``S - T`` cached ones (FlashAttention >= 2.1;
+        ``CausalVariant.LOWER_RIGHT``, ``causal_lower_right``).
+    T, S : int
+        Numbers of queries and keys.
+
+    Returns
+    -------
+    int
+        ``0`` for top-left, ``S - T`` for bottom-right.
+
+    Raises
+    ------
+    ValueError
+        If ``causal_alignment`` is neither name.
+
+    Examples
+    --------
+    >>> causal_offset("top_left", 2, 5), causal_offset("bottom_right", 2, 5)
+    (0, 3)
+    """
+    if causal_alignment not in CAUSAL_ALIGNMENTS:
+        raise ValueError(
+            f"causal_alignment must be one of {CAUSAL_ALIGNMENTS}, got {causal_alignment!r}"
+        )
+    return 0 if causal_alignment == "top_left" else S - T
+
+
 # -- mask_mod factories: the single definition of each mask -----------------------------
 
 
@@ -129,6 +170,31 @@ def _sliding_window_mod(window: int, offset: int = 0) -> MaskMod:
     def mask_mod(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         distance = q_idx + offset - kv_idx
         return (distance >= 0) & (distance < window)
+
+    return mask_mod
+
+
+def _window_side(name: str, value: object) -> int | None:
+    """One side of a FlashAttention ``window_size``: ``-1`` (unbounded) becomes None."""
+    side = check_int(name, value, minimum=-1)
+    return None if side == -1 else side
+
+
+def _local_window_mod(window_size: tuple[int, int], offset: int = 0) -> MaskMod:
+    if not isinstance(window_size, tuple | list) or len(window_size) != 2:
+        raise ValueError(f"window_size must be a pair (left, right), got {window_size!r}")
+    left = _window_side("window_size[0]", window_size[0])
+    right = _window_side("window_size[1]", window_size[1])
+    offset = check_int("offset", offset)
+
+    def mask_mod(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        distance = q_idx + offset - kv_idx  # > 0: the key is in the query's past
+        allowed = torch.ones_like(distance, dtype=torch.bool)
+        if left is not None:
+            allowed = allowed & (distance <= left)
+        if right is not None:
+            allowed = allowed & (distance >= -right)
+        return allowed
 
     return mask_mod
 
@@ -360,6 +426,83 @@ def sliding_window_mask(
     """
     T, S = _lengths(T, S)
     return _dense(_sliding_window_mod(window, offset), T, S, device)
+
+
+@MASKS.register(
+    "local_window",
+    paper="beltagy2020longformer",
+    mask_mod=_local_window_mod,
+    third_party="flash_attn.flash_attn_func(window_size=...)",
+)
+def local_window_mask(
+    T: int,
+    S: int | None = None,
+    *,
+    window_size: tuple[int, int],
+    offset: int = 0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Two-sided local window: query ``i`` sees the keys from ``left`` before to ``right`` after it.
+
+    FlashAttention's ``window_size=(left, right)`` as a mask; ``-1`` leaves a
+    side unbounded.
+
+    Parameters
+    ----------
+    T : int
+        Number of queries.
+    S : int, optional
+        Number of keys; defaults to ``T``.
+    window_size : tuple of int
+        ``(left, right)``: how many keys before and after the query's own
+        position it sees (each >= 0, or -1 for no limit on that side).
+        ``(-1, -1)`` allows everything; ``(left, 0)`` is causal.
+    offset : int, default 0
+        Position of query 0 among the keys (see :func:`causal_mask`).
+        FlashAttention aligns its window bottom-right, like its causal mask
+        (its ``causal=True`` is ``window_size=(-1, 0)``): its
+        ``window_size=(l, r)`` is ``local_window_mask(T, S, window_size=(l, r),
+        offset=S - T)``.
+    device : torch.device or str, optional
+        Device of the returned mask.
+
+    Returns
+    -------
+    torch.Tensor
+        Boolean tensor of shape ``(T, S)``.
+
+    Raises
+    ------
+    TypeError
+        If a size is not an int.
+    ValueError
+        If ``window_size`` is not a pair, a side is below -1, or a length is
+        negative.
+
+    Notes
+    -----
+    With :math:`p_i = i + \\text{offset}`,
+    :math:`M_{ij} = [\\, p_i - \\text{left} \\le j \\le p_i + \\text{right} \\,]`,
+    a bound dropped where its side is -1. FlashAttention's kernels read a
+    side of -1 (or one >= S) as S, which is the same. ``window_size=(w - 1, 0)``
+    is :func:`sliding_window_mask` with ``window=w``. Rows whose window holds
+    no key (possible when ``T > S`` or with a negative offset) are fully
+    masked; attention in llmref returns zeros for them.
+
+    References
+    ----------
+    :cite:t:`beltagy2020longformer`, :cite:t:`dao2024flashattention2`
+
+    Examples
+    --------
+    >>> local_window_mask(4, 6, window_size=(1, 1), offset=2).int()
+    tensor([[0, 1, 1, 1, 0, 0],
+            [0, 0, 1, 1, 1, 0],
+            [0, 0, 0, 1, 1, 1],
+            [0, 0, 0, 0, 1, 1]], dtype=torch.int32)
+    """
+    T, S = _lengths(T, S)
+    return _dense(_local_window_mod(window_size, offset), T, S, device)
 
 
 @MASKS.register("dilated", paper="ding2023longnet", mask_mod=_dilated_mod)

@@ -17,6 +17,7 @@ from llmref.attention import (
     causal_mask,
     dilated_mask,
     document_mask,
+    local_window_mask,
     prefix_lm_mask,
     sink_mask,
     sliding_window_mask,
@@ -46,6 +47,33 @@ def ref_dilated(T, S, window, dilation, offset=0):
         return j in {p - n * dilation for n in range(window)}
 
     return loop_mask(T, S, allowed)
+
+
+def ref_local(T, S, left, right, offset=0):
+    # keys from `left` before to `right` after the query's position; -1 = no bound
+    def allowed(i, j):
+        p = i + offset
+        return (left == -1 or j >= p - left) and (right == -1 or j <= p + right)
+
+    return loop_mask(T, S, allowed)
+
+
+def ref_local_flash(T, S, left, right):
+    """FlashAttention's ``construct_local_mask`` (tests/test_flash_attn.py, no padding):
+    it returns the *hidden* entries, bottom-right aligned (``sk - sq = S - T``). Its kernels
+    (flash_api.cpp) read a side of -1 as ``seqlen_k`` when the other side is >= 0; the test
+    function does not, so that reading is applied here first."""
+    if left >= 0 and right < 0:
+        right = S
+    if left < 0 and right >= 0:
+        left = S
+
+    def hidden(i, j):
+        if left < 0:  # both unbounded: the kernels' (-1, -1), the test's `col > row + sk - sq - 1`
+            return False
+        return j > min(i + S - T + right, S) or j < i + S - T - left
+
+    return loop_mask(T, S, lambda i, j: not hidden(i, j))
 
 
 def ref_prefix(T, S, prefix_len, offset=0):
@@ -85,6 +113,31 @@ CASES = {
     "dilated": [
         (T, S, {"window": w, "dilation": d, "offset": o}, ref_dilated(T, S, w, d, o))
         for T, S, w, d, o in [(9, 9, 3, 2, 0), (9, 9, 2, 1, 0), (4, 12, 3, 3, 8)]
+    ],
+    "local_window": [
+        (T, S, {"window_size": (a, b), "offset": o}, ref_local(T, S, a, b, o))
+        for T, S, a, b, o in [
+            (8, 8, 2, 1, 0),
+            (8, 8, 0, 0, 0),
+            (8, 8, -1, 2, 0),
+            (3, 10, 4, -1, 7),
+            (6, 9, 1, 1, -2),
+            (6, 6, -1, -1, 0),
+        ]
+    ]
+    + [  # FlashAttention's window_size=(a, b) is bottom-right aligned: offset = S - T
+        (T, S, {"window_size": (a, b), "offset": S - T}, ref_local_flash(T, S, a, b))
+        for T, S, a, b in [
+            (4, 10, 3, -1),
+            (4, 10, -1, 2),
+            (4, 10, 2, 0),
+            (10, 10, 3, 3),
+            (10, 4, 1, 2),
+            (10, 4, 0, 0),
+            (5, 12, -1, -1),
+            (7, 3, 2, 5),
+            (1, 16, 4, 0),
+        ]
     ],
     "prefix_lm": [
         (T, S, {"prefix_len": p, "offset": o}, ref_prefix(T, S, p, o))
@@ -182,6 +235,7 @@ def test_flex_attention_with_every_mask_matches_naive():
     params = {
         "causal": {},
         "sliding_window": {"window": 37},
+        "local_window": {"window_size": (30, 9)},
         "dilated": {"window": 20, "dilation": 3},
         "prefix_lm": {"prefix_len": 50},
         "sink": {"n_sink": 4, "window": 40},
@@ -248,3 +302,54 @@ def test_bad_mask_mod_name_and_topk():
         as_mask_mod("tril")
     with pytest.raises(ValueError, match="topk must be >= 1"):
         block_topk_layout(torch.randn(1, 1, 4, 2), torch.randn(1, 1, 4, 2), block_size=2, topk=0)
+
+
+# -- local_window: FlashAttention's window_size=(left, right) -----------------------------
+
+
+@pytest.mark.parametrize("T,S,window", [(8, 8, 1), (8, 8, 3), (4, 11, 5), (6, 6, 10)])
+def test_local_window_left_only_is_the_sliding_window(T, S, window):
+    offset = S - T
+    got = local_window_mask(T, S, window_size=(window - 1, 0), offset=offset)
+    assert torch.equal(got, sliding_window_mask(T, S, window=window, offset=offset))
+    # (-1, 0) is FlashAttention's causal=True: bottom-right causal
+    causal = local_window_mask(T, S, window_size=(-1, 0), offset=offset)
+    assert torch.equal(causal, causal_mask(T, S, offset=offset))
+
+
+@pytest.mark.parametrize("T,S,left,right", [(4, 10, 3, 1), (10, 10, 2, 2), (10, 4, 1, 2)])
+def test_local_window_attention_against_flash_rule_in_float64(T, S, left, right):
+    """Attention through the mask, the flex mask_mod and the chunked kernel equals the float64
+    reference that masks by FlashAttention's own rule; rows the window leaves empty are 0."""
+    from llmref.attention import attention, flex_attention
+
+    g = torch.Generator().manual_seed(T * S + left)
+    q = torch.randn(2, 4, T, 16, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, 2, S, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    ref = textbook_attention(q, k, v, mask=ref_local_flash(T, S, left, right))
+    bound = attention_scale(q, k, v)
+    mask = local_window_mask(T, S, window_size=(left, right), offset=S - T)
+    for backend in ("naive", "sdpa", "chunked", "flex"):
+        out = attention(q, k, v, mask=mask, backend=backend)
+        assert_within(out, ref, scale=bound, what=backend)
+    mod = as_mask_mod("local_window", window_size=(left, right), offset=S - T)
+    assert_within(flex_attention(q, k, v, mask_mod=mod), ref, scale=bound, what="mask_mod")
+    empty = ~ref_local_flash(T, S, left, right).any(-1)
+    assert bool((ref[:, :, empty] == 0).all()) and bool((out[:, :, empty] == 0).all())
+
+
+@pytest.mark.parametrize(
+    "window_size,error,match",
+    [
+        ((2,), ValueError, r"window_size must be a pair \(left, right\), got \(2,\)"),
+        (3, ValueError, r"window_size must be a pair"),
+        ((-2, 0), ValueError, r"window_size\[0\] must be >= -1, got -2"),
+        ((0, -5), ValueError, r"window_size\[1\] must be >= -1, got -5"),
+        ((1.5, 0), TypeError, r"window_size\[0\] must be an int, got float"),
+    ],
+)
+def test_local_window_bad_input(window_size, error, match):
+    with pytest.raises(error, match=match):
+        local_window_mask(4, window_size=window_size)
+    with pytest.raises(error, match=match):
+        as_mask_mod("local_window", window_size=window_size)

@@ -42,6 +42,7 @@ _SHAPES = {
     "gqa": (2, 8, 2, 9, 9, 32, 32),
     "cross": (1, 4, 2, 3, 11, 16, 24),
     "long": (1, 2, 1, 70, 150, 16, 16),  # longer than a block of most tiled kernels
+    "tall": (1, 4, 2, 12, 5, 16, 16),  # more queries than keys: bottom-right hides rows
 }
 
 
@@ -51,6 +52,8 @@ class AttentionCase:
 
     ``bias_dtype`` is the bias's dtype (``None``: no bias; ``"same"``: the
     inputs' dtype). ``masked_rows`` hides query rows 1 and 2 completely.
+    ``bottom_right`` aligns the causal mask bottom-right
+    (``causal_alignment="bottom_right"``, FlashAttention's).
     """
 
     shape: str
@@ -61,11 +64,13 @@ class AttentionCase:
     softcap: float | None = None
     sinks: bool = False
     masked_rows: bool = False
+    bottom_right: bool = False
 
     @property
     def id(self) -> str:
         parts = [self.shape, str(self.dtype).removeprefix("torch.")]
-        parts += ["causal"] * self.causal + ["mask"] * self.mask
+        parts += ["causal"] * self.causal + ["bottom-right"] * self.bottom_right
+        parts += ["mask"] * self.mask
         if self.bias_dtype is not None:
             bias = self.bias_dtype
             parts.append("bias" if bias == "same" else f"bias-{str(bias).removeprefix('torch.')}")
@@ -76,6 +81,7 @@ class AttentionCase:
     def features(self) -> frozenset[str]:
         used = {"bias": self.bias_dtype is not None, "softcap": self.softcap is not None}
         used["sinks"] = self.sinks
+        used["causal_alignment"] = self.bottom_right
         return frozenset(name for name, on in used.items() if on)
 
     def resolved_bias_dtype(self) -> torch.dtype | None:
@@ -96,6 +102,8 @@ class AttentionCase:
         q, k, v = rand(B, H, T, D).to(self.dtype), rand(B, H_kv, S, D), rand(B, H_kv, S, Dv)
         kwargs: dict[str, Any] = {"q": q, "k": k.to(self.dtype), "v": v.to(self.dtype)}
         kwargs["is_causal"] = self.causal
+        if self.bottom_right:  # only then: a backend without the feature takes no such keyword
+            kwargs["causal_alignment"] = "bottom_right"
         mask = None
         if self.mask:
             mask = torch.rand(B, 1, T, S, generator=g) > 0.3
@@ -127,6 +135,9 @@ def _cases() -> list[AttentionCase]:
         cases.append(AttentionCase("gqa", dtype, mask=True, softcap=5.0))
         cases.append(AttentionCase("cross", dtype, sinks=True, causal=True))
         cases.append(AttentionCase("gqa", dtype, mask=True, masked_rows=True))
+        for shape in ("cross", "long", "tall"):
+            cases.append(AttentionCase(shape, dtype, causal=True, bottom_right=True))
+        cases.append(AttentionCase("long", dtype, causal=True, bottom_right=True, mask=True))
         if dtype in LOW_PRECISION:
             # A wider bias than the inputs: the reference adds it in float32.
             cases.append(AttentionCase("cross", dtype, bias_dtype=torch.float32))
@@ -168,7 +179,8 @@ def low_precision_reference(inputs: dict[str, Any], dtype: torch.dtype) -> torch
     mask = inputs.get("mask")
     T, S = scores.shape[-2:]
     if inputs.get("is_causal"):
-        causal = causal_mask(T, S)
+        offset = S - T if inputs.get("causal_alignment") == "bottom_right" else 0
+        causal = causal_mask(T, S, offset=offset)
         mask = causal if mask is None else mask & causal
     if mask is not None:
         scores = scores.masked_fill(~mask, -math.inf)
@@ -212,6 +224,9 @@ def check_case(spec: AttentionBackendSpec, case: AttentionCase) -> None:
     reference = naive_attention(**wide)
     if case.masked_rows and not bool((out[:, :, 1:3] == 0).all()):
         raise AssertionError(f"{what}: fully masked rows are not zero")
+    T, S = out.shape[-2], inputs["k"].shape[-2]
+    if case.causal and case.bottom_right and T > S and not bool((out[:, :, : T - S] == 0).all()):
+        raise AssertionError(f"{what}: the {T - S} rows bottom-right alignment hides are not zero")
     if case.dtype in LOW_PRECISION:
         reference_lp = low_precision_reference(inputs, case.dtype)
         assert_low_precision(out, reference, reference_lp, what=what)
@@ -255,21 +270,24 @@ def check_refuses(spec: AttentionBackendSpec, case: AttentionCase) -> None:
 def check_gradients(spec: AttentionBackendSpec) -> None:
     """Assert a differentiable backend's float64 gradients equal the naive reference's.
 
-    Uses every feature the backend supports at once, on a GQA shape with a mask.
+    Uses every feature the backend supports at once, on a GQA shape with a mask
+    (queries fewer than keys when it takes a bottom-right causal mask).
 
     Raises
     ------
     AssertionError
         Naming the backend and the input whose gradient is off.
     """
+    bottom_right = "causal_alignment" in spec.features
     case = AttentionCase(
-        "gqa",
+        "cross" if bottom_right else "gqa",  # T < S: bottom-right differs from top-left
         torch.float64,
         causal=True,
         mask=True,
         bias_dtype="same" if "bias" in spec.features else None,
         softcap=6.0 if "softcap" in spec.features else None,
         sinks="sinks" in spec.features,
+        bottom_right=bottom_right,
     )
     inputs = case.inputs()
     names = [n for n in ("q", "k", "v", "bias", "sinks") if isinstance(inputs.get(n), torch.Tensor)]
