@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 
-import tests.extending.toy_format  # noqa: F401  (worked example: registers "toy_ternary")
-import tests.extending.toy_kernel  # noqa: F401  (worked example: registers "toy_int8_rows")
-import tests.extending.toy_method  # noqa: F401  (worked example: registers "toy_clip")
-import tests.extending.toy_backend  # noqa: F401  (worked example: registers "toy_two_pass")
-import tests.extending.toy_rope_rule  # noqa: F401  (worked example: registers "toy_truncated")
-import tests.extending.toy_cache  # noqa: F401  (worked example: registers "toy_recent")
 from llmref._cpu import machine_info
+from tests.extending import (
+    toy_attention_kind,  # noqa: F401  (worked example: registers "toy_single_kv")
+    toy_backend,  # noqa: F401  (worked example: registers "toy_two_pass")
+    toy_cache,  # noqa: F401  (worked example: registers "toy_recent")
+    toy_format,  # noqa: F401  (worked example: registers "toy_ternary")
+    toy_kernel,  # noqa: F401  (worked example: registers "toy_int8_rows")
+    toy_method,  # noqa: F401  (worked example: registers "toy_clip")
+    toy_rope_rule,  # noqa: F401  (worked example: registers "toy_truncated")
+)
 
 
 def pytest_report_header() -> list[str]:

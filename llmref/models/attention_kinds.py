@@ -12,8 +12,8 @@ needs sizes of its own, as MLA does, also needs a field of
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
@@ -59,6 +59,14 @@ class AttentionKindSpec(Spec):
         Whether it supports an additive position bias (ALiBi).
     section : str or None
         The :class:`~llmref.models.DecoderConfig` field holding its own sizes.
+    example : dict
+        Further :class:`~llmref.models.DecoderConfig` keywords for a small model
+        of this kind (``n_kv_heads``, its ``section``): what the contract suite
+        (``llmref.testing.contracts.decoder``) builds.
+    traces : bool
+        Whether a decoder of this kind is captured as one graph by
+        ``torch.compile(fullgraph=True)`` (the contract checks it either way: a
+        declared exemption must really break the graph).
 
     Examples
     --------
@@ -82,6 +90,8 @@ class AttentionKindSpec(Spec):
     windows: bool = True
     position_bias: bool = True
     section: str | None = None
+    example: Mapping[str, Any] = field(default_factory=dict)
+    traces: bool = True
 
 
 ATTENTION_KINDS: Registry[AttentionKindSpec] = Registry("decoder attention kind", AttentionKindSpec)
@@ -150,10 +160,10 @@ def _head_dim(config: DecoderConfig) -> int:
     return config.head_dim
 
 
-for _name, _paper, _rule, _words in (
-    ("mha", "vaswani2017attention", None, ""),
-    ("gqa", "ainslie2023gqa", lambda kv, h: 1 < kv < h, "1 < n_kv_heads < n_heads={n_heads}"),
-    ("mqa", "shazeer2019fast", lambda kv, h: kv == 1, "n_kv_heads == 1"),
+for _name, _paper, _rule, _words, _kv in (
+    ("mha", "vaswani2017attention", None, "", 4),
+    ("gqa", "ainslie2023gqa", lambda kv, h: 1 < kv < h, "1 < n_kv_heads < n_heads={n_heads}", 2),
+    ("mqa", "shazeer2019fast", lambda kv, h: kv == 1, "n_kv_heads == 1", 1),
 ):
     ATTENTION_KINDS.add(
         AttentionKindSpec(
@@ -164,6 +174,7 @@ for _name, _paper, _rule, _words in (
             kv_heads=_rule,
             kv_heads_rule=_words,
             rope_dim=_head_dim,
+            example={"n_kv_heads": _kv},
         )
     )
 
@@ -180,5 +191,14 @@ ATTENTION_KINDS.add(
         windows=False,
         position_bias=False,
         section="mla",
+        example={
+            "mla": {
+                "kv_lora_rank": 12,
+                "qk_nope_head_dim": 8,
+                "qk_rope_head_dim": 4,
+                "v_head_dim": 8,
+                "q_lora_rank": 16,
+            }
+        },
     )
 )

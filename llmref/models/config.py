@@ -232,8 +232,9 @@ class DecoderConfig:
         Sliding window per layer (each query sees this many keys, itself
         included, as :func:`~llmref.attention.sliding_window_mask`); ``None``
         is full causal attention.
-    mla : MLAConfig, optional
-        Sizes of the ``"mla"`` layers (required iff one is used).
+    mla : MLAConfig or mapping, optional
+        Sizes of the ``"mla"`` layers (required iff one is used); a mapping is
+        taken as :class:`MLAConfig`'s keywords.
     position : {"rope", "alibi", "nope"}, default "rope"
         Position encoding, by its name in :data:`llmref.position.POSITION`.
     rope_theta : float, default 10000.0
@@ -370,6 +371,9 @@ class DecoderConfig:
         for section, cls in _SECTIONS.items():
             users = [spec.name for spec in kinds if spec.section == section]
             value = getattr(self, section)
+            if isinstance(value, Mapping):  # its keywords, as a config file would give them
+                value = cls(**value)
+                _set(self, section, value)
             if users and not isinstance(value, cls):
                 raise TypeError(
                     f"{section} must be an {cls.__name__} when a layer uses {users[0]!r} "

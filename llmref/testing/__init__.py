@@ -20,6 +20,7 @@ from .equality import (
     attention_scale,
     decisive_steps,
     eps,
+    forward_scale,
     matmul_scale,
 )
 
@@ -36,5 +37,6 @@ __all__ = [
     "attention_scale",
     "decisive_steps",
     "eps",
+    "forward_scale",
     "matmul_scale",
 ]

@@ -28,8 +28,10 @@ The constants below are the only tolerance constants in the test suite.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = [
     "BOUND_FACTOR",
@@ -44,6 +46,7 @@ __all__ = [
     "attention_scale",
     "decisive_steps",
     "eps",
+    "forward_scale",
     "matmul_scale",
 ]
 
@@ -479,3 +482,74 @@ def assert_lower(
             f"{what}: expected {lower:.6g} below {higher:.6g} by at least {margin:.3g}, "
             f"gap {higher - lower:.3g}"
         )
+
+
+class _SummedMagnitude(TorchDispatchMode):
+    """Adds up, over every product a computation runs, the largest magnitude it summed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0.0
+        self._probabilities: dict[int, float] = {}  # softmax output storage -> score bound
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = func.overloadpacket.__name__
+        if name in ("mm", "bmm"):
+            a, b = args[0], args[1]
+            # probabilities times values: the softmax's score rounding times the values
+            factor = self._probabilities.get(a.untyped_storage().data_ptr(), 1.0)
+            self.total += float(matmul_scale(a, b).max()) * factor
+        elif name in ("addmm", "baddbmm"):
+            bias = args[0].detach().to(torch.float64).abs()
+            self.total += float((matmul_scale(args[1], args[2]) + bias).max())
+        elif name in ("_softmax", "_safe_softmax"):
+            x = args[0].detach().to(torch.float64).abs()
+            finite = x.masked_fill(~torch.isfinite(x), 0.0)
+            bound = float(finite.max()) + math.log(max(x.shape[args[1]], 1)) + 1.0
+            self._probabilities[out.untyped_storage().data_ptr()] = bound
+        elif name.startswith("_scaled_dot_product"):
+            q, k, v = args[:3]
+            mask = kwargs.get("attn_mask")
+            bias = mask if mask is not None and mask.is_floating_point() else None
+            scale = attention_scale(q, k, v, scale=kwargs.get("scale"), bias=bias)
+            self.total += float(scale.max())
+        return out
+
+
+def forward_scale(fn: Callable[..., object], *args: object, **kwargs: object) -> float:
+    """The magnitude a deep computation sums, as ``scale`` for :func:`assert_within`.
+
+    Runs ``fn(*args, **kwargs)`` (without gradients) and adds up, over every matrix
+    product in it, the largest ``|a| @ |b|`` (plus ``|bias|``), and over every attention
+    its :func:`~llmref.testing.attention_scale` (an explicit softmax counts its scores'
+    magnitude ``max|s| + log S + 1`` times the values' product). Each product rounds
+    within a few eps of its own magnitude and passes what it received on to the next
+    through normalised layers, so the logits of a whole forward are within
+    ``c * eps * forward_scale`` of the exact ones: the per-layer sum of |x||W| products.
+
+    Parameters
+    ----------
+    fn : callable
+        The computation (a model, a layer, a function of tensors).
+    *args, **kwargs
+        Its inputs.
+
+    Returns
+    -------
+    float
+        The summed magnitude.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from llmref.testing import forward_scale
+    >>> a, b = torch.ones(2, 3), torch.full((3, 4), 2.0)
+    >>> forward_scale(torch.mm, a, b)  # one product: sum_k |a||b| = 3 * 2
+    6.0
+    """
+    mode = _SummedMagnitude()
+    with torch.no_grad(), mode:
+        fn(*args, **kwargs)
+    return mode.total

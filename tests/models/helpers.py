@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from llmref.models import DecoderConfig, DecoderLM, MLAConfig, MoEConfig
 from llmref.testing import (
     BOUND_FACTOR,
     assert_within,
-    attention_scale,
     decisive_steps,
     eps,
-    matmul_scale,
+    forward_scale,
 )
 
 VOCAB = 96
@@ -70,57 +66,6 @@ def make_model(variant: str, *, dtype=torch.float64, seed=0) -> DecoderLM:
 
 def transformers_or_skip():
     return pytest.importorskip("transformers")
-
-
-class _SummedMagnitude(TorchDispatchMode):
-    """Adds up, over every product a computation runs, the largest magnitude it summed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0.0
-        self._probabilities: dict[int, float] = {}  # softmax output storage -> score bound
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        name = func.overloadpacket.__name__
-        if name in ("mm", "bmm"):
-            a, b = args[0], args[1]
-            # probabilities times values: the softmax's score rounding times the values
-            factor = self._probabilities.get(a.untyped_storage().data_ptr(), 1.0)
-            self.total += float(matmul_scale(a, b).max()) * factor
-        elif name in ("addmm", "baddbmm"):
-            bias = args[0].detach().to(torch.float64).abs()
-            self.total += float((matmul_scale(args[1], args[2]) + bias).max())
-        elif name in ("_softmax", "_safe_softmax"):
-            x = args[0].detach().to(torch.float64).abs()
-            finite = x.masked_fill(~torch.isfinite(x), 0.0)
-            bound = float(finite.max()) + math.log(max(x.shape[args[1]], 1)) + 1.0
-            self._probabilities[out.untyped_storage().data_ptr()] = bound
-        elif name.startswith("_scaled_dot_product"):
-            q, k, v = args[:3]
-            mask = kwargs.get("attn_mask")
-            bias = mask if mask is not None and mask.is_floating_point() else None
-            scale = attention_scale(q, k, v, scale=kwargs.get("scale"), bias=bias)
-            self.total += float(scale.max())
-        return out
-
-
-def forward_scale(fn, *args, **kwargs) -> float:
-    """The magnitude a deep computation sums, as ``scale`` for ``assert_within``.
-
-    Runs ``fn(*args, **kwargs)`` (without gradients) and adds up, over every matrix
-    product in it, the largest ``|a| @ |b|`` (plus ``|bias|``), and over every attention
-    its :func:`~llmref.testing.attention_scale` (an explicit softmax counts its scores'
-    magnitude ``max|s| + log S + 1`` times the values' product). Each product rounds
-    within a few eps of its own magnitude and passes what it received on to the next
-    through normalised layers, so the logits of a whole forward are within
-    ``c * eps * forward_scale`` of the exact ones: the per-layer sum of |x||W| products.
-    """
-    mode = _SummedMagnitude()
-    with torch.no_grad(), mode:
-        fn(*args, **kwargs)
-    return mode.total
 
 
 def float64_twin(model: DecoderLM) -> DecoderLM:

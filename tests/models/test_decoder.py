@@ -274,7 +274,7 @@ def _cross_configs():
         for position in POSITIONS:
             for window in (None, 3):
                 kw = dict(attention=attention, position=position, window=window)
-                kw["n_kv_heads"] = {"mha": 4, "gqa": 2, "mqa": 1, "mla": None}[attention]
+                kw.update(ATTENTION_KINDS[attention].example)  # n_kv_heads, its section
                 if attention == "mla":
                     kw.update(mla=MLA, rope_layout="interleaved")
                 try:
