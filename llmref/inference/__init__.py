@@ -13,7 +13,9 @@ in transformers' order and :func:`sample` draws from the result.
 :class:`LanguageModel` (such as :class:`~llmref.models.DecoderLM`). The package sits
 below :mod:`llmref.models` (whose :func:`~llmref.models.generate` samples with these
 rules and delegates ``num_beams > 1`` to :func:`beam_search`), so it calls models only
-through that protocol.
+through that protocol. :func:`speculative_generate` decodes from a target model with a
+cheaper draft (a small model, the target's first layers by :func:`early_exit_draft`, or a
+quantized copy), exactly: its output distribution is the target's.
 """
 
 from .beam import beam_search
@@ -21,6 +23,13 @@ from .config import SamplingConfig
 from .penalties import presence_frequency_penalty, repetition_penalty
 from .protocol import LanguageModel, check_language_model
 from .sampling import apply_temperature, process_logits, sample
+from .speculative import (
+    CachedLanguageModel,
+    SpeculativeStats,
+    dynamic_caches,
+    early_exit_draft,
+    speculative_generate,
+)
 from .truncation import (
     TRUNCATION,
     TruncationSpec,
@@ -34,12 +43,16 @@ from .truncation import (
 
 __all__ = [
     "TRUNCATION",
+    "CachedLanguageModel",
     "LanguageModel",
     "SamplingConfig",
+    "SpeculativeStats",
     "TruncationSpec",
     "apply_temperature",
     "beam_search",
     "check_language_model",
+    "dynamic_caches",
+    "early_exit_draft",
     "epsilon_filter",
     "eta_filter",
     "min_p_filter",
@@ -47,6 +60,7 @@ __all__ = [
     "process_logits",
     "repetition_penalty",
     "sample",
+    "speculative_generate",
     "top_k_filter",
     "top_p_filter",
     "typical_filter",
