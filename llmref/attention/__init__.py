@@ -38,6 +38,7 @@ from .masks import (
 from .modules import MultiHeadAttention
 from .performer import favor_features, orthogonal_random_features, performer_attention
 from .sigmoid import sigmoid_attention
+from .split_kv import merge_partial_attention, split_kv_attention
 from .variants import VARIANTS, AttentionVariantSpec
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "linear_attention_quadratic",
     "linear_attention_step",
     "local_window_mask",
+    "merge_partial_attention",
     "naive_attention",
     "orthogonal_random_features",
     "performer_attention",
@@ -75,4 +77,5 @@ __all__ = [
     "sigmoid_attention",
     "sink_mask",
     "sliding_window_mask",
+    "split_kv_attention",
 ]
