@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.colors import ListedColormap
 
-from llmref.attention import chunked_attention, naive_attention
+from llmref.attention import chunked_attention, naive_attention, split_kv_attention
 
 torch.manual_seed(0)
 S, block = 32, 8
@@ -205,6 +205,14 @@ combined = o1 * torch.exp(lse1 - lse_all)[..., None] + o2 * torch.exp(lse2 - lse
 print(
     "two halves combined vs all keys:", (combined - naive_attention(q2, k2, v2)).abs().max().item()
 )
+
+# Flash-Decoding does this for one decoding query against a long cache: the keys are
+# split into chunks that are attended independently and merged by their LSEs.
+q_new = q[:, :, -1:]  # the newest token, after the whole cache
+for n in (1, 4, 30):
+    split = split_kv_attention(q_new, k, v, num_splits=n)
+    err = (split - naive_attention(q_new, k, v)).abs().max().item()
+    print(f"split_kv_attention, {n:2d} splits vs all keys at once: {err:.1e}")
 
 sinks = torch.tensor([-4.0, 0.0, 2.0, 4.0], dtype=torch.float64)  # one logit per head
 with_sinks = naive_attention(q2, k2, v2, is_causal=True, sinks=sinks)
