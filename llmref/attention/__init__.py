@@ -40,6 +40,7 @@ from .performer import favor_features, orthogonal_random_features, performer_att
 from .sigmoid import sigmoid_attention
 from .split_kv import merge_partial_attention, split_kv_attention
 from .variants import VARIANTS, AttentionVariantSpec
+from .varlen import varlen_attention
 
 __all__ = [
     "ATTENTION",
@@ -78,4 +79,5 @@ __all__ = [
     "sink_mask",
     "sliding_window_mask",
     "split_kv_attention",
+    "varlen_attention",
 ]
