@@ -42,7 +42,7 @@ with torch.no_grad():  # a stronger embedding: decisive next tokens, partly visi
     target.embed.weight.mul_(5)
 student = DecoderLM(DecoderConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=4, d_ff=64))
 optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
-for step in range(100):
+for _ in range(100):
     ids = torch.randint(0, VOCAB, (16, 24))
     with torch.no_grad():
         teacher = target(ids).log_softmax(-1)
@@ -82,11 +82,13 @@ for name, draft in drafts.items():
         )
         assert torch.equal(out, reference)  # greedy speculative decoding is exact
         results[name].append(stats)
-    rates = ", ".join(f"k={k}: {s.acceptance_rate:.2f}" for k, s in zip(ks, results[name]))
+    rates = ", ".join(
+        f"k={k}: {s.acceptance_rate:.2f}" for k, s in zip(ks, results[name], strict=True)
+    )
     print(f"{name}: acceptance {rates}")
 
 fig, (ax_rate, ax_tokens) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-for (name, stats), color in zip(results.items(), ["C0", "C1", "C2"]):
+for (name, stats), color in zip(results.items(), ["C0", "C1", "C2"], strict=True):
     ax_rate.plot(ks, [s.acceptance_rate for s in stats], "o-", color=color, label=name)
     ax_tokens.plot(ks, [s.tokens_per_target_call for s in stats], "o-", color=color)
     a = min(stats[0].acceptance_rate, 0.999)
