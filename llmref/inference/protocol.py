@@ -23,6 +23,15 @@ class LanguageModel(Protocol):
     ``(B, T, V)`` for ids ``(B, T)`` (``mask`` ``(B, T)``, 0 for left padding, or
     ``None``); ``model.config.vocab_size`` is ``V``; ``model.parameters()``
     gives the device and dtype. :class:`llmref.models.DecoderLM` is one.
+
+    Examples
+    --------
+    >>> from llmref.inference import LanguageModel
+    >>> from llmref.models import DecoderConfig, DecoderLM
+    >>> model = DecoderLM(DecoderConfig(vocab_size=50, d_model=32, n_layers=1, n_heads=4,
+    ...                                 d_ff=64))
+    >>> isinstance(model, LanguageModel)
+    True
     """
 
     config: Any
