@@ -1,6 +1,6 @@
 """
 Speculative decoding: acceptance rate against the number of draft tokens
-=======================================================================
+========================================================================
 
 :func:`llmref.inference.speculative_generate` lets a cheap *draft* model
 propose ``k`` tokens and the *target* check all of them in one forward pass.
