@@ -31,6 +31,18 @@ class CachedLanguageModel(Protocol):
     ``T`` new ids ``(B, T)``, attending to what ``caches`` hold and appending
     the new tokens to them; ``model.config`` has ``vocab_size`` and
     ``n_layers``. :class:`llmref.models.DecoderLM` is one.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from llmref.models import DecoderConfig, DecoderLM
+    >>> model = DecoderLM(DecoderConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4,
+    ...                                 d_ff=64))
+    >>> caches = dynamic_caches(model)
+    >>> model(torch.tensor([[1, 2, 3]]), caches=caches).shape  # prefill
+    torch.Size([1, 3, 50])
+    >>> model(torch.tensor([[4]]), caches=caches).shape, len(caches[0])  # one step
+    (torch.Size([1, 1, 50]), 4)
     """
 
     config: Any
