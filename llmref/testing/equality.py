@@ -527,7 +527,7 @@ def forward_scale(fn: Callable[..., object], *args: object, **kwargs: object) ->
     magnitude ``max|s| + log S + 1`` times the values' product). Each product rounds
     within a few eps of its own magnitude and passes what it received on to the next
     through normalised layers, so the logits of a whole forward are within
-    ``c * eps * forward_scale`` of the exact ones: the per-layer sum of |x||W| products.
+    ``c * eps * forward_scale`` of the exact ones: the per-layer sum of ``|x| |W|`` products.
 
     Parameters
     ----------
