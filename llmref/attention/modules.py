@@ -316,12 +316,13 @@ class MultiHeadAttention(nn.Module):
         assert self.position_bias is not None
         if cache is None:
             return self.position_bias(T, S, offset=offset)
-        keys = cache.key_positions.to(self.out_proj.weight.device)  # (B, S), -1 = no key
+        ordered = self.position_bias(T, S, offset=S - T)  # (H, T, S): keys 0..S-1 in order
+        # the bias's device, not a weight's: a quantized out_proj has no .weight
+        keys = cache.key_positions.to(ordered.device)  # (B, S), -1 = no key
         spec = spec_of(cache)
         if spec is not None and spec.renumbers_positions:
             keys = torch.where(keys >= 0, torch.arange(S, device=keys.device), -1)
         newest = keys.amax(-1, keepdim=True)
-        ordered = self.position_bias(T, S, offset=S - T)  # (H, T, S): keys 0..S-1 in order
         index = (S - 1 - (newest - keys)).clamp(0, S - 1)  # padding keys: masked anyway
         H = ordered.shape[0]
         return ordered.expand(keys.shape[0], H, T, S).gather(

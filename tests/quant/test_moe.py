@@ -100,3 +100,19 @@ def test_an_expert_without_calibration_tokens_falls_back_to_rtn_with_a_warning()
     methods = {r.name: r.method for r in report}
     assert methods["layers.0.mlp.experts.3.down_proj"] == "rtn"
     assert methods["layers.0.mlp.experts.0.down_proj"] == "gptq"
+
+
+def test_quantized_alibi_model_decodes_through_its_cache():
+    """The ALiBi bias follows the cache's key positions on the bias's device, not on a
+    weight's (a quantized out_proj has none): generate runs and equals the full forward."""
+    from llmref.models import generate
+    from llmref.quant import quantize_model
+    from tests.models.helpers import make_model
+
+    model = make_model("mha-alibi", dtype=torch.float32)
+    quantize_model(model, "int8")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    out = generate(model, ids, 3)
+    with torch.no_grad():
+        full = model(out[:, :-1])[:, -3:].argmax(-1)
+    assert torch.equal(out[:, 4:], full)
