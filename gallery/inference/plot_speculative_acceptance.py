@@ -22,15 +22,20 @@ checked equal to the target's own greedy output.
 # so that its next-token choices are decisive rather than near-uniform (as a
 # trained model's are) and partly visible in its first layers. Random weights
 # make a poor language model but a fair test of agreement: the early-exit drafts share
-# the target's embedding, first layers and head, while the separate draft only
+# the target's embedding, first layers and head, the separate draft only
 # learns the target's next-token distribution by distillation (a KL loss on
-# random token sequences).
+# random token sequences), and the int4 draft is the whole target with its linear
+# layers packed to 4 bits (:func:`llmref.quant.quantize_model`), as one would
+# draft for SmolLM2-135M (``benchmarks/bench_speculative.py`` times that one).
+
+import copy
 
 import matplotlib.pyplot as plt
 import torch
 
 from llmref.inference import early_exit_draft, speculative_generate
 from llmref.models import DecoderConfig, DecoderLM, generate
+from llmref.quant import quantize_model
 
 torch.set_num_threads(1)  # models this small run fastest without intra-op threads
 torch.manual_seed(0)
@@ -55,10 +60,14 @@ for _ in range(100):
 print(f"distillation KL after 100 steps: {loss.item() / 24:.3f} nats per token")
 student.eval()
 
+int4_copy = copy.deepcopy(target)
+quantize_model(int4_copy, "int4")  # rows of 64 and 128 inputs: one group each
+
 drafts = {
     "first 1 of 4 layers": early_exit_draft(target, 1),
     "first 2 of 4 layers": early_exit_draft(target, 2),
     "separate 1-layer model (distilled)": student,
+    "the target packed to int4": int4_copy,
 }
 
 # %%
@@ -88,7 +97,7 @@ for name, draft in drafts.items():
     print(f"{name}: acceptance {rates}")
 
 fig, (ax_rate, ax_tokens) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-for (name, stats), color in zip(results.items(), ["C0", "C1", "C2"], strict=True):
+for (name, stats), color in zip(results.items(), ["C0", "C1", "C2", "C3"], strict=True):
     ax_rate.plot(ks, [s.acceptance_rate for s in stats], "o-", color=color, label=name)
     ax_tokens.plot(ks, [s.tokens_per_target_call for s in stats], "o-", color=color)
     a = min(stats[0].acceptance_rate, 0.999)
@@ -111,4 +120,7 @@ plt.show()
 # is a speed-up depends on the draft's cost ``c`` relative to the target: the
 # expected speed-up is :math:`(1 - a^{k+1}) / ((1 - a)(k c + 1))`. The
 # early-exit drafts cost 1/4 and 1/2 of the target, so a deeper draft has to
-# buy its cost back with acceptance; see :doc:`/theory/inference/speculative`.
+# buy its cost back with acceptance. The int4 copy agrees with the target about
+# as often as the two-layer early exit here, but on a CPU its cost is not a
+# fraction of the target's (the benchmark measures c of about 0.7 on
+# SmolLM2-135M), which is why it gives no speed-up there; see :doc:`/theory/inference/speculative`.
