@@ -57,7 +57,9 @@ SMOLLM2 = (
 )
 
 LAYOUT = Layout(
-    Axis("draft_tokens", "draft tokens per round k", scale="linear", symbol="k"),
+    # One x (the prompt length) per group, so every series is compared with plain greedy
+    # at the same x: the report's ratios and bars need the baseline there.
+    Axis("prompt_tokens", "prompt length", "tokens", scale="linear", symbol="T"),
     Metric("generation throughput", "tokens/s", key="tokens_per_s", higher_is_better=True),
     extras=(
         Extra("acceptance_rate", "acceptance rate"),
@@ -65,8 +67,8 @@ LAYOUT = Layout(
         Extra("draft_cost", "draft cost ratio c"),
     ),
     description=f"Greedy generation of {NEW} new tokens (16 in the quick sweep) after a "
-    f"{PROMPT}-token prompt, float32: plain (k = 0) against speculative decoding with the "
-    "target's int4 copy as draft.",
+    f"{PROMPT}-token prompt, float32: plain greedy against speculative decoding with the "
+    "target's int4 copy as draft, one series per number of draft tokens k.",
 )
 
 SWEEP: dict[str, list[tuple[str, tuple[int, ...]]]] = {
@@ -86,7 +88,7 @@ class SpeculativeCase:
 
     @property
     def implementation(self) -> str:
-        return BASELINE if self.k == 0 else SPECULATIVE
+        return BASELINE if self.k == 0 else f"{SPECULATIVE}-k{self.k}"
 
     @property
     def group(self) -> str:
@@ -94,7 +96,7 @@ class SpeculativeCase:
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{self.implementation}-k{self.k}"
+        return f"{self.model}-{self.implementation}" if self.k else f"{self.model}-{BASELINE}"
 
 
 def speculative_cases(name: str | None = None) -> list[SpeculativeCase]:
