@@ -338,10 +338,12 @@ def generate(
         for _ in range(max_new_tokens):
             hidden = model.hidden_states(step_ids, attention_mask=mask, caches=caches)
             logits = model.lm_head(hidden[:, -1]).float()
+            # the tokens so far, only for a penalty (joining them every step costs O(n^2))
+            seen = _seen(out, T, mask) if _penalised(config) else {}
             if do_sample:
-                next_ids = sample(logits, config, **_seen(out, T, mask), generator=generator)
-            elif _penalised(config):
-                next_ids = process_logits(logits, config, **_seen(out, T, mask)).argmax(dim=-1)
+                next_ids = sample(logits, config, **seen, generator=generator)
+            elif seen:
+                next_ids = process_logits(logits, config, **seen).argmax(dim=-1)
             else:
                 next_ids = logits.argmax(dim=-1)
             if eos:
@@ -370,7 +372,7 @@ def _penalised(config: SamplingConfig) -> bool:
 
 
 def _seen(out: list[torch.Tensor], T: int, mask: torch.Tensor | None) -> dict[str, Any]:
-    """The tokens so far (prompt, then generated) for the penalties, if one is on."""
+    """The tokens so far (prompt, then generated), as the penalties take them."""
     return {"input_ids": torch.cat(out, dim=1), "prompt_length": T, "attention_mask": mask}
 
 
