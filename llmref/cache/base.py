@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -227,6 +225,25 @@ class KVCache:
         start = self.next_positions.to(device).expand(B)
         return start + (T if lengths is None else lengths.to(device))
 
+    def _check_rows(
+        self, k: torch.Tensor, v: torch.Tensor, rows: list[torch.Tensor], lengths: object
+    ) -> tuple[int, int, list[int]]:
+        """Checks of caches that keep one stored ``(1, H_kv, n, D)`` tensor pair per row:
+        ``(B, T, real new tokens per row)``."""
+        B, _, T, _ = k.shape
+        checked = self._check_lengths(lengths, B, T)
+        if rows:
+            check_same_layout("k", k[:1], rows[0])
+            check_same_layout("v", v[:1], rows[1])
+            if B != self.next_positions.shape[0]:
+                raise ValueError(
+                    f"batch size must stay {self.next_positions.shape[0]} sequences, got {B}"
+                )
+        new = [T] * B if checked is None else [int(n) for n in checked.tolist()]
+        if any(not 0 <= n <= T for n in new):
+            raise ValueError(f"lengths must be {B} ints in [0, {T}], got {new}")
+        return B, T, new
+
     def _check_lengths(self, lengths: object, B: int, T: int) -> torch.Tensor | None:
         """Shape and dtype of ``lengths`` (its values are the model's to check, once)."""
         if lengths is None:
@@ -250,60 +267,6 @@ class KVCache:
                 f"k and v must agree on (B, H_kv, T), got {tuple(k.shape)} and {tuple(v.shape)}"
             )
         return k, v
-
-
-class RowwiseCache(KVCache):
-    """A cache that keeps each sequence in a row object of its own (``_rows``).
-
-    For kinds whose rows hold different numbers of keys (the quantized and sink
-    caches store only each row's real tokens): a row has ``k``, ``v`` (``(1, H_kv,
-    n, D)``), ``len()`` and ``nbytes``. The rows are made at the first update.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._rows: list[Any] = []
-
-    def _check_rows(
-        self, k: torch.Tensor, v: torch.Tensor, lengths: object
-    ) -> tuple[int, int, list[int]]:
-        """The update's checks against the rows kept so far: ``(B, T, real new tokens per row)``."""
-        B, _, T, _ = k.shape
-        rows = self._stored()
-        checked = self._check_lengths(lengths, B, T)
-        if rows:
-            check_same_layout("k", k[:1], rows[0])
-            check_same_layout("v", v[:1], rows[1])
-            if B != self.next_positions.shape[0]:
-                raise ValueError(
-                    f"batch size must stay {self.next_positions.shape[0]} sequences, got {B}"
-                )
-        new = [T] * B if checked is None else [int(n) for n in checked.tolist()]
-        if any(not 0 <= n <= T for n in new):
-            raise ValueError(f"lengths must be {B} ints in [0, {T}], got {new}")
-        return B, T, new
-
-    def _stored(self) -> list[torch.Tensor]:
-        """The first row's ``k`` and ``v`` (the layout later updates must keep), or []."""
-        return [self._rows[0].k, self._rows[0].v] if self._rows else []
-
-    def _make_rows(self, k: torch.Tensor, v: torch.Tensor, row: Callable[..., Any]) -> None:
-        """At the first update: one empty ``row(k, v)`` per sequence, in ``k``'s layout."""
-        if not self._rows:
-            self._rows = [row(k[:1, :, :0], v[:1, :, :0]) for _ in range(k.shape[0])]
-
-    def __len__(self) -> int:
-        return max((len(row) for row in self._rows), default=0)
-
-    def reset(self) -> None:
-        self._rows = []
-        self.seen_tokens = 0
-        self.key_positions = torch.zeros(1, 0, dtype=torch.long)
-        self.ragged = False
-
-    @property
-    def nbytes(self) -> int:
-        return sum(row.nbytes for row in self._rows)
 
 
 def check_same_layout(

@@ -7,12 +7,12 @@ import torch
 from .._checks import check_int
 from ..quant.methods.kivi import QuantizedKV, kivi, kivi_dequantize
 from ._registry import CACHES, CacheSpec
-from .base import RowwiseCache, compact_positions, right_padded
+from .base import KVCache, compact_positions, right_padded
 
 __all__ = ["QuantizedCache"]
 
 
-class QuantizedCache(RowwiseCache):
+class QuantizedCache(KVCache):
     """KIVI: keys quantized per channel, values per token, recent tokens in full precision.
 
     Key activations have a few channels of large magnitude (outlier channels)
@@ -74,6 +74,7 @@ class QuantizedCache(RowwiseCache):
             raise ValueError(f"bits must be 2, 4 or 8, got {bits}")
         self.group_size = check_int("group_size", group_size, minimum=1)
         self.residual_length = check_int("residual_length", residual_length, minimum=0)
+        self._rows: list[_Row] = []
 
     @property
     def n_quantized(self) -> int:
@@ -95,8 +96,10 @@ class QuantizedCache(RowwiseCache):
         self, k: torch.Tensor, v: torch.Tensor, *, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self._check_kv(k, v)
-        B, T, new = self._check_rows(k, v, lengths)
-        self._make_rows(k, v, _Row)
+        stored = [self._rows[0].k, self._rows[0].v] if self._rows else []
+        B, T, new = self._check_rows(k, v, stored, lengths)
+        if not self._rows:
+            self._rows = [_Row(k[:1, :, :0], v[:1, :, :0]) for _ in range(B)]
         keys, values = [], []
         for b, (row, n) in enumerate(zip(self._rows, new, strict=True)):
             row.k = torch.cat([row.k, k[b : b + 1, :, T - n :]], dim=2)
@@ -109,6 +112,19 @@ class QuantizedCache(RowwiseCache):
         self.key_positions = self.next_key_positions(0, batch_size=B).to(k.device)
         S = self.key_positions.shape[1]
         return right_padded(keys, S), right_padded(values, S)
+
+    def __len__(self) -> int:
+        return max((len(row) for row in self._rows), default=0)
+
+    def reset(self) -> None:
+        self._rows = []
+        self.seen_tokens = 0
+        self.key_positions = torch.zeros(1, 0, dtype=torch.long)
+        self.ragged = False
+
+    @property
+    def nbytes(self) -> int:
+        return sum(row.nbytes for row in self._rows)
 
 
 class _Row:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from .._checks import check_int
 from ._registry import CACHES, CacheSpec
-from .base import RowwiseCache, right_padded
+from .base import KVCache, right_padded
 
 if TYPE_CHECKING:
     from ..position import RotaryEmbedding
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["SinkCache"]
 
 
-class SinkCache(RowwiseCache):
+class SinkCache(KVCache):
     """Keeps the first ``n_sink`` tokens and the recent window, renumbering positions.
 
     StreamingLLM lets a model run far past its trained length: the first few
@@ -90,6 +90,7 @@ class SinkCache(RowwiseCache):
         self.n_sink = check_int("n_sink", n_sink, minimum=0)
         self.window = check_int("window", window, minimum=1)
         self.rope = rope
+        self._rows: list[_Row] = []
 
     @property
     def next_positions(self) -> torch.Tensor:
@@ -123,9 +124,11 @@ class SinkCache(RowwiseCache):
         self, k: torch.Tensor, v: torch.Tensor, *, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self._check_kv(k, v)
-        B, T, new = self._check_rows(k, v, lengths)
+        stored = [self._rows[0].k, self._rows[0].v] if self._rows else []
+        B, T, new = self._check_rows(k, v, stored, lengths)
         positions = self.next_key_positions(T, batch_size=B, lengths=lengths)
-        self._make_rows(k, v, _Row)
+        if not self._rows:
+            self._rows = [_Row(k[:1, :, :0], v[:1, :, :0]) for _ in range(B)]
         keys, values = [], []
         for b, (row, n) in enumerate(zip(self._rows, new, strict=True)):
             k_all = torch.cat([row.k, k[b : b + 1, :, T - n :]], dim=2)
@@ -158,6 +161,19 @@ class SinkCache(RowwiseCache):
             layout=self.rope.layout,
         )
         return apply_rope(keys, cos.to(keys.dtype), sin.to(keys.dtype), layout=self.rope.layout)
+
+    def __len__(self) -> int:
+        return max((len(row) for row in self._rows), default=0)
+
+    def reset(self) -> None:
+        self._rows = []
+        self.seen_tokens = 0
+        self.key_positions = torch.zeros(1, 0, dtype=torch.long)
+        self.ragged = False
+
+    @property
+    def nbytes(self) -> int:
+        return sum(row.nbytes for row in self._rows)
 
 
 class _Row:
