@@ -78,3 +78,24 @@ def test_registry_entries_cite_papers_in_the_bibliography(registry):
     for name, entry in registry.items():
         assert entry.paper in keys, f"{name}: paper {entry.paper!r} not in {BIB.name}"
         assert entry.fn.__doc__, f"{name}: registered object has no docstring"
+
+
+EXTENDING = BIB.parent / "extending" / "index.md"
+
+
+def test_docs_list_every_declared_traces_exemption():
+    """The exemptions table of docs/extending/index.md names exactly the library's entries
+    whose spec declares ``traces=False`` (worked examples in tests/ are not the library's)."""
+    rows = re.findall(r"^\| \{data\}`~([\w.]+)` \| `\"(\w+)\"` \|", EXTENDING.read_text(), re.M)
+    declared = {
+        (registry_name, name)
+        for registry_name, registry in REGISTRIES.items()
+        for name, spec in registry.items()
+        if getattr(spec, "traces", None) is False
+        and getattr(spec, spec.primary).__module__.startswith("llmref.")
+    }
+    assert declared, "no registry declares an exemption: is the traces field still read?"
+    assert set(rows) == declared, (
+        f"listed but not declared: {sorted(set(rows) - declared)}; "
+        f"declared but not listed: {sorted(declared - set(rows))}"
+    )

@@ -49,6 +49,8 @@ class CacheSpec(Spec):
     traces : bool
         Whether a decoding step through it is captured as one graph by
         ``torch.compile(fullgraph=True)`` (no host values in :meth:`~llmref.cache.KVCache.update`).
+        The contract suite (``llmref.testing.contracts.cache``) checks it either
+        way: a declared exemption must really break the graph.
     layout : {"dense", "block_table"}
         What :meth:`~llmref.cache.KVCache.update` hands attention: ``"dense"`` keys and values
         ``(B, H_kv, S, D)`` (every kind today; the paged cache gathers its

@@ -221,5 +221,6 @@ CACHES.add(
         fn=PagedCache,
         paper="kwon2023vllm",
         third_party="vllm PagedAttention",
+        traces=True,  # the block tables and free list are Python state: dynamo replays them
     )
 )

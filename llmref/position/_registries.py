@@ -60,19 +60,35 @@ class PositionSpec(Spec):
     forms : tuple of str
         Named forms of the encoding selected by an argument of ``fn`` (KERPLE's
         ``"log"`` and ``"power"`` kernels); empty when there is one form.
+    traces : bool or None
+        Whether a call of the ``module`` is captured as one graph by
+        ``torch.compile(fullgraph=True)``; required (a bool) when there is a
+        module, ``None`` when there is none. The contract suite
+        (``llmref.testing.contracts.position``) checks it either way: a declared
+        exemption must really break the graph.
+    example : callable or None
+        ``example() -> (module, args, kwargs)``: a small instance of ``module``
+        and the arguments of one call, what the contract suite compiles (called
+        under a fixed seed, so it may draw random inputs and weights). Required
+        when there is a module, ``None`` when there is none.
 
     Raises
     ------
     ValueError
-        If ``kind`` is not one of the four kinds.
+        If ``kind`` is not one of the four kinds, or ``traces`` or ``example`` is
+        given without a ``module``.
     TypeError
-        If ``fn`` is not callable, ``module`` not a str or ``forms`` not a tuple of str.
+        If ``fn`` is not callable, ``module`` not a str, ``forms`` not a tuple of
+        str, or, with a ``module``, ``traces`` not a bool or ``example`` not callable.
 
     Examples
     --------
     >>> from llmref.position import POSITION
-    >>> POSITION["alibi"].kind, POSITION["alibi"].module
-    ('bias', 'AlibiBias')
+    >>> POSITION["alibi"].kind, POSITION["alibi"].module, POSITION["alibi"].traces
+    ('bias', 'AlibiBias', True)
+    >>> module, args, kwargs = POSITION["alibi"].example()
+    >>> module(*args, **kwargs).shape
+    torch.Size([4, 5, 7])
     """
 
     primary: ClassVar[str | None] = "fn"
@@ -81,6 +97,8 @@ class PositionSpec(Spec):
     kind: str
     module: str | None = None
     forms: tuple[str, ...] = ()
+    traces: bool | None = None
+    example: Callable[[], tuple[Any, tuple[Any, ...], dict[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,6 +110,23 @@ class PositionSpec(Spec):
         if self.module is not None and not isinstance(self.module, str):
             raise TypeError(f"{where}: module must be a str or None, got {self.module!r}")
         _check_names(where, "forms", self.forms)
+        if self.module is None:
+            given = [n for n in ("traces", "example") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(
+                    f"{where}: {' and '.join(given)} describe the module; module is None"
+                )
+            return
+        if not isinstance(self.traces, bool):
+            raise TypeError(
+                f"{where}: traces must be a bool (whether {self.module} is captured as one "
+                f"graph by torch.compile(fullgraph=True)), got {self.traces!r}"
+            )
+        if not callable(self.example):
+            raise TypeError(
+                f"{where}: example must be a callable returning ({self.module} instance, "
+                f"args, kwargs), got {self.example!r}"
+            )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)

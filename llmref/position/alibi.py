@@ -86,6 +86,8 @@ def alibi_slopes(
     third_party="transformers.models.bloom.modeling_bloom.build_alibi_tensor",
     kind="bias",
     module="AlibiBias",
+    traces=True,
+    example=lambda: (AlibiBias(4).double(), (5, 7), {"offset": 2}),
 )
 def alibi_bias(
     n_heads: int,

@@ -105,7 +105,13 @@ def cope_positions(
 
 
 @POSITION.register(
-    "cope", paper="golovneva2024contextual", reference="cope_bias", kind="bias", module="CoPE"
+    "cope",
+    paper="golovneva2024contextual",
+    reference="cope_bias",
+    kind="bias",
+    module="CoPE",
+    traces=True,
+    example=lambda: _example(),
 )
 def cope_bias(
     q: torch.Tensor,
@@ -262,3 +268,11 @@ class CoPE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, n_positions={self.n_positions}"
+
+
+def _example() -> tuple[CoPE, tuple[torch.Tensor, torch.Tensor], dict[str, object]]:
+    """:data:`~llmref.position.POSITION`'s example call: drawn embeddings (not CoPE's zeros)."""
+    cope = CoPE(8, 6).double()
+    nn.init.normal_(cope.pos_emb)
+    q, k = (torch.randn(2, 4, 5, 8, dtype=torch.float64) for _ in range(2))
+    return cope, (q, k), {}

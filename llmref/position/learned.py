@@ -19,6 +19,8 @@ __all__ = ["LearnedPositionEmbedding", "learned_position_embedding"]
     third_party="torch.nn.functional.embedding",
     kind="absolute",
     module="LearnedPositionEmbedding",
+    traces=False,  # checks that every position is in the table: a host value
+    example=lambda: (LearnedPositionEmbedding(16, 8).double(), (torch.arange(2, 7),), {}),
 )
 def learned_position_embedding(weight: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """Look up learned position vectors, refusing positions the table does not have.

@@ -12,7 +12,13 @@ __all__ = ["NoPE", "nope"]
 
 
 @POSITION.register(
-    "nope", paper="kazemnejad2023impact", reference="nope", kind="none", module="NoPE"
+    "nope",
+    paper="kazemnejad2023impact",
+    reference="nope",
+    kind="none",
+    module="NoPE",
+    traces=True,
+    example=lambda: (NoPE(), (torch.randn(2, 4, 5, 8, dtype=torch.float64),), {"offset": 2}),
 )
 def nope(x: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """No position encoding: return the queries or keys unchanged.

@@ -141,6 +141,8 @@ def t5_relative_position_bucket(
     third_party="transformers.models.t5.modeling_t5.T5Attention.compute_bias",
     kind="bias",
     module="T5RelativeBias",
+    traces=True,
+    example=lambda: (T5RelativeBias(4, bidirectional=False).double(), (5, 7), {"offset": 2}),
 )
 def t5_bias(
     weight: torch.Tensor,
@@ -306,6 +308,8 @@ def _check_per_head(name: str, value: object) -> torch.Tensor:
     kind="bias",
     module="KerpleBias",
     forms=("log", "power"),
+    traces=False,  # kerple_bias checks r1, r2 > 0: a host value
+    example=lambda: (KerpleBias(4).double(), (5, 7), {"offset": 2}),
 )
 def kerple_bias(
     T: int,
@@ -465,6 +469,8 @@ class KerpleBias(nn.Module):
     reference="fire_bias",
     kind="bias",
     module="FireBias",
+    traces=True,
+    example=lambda: (FireBias(4).double(), (5, 7), {"offset": 2}),
 )
 def fire_bias(
     T: int,

@@ -162,6 +162,14 @@ def _rotate(x: torch.Tensor, layout: str) -> torch.Tensor:
     third_party="transformers.models.llama.modeling_llama.apply_rotary_pos_emb",
     kind="rotary",
     module="RotaryEmbedding",
+    # forward grows the cos/sin table to the largest position, a host value; models
+    # call position_embeddings instead, which traces (the decoder contract checks it)
+    traces=False,
+    example=lambda: (
+        RotaryEmbedding(8, dtype=torch.float64),
+        (torch.randn(2, 4, 5, 8, dtype=torch.float64),),
+        {"offset": 2},
+    ),
 )
 def apply_rope(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, layout: str = "half"

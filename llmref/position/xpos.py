@@ -86,7 +86,17 @@ def xpos_scale(
 
 
 @POSITION.register(
-    "xpos", paper="sun2023length", reference="apply_xpos", kind="rotary", module="XPos"
+    "xpos",
+    paper="sun2023length",
+    reference="apply_xpos",
+    kind="rotary",
+    module="XPos",
+    traces=True,
+    example=lambda: (
+        XPos(8),
+        tuple(torch.randn(2, 4, T, 8, dtype=torch.float64) for T in (5, 7)),
+        {"k_offset": 1},
+    ),
 )
 def apply_xpos(
     q: torch.Tensor,

@@ -84,7 +84,7 @@ CACHES.add(
         paper="beltagy2020longformer",
         mask="sliding_window",  # what it keeps implies this rule, with its own window
         mask_params=("window",),
-        traces=False,
+        traces=True,  # concatenating and slicing: one graph (the cache contract checks it)
         example=lambda: RecentCache(4),
     )
 )

@@ -10,6 +10,7 @@ from llmref.models import DecoderLM, make_caches
 from llmref.models.decoder import empty_model
 from llmref.position import RotaryEmbedding
 from llmref.testing import assert_identical, assert_within
+from llmref.testing.contracts.tracing import compiled_call
 from tests.models.helpers import VOCAB, forward_scale, make_model
 
 
@@ -65,12 +66,6 @@ def test_rope_tables_and_masks_are_built_once_per_forward(variant, monkeypatch):
     assert calls["lookups"] == 0  # the layers never look positions up themselves
 
 
-def _compiled_capture(fn, *args, **kwargs):
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
-    return compiled(*args, **kwargs)
-
-
 @pytest.mark.parametrize("variant", ["gqa-rope", "mha-alibi", "gqa-window"])
 def test_compile_captures_the_forward_in_one_graph(variant):
     """fullgraph=True raises on any graph break (a host value, an unsupported call)."""
@@ -78,7 +73,7 @@ def test_compile_captures_the_forward_in_one_graph(variant):
     ids, mask = ids_and_mask()
     with torch.no_grad():
         for kwargs in ({}, {"attention_mask": mask}):
-            out = _compiled_capture(model, ids, **kwargs)
+            out = compiled_call(model, ids, **kwargs)
             eager = model(ids, **kwargs)
             # aot_eager runs the same aten ops as eager, decomposed: rounding at most
             assert_within(out, eager, scale=forward_scale(model, ids, **kwargs))
@@ -97,7 +92,7 @@ def test_compile_captures_the_cached_decoding_step(make_cache):
         model(ids[:, :6], caches=traced_caches)
         step = ids[:, 6:7]
         eager = model(step, caches=eager_caches)
-        out = _compiled_capture(model, step, caches=traced_caches)
+        out = compiled_call(model, step, caches=traced_caches)
     assert_within(out, eager, scale=forward_scale(model, ids))
     assert traced_caches[0].seen_tokens == 7  # the traced step updated the caches
     assert_identical(traced_caches[1].key_positions, eager_caches[1].key_positions)
@@ -109,7 +104,7 @@ def test_the_mixture_of_experts_is_the_declared_exemption():
     ids, _ = ids_and_mask()
     with pytest.raises(Exception, match=r"(?i)graph break|data-dependent|tolist|unsupported"):
         with torch.no_grad():
-            _compiled_capture(model, ids)
+            compiled_call(model, ids)
 
 
 @pytest.mark.parametrize("variant", ["gqa-llama3-bias", "mha-alibi", "mla-moe"])

@@ -5,6 +5,8 @@ Registering a cache kind is what makes it tested: the ids are the kinds' names.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from llmref.testing.contracts.cache import (
     check_left_padding,
     check_memory,
     check_positions,
+    check_traces,
 )
 
 CHECKS = {
@@ -21,6 +24,7 @@ CHECKS = {
     "positions": check_positions,  # next_key_positions predicts update
     "left_padding": check_left_padding,  # padding changes no real token
     "memory": check_memory,
+    "traces": check_traces,  # as declared: a compiled decoding step equals eager, or breaks
 }
 CASES = [(check, name) for check in CHECKS for name in CACHES]
 
@@ -88,6 +92,34 @@ def test_a_lossy_cache_declared_exact_fails_and_an_exact_one_declared_lossy_too(
         check_cached_decoding(_spec(QuantizedCache, example=make))
     with pytest.raises(AssertionError, match="declared exact=False but decodes within rounding"):
         check_cached_decoding(_spec(DynamicCache, exact=False))
+
+
+@pytest.mark.parametrize(
+    "name,traces,message",
+    [
+        ("static", False, "declared traces=False, but fullgraph capture succeeded"),
+        ("sink", True, "declared traces=True, but fullgraph capture failed"),
+    ],
+)
+def test_a_stale_traces_declaration_fails(name, traces, message):
+    with pytest.raises(AssertionError, match=f"cache '{name}': a decoding step: {message}"):
+        check_traces(dataclasses.replace(CACHES[name], traces=traces))
+
+
+def test_a_traced_step_that_leaves_other_positions_fails(monkeypatch):
+    """The compiled step must leave the cache as the eager one does (here the traced
+    copy of the caches is made to skip an update)."""
+    import llmref.testing.contracts.cache as contract
+
+    real = contract.capture_as_declared
+
+    def skipping(what, traces, model, step, *, caches):
+        caches[1].update = lambda k, v, **kw: (k, v)  # layer 1 forgets the step
+        return real(what, traces, model, step, caches=caches)
+
+    monkeypatch.setattr(contract, "capture_as_declared", skipping)
+    with pytest.raises(AssertionError, match="cache 'dynamic': a decoding step, traced"):
+        check_traces(CACHES["dynamic"])
 
 
 def test_a_model_decodes_through_the_worked_example():

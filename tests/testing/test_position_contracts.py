@@ -1,24 +1,30 @@
-"""The RoPE-rule contract, run over every entry of ROPE_SCALING (worked examples included).
+"""The RoPE-rule contract, run over every entry of ROPE_SCALING (worked examples included),
+and the position-module contract, run over every entry of POSITION that names a module.
 
-Registering a rule is what makes it tested: the ids are the ``rope_type`` names.
+Registering a rule or an encoding is what makes it tested: the ids are the names.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from llmref.position import ROPE_SCALING, RopeRuleSpec
+from llmref.position import POSITION, ROPE_SCALING, AlibiBias, PositionSpec, RopeRuleSpec
+from llmref.position.alibi import alibi_bias
 from llmref.position.rope_scaling import default_frequencies, linear_frequencies
 from llmref.testing.contracts.position import (
     check_against_transformers,
     check_declaration,
     check_frequencies,
     check_refusals,
+    check_traces,
     transformers_has,
 )
 
 RULES = list(ROPE_SCALING)
+MODULES = [name for name, spec in POSITION.items() if spec.module is not None]
 
 
 @pytest.mark.parametrize("name", RULES)
@@ -41,6 +47,11 @@ def test_rule_refuses_bad_parameters_by_name(name):
 def test_rule_equals_transformers(name):
     pytest.importorskip("transformers")
     check_against_transformers(ROPE_SCALING[name])
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_position_module_traces_as_declared(name):
+    check_traces(POSITION[name])  # one graph equal to eager, or (declared) a real break
 
 
 # -- the contract fails a rule that breaks it -------------------------------------------
@@ -81,3 +92,39 @@ def test_contract_catches_a_wrong_shape():
 
     with pytest.raises(AssertionError, match=r"inv_freq shape \(31,\), expected \(32,\)"):
         check_frequencies(_rule(short))
+
+
+# -- the module contract fails a stale declaration; the spec refuses a missing one ------
+
+
+@pytest.mark.parametrize(
+    "name,traces,message",
+    [
+        ("alibi", False, "declared traces=False, but fullgraph capture succeeded"),
+        ("learned", True, "declared traces=True, but fullgraph capture failed"),
+    ],
+)
+def test_module_contract_catches_a_stale_traces_declaration(name, traces, message):
+    with pytest.raises(AssertionError, match=message):
+        check_traces(dataclasses.replace(POSITION[name], traces=traces))
+
+
+def test_module_contract_catches_an_example_of_another_module():
+    wrong = dataclasses.replace(POSITION["t5"], example=POSITION["alibi"].example)
+    with pytest.raises(AssertionError, match=r"'t5' \(T5RelativeBias\): the example is a Alibi"):
+        check_traces(wrong)
+
+
+def _encoding(**fields):
+    return PositionSpec(name="broken", fn=alibi_bias, kind="bias", **fields)
+
+
+def test_position_spec_requires_traces_and_an_example_with_a_module():
+    example = lambda: (AlibiBias(2), (3,), {})  # noqa: E731
+    with pytest.raises(TypeError, match=r"traces must be a bool .*AlibiBias.*got None"):
+        _encoding(module="AlibiBias", example=example)
+    with pytest.raises(TypeError, match=r"example must be a callable .*got None"):
+        _encoding(module="AlibiBias", traces=True)
+    with pytest.raises(ValueError, match="traces and example describe the module; module is None"):
+        _encoding(traces=True, example=example)
+    assert _encoding(module="AlibiBias", traces=True, example=example).traces

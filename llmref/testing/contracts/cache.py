@@ -16,6 +16,10 @@ and drives it with random keys, values and queries in float64:
 - :func:`check_memory`: ``nbytes`` holds at least what is kept (or, lossy, less than
   full precision), stays constant when the declared rule bounds the keys kept, and
   ``reset`` empties the cache.
+- :func:`check_traces`: as the spec declares ``traces``, a decoding step of a small
+  decoder through the cache is captured as one graph by ``torch.compile(backend=
+  "aot_eager", fullgraph=True)``, equal to the eager step and leaving the cache as
+  eager does, or (a declared exemption) the capture really fails.
 """
 
 from __future__ import annotations
@@ -25,9 +29,25 @@ import torch
 from ...attention import naive_attention
 from ...attention.masking import cache_mask, cache_mask_mods, positions_mask
 from ...cache import CacheSpec, KVCache
-from ..equality import BOUND_FACTOR, assert_identical, assert_within, attention_scale, eps
+from ...models import ATTENTION_KINDS, make_caches
+from ..equality import (
+    BOUND_FACTOR,
+    assert_identical,
+    assert_within,
+    attention_scale,
+    eps,
+    forward_scale,
+)
+from .decoder import small_model, token_ids
+from .tracing import capture_as_declared
 
-__all__ = ["check_cached_decoding", "check_left_padding", "check_memory", "check_positions"]
+__all__ = [
+    "check_cached_decoding",
+    "check_left_padding",
+    "check_memory",
+    "check_positions",
+    "check_traces",
+]
 
 _B, _H, _H_KV, _D, _T, _PREFILL = 2, 4, 2, 8, 14, 3
 
@@ -218,3 +238,49 @@ def check_memory(spec: CacheSpec, *, steps: int = 60) -> None:
     cache.reset()
     if len(cache) != 0 or cache.seen_tokens != 0:
         raise AssertionError(f"{spec.name}: reset() left {len(cache)} tokens")
+
+
+def check_traces(spec: CacheSpec, *, seed: int = 0) -> None:
+    """A decoding step through the cache is one graph equal to eager, as ``traces`` declares.
+
+    The model is the decoder suite's two-layer float64 model
+    (:func:`~llmref.testing.contracts.decoder.small_model`) of the first attention
+    kind whose caches store what this one stores (``"kv"``: MHA; ``"latent"``: MLA),
+    every layer with the kind's example cache. Two copies of the caches take the same
+    prefill of 6 tokens eagerly (longer than the examples' windows of 4, and two whole
+    blocks of the paged example's 3, so the step evicts or takes a new block); then
+    the 7th token goes through each, compiled and eager.
+
+    Raises
+    ------
+    AssertionError
+        Naming the kind: the declaration and the capture disagree, the traced step's
+        logits are outside the float64 bound of the eager step's, or the traced step
+        left other key positions in the cache than the eager one.
+    """
+    kind = next((k for k in ATTENTION_KINDS.values() if k.stores == spec.stores), None)
+    if kind is None:
+        raise AssertionError(f"{spec.name}: no decoder attention kind stores {spec.stores!r}")
+    model, ids = small_model(kind, dtype=torch.float64, seed=seed), token_ids(seed)
+    prefill, B = 6, ids.shape[0]
+    ids = ids[:, : prefill + 1]
+    eager_caches, traced_caches = (
+        make_caches(model, lambda i: _make(spec), batch_size=B, max_len=ids.shape[1])
+        for _ in range(2)
+    )
+    what = f"cache {spec.name!r}: a decoding step"
+    with torch.no_grad():
+        model(ids[:, :prefill], caches=eager_caches)
+        model(ids[:, :prefill], caches=traced_caches)
+        step = ids[:, prefill:]
+        out = capture_as_declared(what, spec.traces, model, step, caches=traced_caches)
+        if out is None:
+            return
+        eager = model(step, caches=eager_caches)
+    assert_within(out, eager, scale=forward_scale(model, ids), what=f"{what}, traced")
+    for i, (traced, ref) in enumerate(zip(traced_caches, eager_caches, strict=True)):
+        assert_identical(
+            traced.key_positions.cpu(),
+            ref.key_positions.cpu(),
+            what=f"{what}, traced: layer {i}'s key_positions",
+        )

@@ -23,8 +23,16 @@ import torch
 from ...models import DecoderConfig, DecoderLM, make_caches
 from ...models.attention_kinds import AttentionKindSpec
 from ..equality import assert_within, forward_scale
+from .tracing import capture_as_declared
 
-__all__ = ["check_cached_decoding", "check_float32", "check_kv_heads_rule", "check_traces"]
+__all__ = [
+    "check_cached_decoding",
+    "check_float32",
+    "check_kv_heads_rule",
+    "check_traces",
+    "small_model",
+    "token_ids",
+]
 
 _VOCAB, _B, _T, _PREFILL = 64, 2, 9, 4
 
@@ -38,13 +46,33 @@ def _config(spec: AttentionKindSpec, **changes: Any) -> DecoderConfig:
     return DecoderConfig(attention=spec.name, **kw)
 
 
-def _model(spec: AttentionKindSpec, dtype: torch.dtype, seed: int) -> DecoderLM:
+def small_model(
+    spec: AttentionKindSpec, *, dtype: torch.dtype = torch.float64, seed: int = 0
+) -> DecoderLM:
+    """The suite's two-layer :class:`~llmref.models.DecoderLM` of kind ``spec`` (its
+    ``example`` keywords), in eval mode, weights drawn from ``seed`` (the global RNG
+    is left as it was).
+
+    Parameters
+    ----------
+    spec : AttentionKindSpec
+        The attention kind.
+    dtype : torch.dtype, default torch.float64
+        The model's dtype.
+    seed : int, default 0
+        Seed of the weights.
+
+    Returns
+    -------
+    DecoderLM
+    """
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return DecoderLM(_config(spec), dtype=dtype).eval()
 
 
-def _ids(seed: int) -> torch.Tensor:
+def token_ids(seed: int = 0) -> torch.Tensor:
+    """Random token ids ``(2, 9)`` for :func:`small_model`, drawn from ``seed``."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, _VOCAB, (_B, _T), generator=g)
 
@@ -57,7 +85,7 @@ def check_cached_decoding(spec: AttentionKindSpec, *, seed: int = 0) -> None:
     AssertionError
         Naming the kind and the step whose logits differ beyond rounding.
     """
-    model, ids = _model(spec, torch.float64, seed), _ids(seed)
+    model, ids = small_model(spec, dtype=torch.float64, seed=seed), token_ids(seed)
     with torch.no_grad():
         full = model(ids)
         scale = forward_scale(model, ids)
@@ -77,7 +105,7 @@ def check_float32(spec: AttentionKindSpec, *, seed: int = 0) -> None:
     AssertionError
         Naming the kind, if the float32 logits differ beyond that bound.
     """
-    model64, ids = _model(spec, torch.float64, seed), _ids(seed)
+    model64, ids = small_model(spec, dtype=torch.float64, seed=seed), token_ids(seed)
     model32 = DecoderLM(model64.config, dtype=torch.float32).eval()
     model32.load_state_dict(model64.state_dict())
     with torch.no_grad():
@@ -89,32 +117,18 @@ def check_float32(spec: AttentionKindSpec, *, seed: int = 0) -> None:
 
 def check_traces(spec: AttentionKindSpec, *, seed: int = 0) -> None:
     """A declared one-graph kind is captured by ``fullgraph=True`` and equals eager; a
-    declared exemption really breaks the graph.
+    declared exemption really breaks the graph (:func:`~.tracing.capture_as_declared`).
 
     Raises
     ------
     AssertionError
         Naming the kind, when the declaration and the capture disagree.
     """
-    model, ids = _model(spec, torch.float64, seed), _ids(seed)
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    model, ids = small_model(spec, dtype=torch.float64, seed=seed), token_ids(seed)
     with torch.no_grad():
-        try:
-            out = compiled(ids)
-        except Exception as err:  # dynamo raises several types for a graph break
-            if spec.traces:
-                raise AssertionError(
-                    f"{spec.name}: declared traces=True, but fullgraph capture failed: "
-                    f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-                ) from None
+        out = capture_as_declared(spec.name, spec.traces, model, ids)
+        if out is None:
             return
-        finally:
-            torch._dynamo.reset()
-        if not spec.traces:
-            raise AssertionError(
-                f"{spec.name}: declared traces=False, but fullgraph capture succeeded"
-            )
         eager = model(ids)
     assert_within(out, eager, scale=forward_scale(model, ids), what=f"{spec.name}: traced")
 

@@ -9,6 +9,11 @@ factor (exactly 1.0 unless the spec says the rule scales attention)
 odd head dimension must be refused by name (:func:`check_refusals`). Where
 transformers' ``ROPE_INIT_FUNCTIONS`` has the rule, the two must agree bit for
 bit (:func:`check_against_transformers`).
+
+Contract of a position encoding's module (:data:`llmref.position.POSITION`): as the spec
+declares ``traces``, ``torch.compile(backend="aot_eager", fullgraph=True)`` captures the
+example call of its ``module`` and equals eager, or (a declared exemption) the capture
+really fails (:func:`check_traces`).
 """
 
 from __future__ import annotations
@@ -20,15 +25,17 @@ from typing import Any
 
 import torch
 
-from ...position import ROPE_SCALING, rope_frequencies
+from ...position import ROPE_SCALING, PositionSpec, rope_frequencies
 from ...position._registries import RopeRuleSpec
-from ..equality import assert_identical, assert_within
+from ..equality import assert_identical, assert_within, forward_scale
+from .tracing import capture_as_declared
 
 __all__ = [
     "check_against_transformers",
     "check_declaration",
     "check_frequencies",
     "check_refusals",
+    "check_traces",
     "transformers_frequencies",
     "transformers_has",
 ]
@@ -202,3 +209,43 @@ def check_against_transformers(spec: RopeRuleSpec) -> None:
     assert_identical(inv_freq, expected.to(inv_freq.device), what=what)
     if factor != expected_factor:
         raise AssertionError(f"{what}: attention_factor {factor} != {expected_factor}")
+
+
+def _tensors(out: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def check_traces(spec: PositionSpec, *, seed: int = 0) -> None:
+    """The encoding's module traces as declared: one graph equal to eager, or a real break.
+
+    The spec's ``example`` (drawn under ``seed``) gives an instance of ``module`` and
+    one call's arguments. Declared ``traces=True``: the fullgraph capture succeeds
+    and each output is within the float64 bound of eager's, for a scale of the
+    call's matrix products (:func:`~llmref.testing.forward_scale`) plus the output's
+    magnitude (its elementwise operations). Declared ``False``: the capture fails
+    and the eager call succeeds (so the failure is the capture's, not the example's).
+    An encoding without a module has nothing to check.
+
+    Raises
+    ------
+    AssertionError
+        Naming the encoding: the example is not an instance of ``module``, or the
+        declaration and the capture disagree, or the traced result differs from eager.
+    """
+    if spec.module is None or spec.example is None:
+        return
+    what = f"position encoding {spec.name!r} ({spec.module})"
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        module, args, kwargs = spec.example()
+    if type(module).__name__ != spec.module:
+        raise AssertionError(f"{what}: the example is a {type(module).__name__}")
+    with torch.no_grad():
+        traced = capture_as_declared(what, bool(spec.traces), module, *args, **kwargs)
+        eager = _tensors(module(*args, **kwargs))
+        if traced is None:
+            return
+        scale = forward_scale(module, *args, **kwargs)
+    for i, (out, ref) in enumerate(zip(_tensors(traced), eager, strict=True)):
+        magnitude = float(ref.abs().max()) if ref.numel() else 0.0
+        assert_within(out, ref, scale=scale + magnitude, what=f"{what}: traced output {i}")
