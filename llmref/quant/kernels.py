@@ -94,6 +94,7 @@ that still carries one.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -311,8 +312,76 @@ class KernelSpec(Spec):
         return self.exact and self.activations == activation_semantics(qweight)
 
 
-Kernel = KernelSpec
-"""The former name of :class:`KernelSpec` (kept: same class)."""
+class _DeprecatedKernel(type):
+    """Metaclass of :class:`Kernel`: calling it builds a :class:`KernelSpec` (warning), and
+    ``isinstance``/``issubclass`` checks against it are checks against :class:`KernelSpec`."""
+
+    #: The positional order of the former ``Kernel`` dataclass.
+    ORDER = ("name", "supports", "prepare", "run", "exact")
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> KernelSpec:
+        if len(args) > len(cls.ORDER):
+            raise TypeError(
+                f"Kernel takes at most {len(cls.ORDER)} positional arguments "
+                f"({', '.join(cls.ORDER)}), got {len(args)}"
+            )
+        positional = dict(zip(cls.ORDER[: len(args)], args, strict=True))
+        twice = sorted(set(positional) & set(kwargs))
+        if twice:
+            raise TypeError(f"Kernel got {twice} both by position and by keyword")
+        warnings.warn(
+            "llmref.quant.kernels.Kernel is deprecated; use KernelSpec with keyword "
+            "arguments: KernelSpec(name=..., supports=..., prepare=..., run=..., exact=...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return KernelSpec(**positional, **kwargs)
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, KernelSpec)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, KernelSpec)
+
+
+class Kernel(metaclass=_DeprecatedKernel):
+    """Deprecated: the former name of :class:`KernelSpec`, which takes keyword arguments only.
+
+    Calling it accepts the former positional order ``Kernel(name, supports, prepare,
+    run, exact=True)`` (and keywords), warns, and returns a :class:`KernelSpec`;
+    ``isinstance(spec, Kernel)`` is ``isinstance(spec, KernelSpec)``.
+
+    Parameters
+    ----------
+    name, supports, prepare, run, exact
+        As in :class:`KernelSpec`, by position or by keyword; further
+        :class:`KernelSpec` fields (``activations``, ``paper`` ...) by keyword.
+
+    Returns
+    -------
+    KernelSpec
+
+    Raises
+    ------
+    TypeError
+        If more than five arguments are given by position, or one both by position
+        and by keyword.
+
+    Warns
+    -----
+    DeprecationWarning
+        On every call, naming :class:`KernelSpec`.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", DeprecationWarning)
+    ...     old = Kernel("mine", KERNELS["reference"].supports, KERNELS["reference"].prepare,
+    ...                  KERNELS["reference"].run)
+    >>> type(old).__name__, old.exact, isinstance(old, Kernel)
+    ('KernelSpec', True, True)
+    """
 
 
 def _is_2d(qt: QuantizedTensor) -> bool:

@@ -43,7 +43,8 @@ def test_registries_hold_typed_specs():
     assert all(isinstance(s, FormatSpec) for s in FORMATS.values())
     assert all(isinstance(s, MethodSpec) for s in METHODS.values())
     assert all(isinstance(s, KernelSpec) for s in KERNELS.values())
-    assert Kernel is KernelSpec and set(AUTO_ORDER) <= set(KERNELS)
+    assert all(isinstance(s, Kernel) for s in KERNELS.values())  # the deprecated name
+    assert set(AUTO_ORDER) <= set(KERNELS)
     assert FORMATS["int4"].group_size == 128 and FORMATS["int8"].granularity == "channel"
     assert METHODS["gptq"].config is GPTQConfig and METHODS["gptq"].takes_hessian
     assert METHODS["kivi"].applies_to == "kv" and METHODS["kivi"].inverse is not None
@@ -51,6 +52,29 @@ def test_registries_hold_typed_specs():
         assert METHODS["awq"].meta["target"] == "weight"
     with pytest.raises(TypeError, match="FormatSpec instances"):
         FORMATS.add(METHODS["rtn"])
+
+
+def test_the_former_kernel_name_takes_the_old_positional_form_and_warns():
+    ref = KERNELS["reference"]
+    with pytest.warns(DeprecationWarning, match=r"Kernel is deprecated; use KernelSpec"):
+        old = Kernel("old_style", ref.supports, ref.prepare, ref.run, False)
+    assert type(old) is KernelSpec and isinstance(old, Kernel)
+    assert (old.name, old.supports, old.prepare, old.run, old.exact) == (
+        "old_style",
+        ref.supports,
+        ref.prepare,
+        ref.run,
+        False,
+    )
+    assert old.activations == "float" and issubclass(KernelSpec, Kernel)
+    with pytest.warns(DeprecationWarning):  # keywords, new fields included, still work
+        new = Kernel("kw", ref.supports, ref.prepare, run=ref.run, activations="bfloat16")
+    assert new.exact and new.activations == "bfloat16"
+    with pytest.raises(TypeError, match=r"at most 5 positional arguments \(name, supports"):
+        Kernel("x", ref.supports, ref.prepare, ref.run, True, "float")
+    with pytest.raises(TypeError, match=r"\['run'\] both by position and by keyword"):
+        Kernel("x", ref.supports, ref.prepare, ref.run, run=ref.run)
+    assert not isinstance(FORMATS["int4"], Kernel)
 
 
 def test_spec_fields_are_validated():
