@@ -10,6 +10,7 @@ from torch import nn
 from .._checks import check_int, check_model_input, check_positive_float, check_tensor
 from ..cache import KVCache
 from ..position import apply_rope
+from ..quant import float_weight
 from .functional import ATTENTION, resolve_backend
 from .masking import causal_rules
 
@@ -405,7 +406,7 @@ class MultiHeadLatentAttention(nn.Module):
                     f"{name} must have shape (B, 1, S, {width}) with B={B}, got {tuple(t.shape)}"
                 )
         q_nope, q_rope = self._queries(x, position_ids, offset, position_embeddings)
-        w_up = self.kv_up.weight.view(H, nope + self.v_head_dim, r)
+        w_up = float_weight(self.kv_up).view(H, nope + self.v_head_dim, r)  # QuantLinear too
         w_uk, w_uv = w_up[:, :nope], w_up[:, nope:]
         q_latent = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)
         out_latent = ATTENTION[self.absorbed_backend].fn(

@@ -10,6 +10,7 @@ from torch import nn
 from .._checks import check_heads, check_int, check_model_input, check_positive_float
 from ..cache import KVCache, spec_of
 from ..position import apply_rope
+from ..quant import float_weight
 from .functional import ATTENTION, resolve_backend
 from .masking import causal_rules
 
@@ -283,7 +284,7 @@ class MultiHeadAttention(nn.Module):
             if context.shape[0] != B:
                 raise ValueError(f"context batch size must equal x's ({B}), got {context.shape[0]}")
             S = context.shape[1]
-            w, b = self.qkv_proj.weight, self.qkv_proj.bias
+            w, b = float_weight(self.qkv_proj), self.qkv_proj.bias  # QuantLinear too
             q = nn.functional.linear(x, w[:q_rows], None if b is None else b[:q_rows])
             kv = nn.functional.linear(context, w[q_rows:], None if b is None else b[q_rows:])
             k, v = kv.split(H_kv * D, dim=-1)

@@ -56,7 +56,7 @@ from .methods import (
 )
 from .metrics import cosine_similarity, max_abs_error, model_size_bytes, mse, sqnr
 from .model import LayerReport, QuantConfig, quantize_model
-from .modules import QuantLinear
+from .modules import QuantLinear, float_weight
 from .packing import pack_codes, unpack_codes
 from .primitives import (
     choose_qparams,
@@ -105,6 +105,7 @@ __all__ = [
     "embedding_cosine",
     "evaluation_text",
     "fake_quantize",
+    "float_weight",
     "format_values",
     "from_bnb_4bit",
     "from_ggml_blocks",

@@ -12,7 +12,7 @@ from .formats import quantize
 from .kernels import KernelSpec, check_backend, select_kernel
 from .tensor import INPUT_SCALE, QuantizedTensor
 
-__all__ = ["QuantLinear"]
+__all__ = ["QuantLinear", "float_weight"]
 
 
 class QuantLinear(nn.Module):
@@ -277,3 +277,57 @@ class QuantLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"fmt={self.fmt!r}, {opts}, bias={self.bias is not None}, backend={self.backend!r}"
         )
+
+
+def float_weight(linear: nn.Module) -> torch.Tensor:
+    """The float weight ``W``, ``(out_features, in_features)``, of a linear layer.
+
+    For code that needs the matrix itself, not the layer's product: a slice of a
+    fused projection's rows, or a weight absorbed into another product (MLA).
+    Reading ``.weight`` instead fails on a :class:`QuantLinear`, which has none.
+
+    Parameters
+    ----------
+    linear : torch.nn.Module
+        A :class:`QuantLinear`, or a layer with a 2-D ``weight`` (``nn.Linear``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``linear.weight`` itself for a float layer (no copy: gradients flow); for a
+        :class:`QuantLinear`, its dequantized weight in the original dtype, with
+        ``1 / input_scale`` applied (:meth:`~llmref.quant.QuantizedTensor.dequantize`):
+        the ``W`` its forward multiplies by.
+
+    Raises
+    ------
+    TypeError
+        If ``linear`` is neither.
+
+    Notes
+    -----
+    A weight that also quantizes activations (SmoothQuant, LLM.int8()) gives its
+    float ``W``: a product computed from it leaves out the activations' rounding that
+    the layer's own call applies.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> lin = nn.Linear(64, 8)
+    >>> float_weight(lin) is lin.weight
+    True
+    >>> q = QuantLinear.from_linear(lin, "int8")
+    >>> err = (float_weight(q) - lin.weight).abs().max() / lin.weight.abs().max()
+    >>> float_weight(q).shape, bool(err <= 1 / 254)  # int8: half a step of amax / 127
+    (torch.Size([8, 64]), True)
+    """
+    if isinstance(linear, QuantLinear):
+        return linear.qweight.dequantize()
+    weight = getattr(linear, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.ndim == 2:
+        return weight
+    raise TypeError(
+        "linear must be a QuantLinear or a layer with a 2-D weight (nn.Linear), got "
+        f"{type(linear).__name__}"
+    )
