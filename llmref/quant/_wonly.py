@@ -6,14 +6,14 @@ with the reference's own operations and accumulated in float32 (see the C file's
 header). Built per instruction-set path (AVX-512, AVX2) by :mod:`llmref.quant._native`;
 :func:`library` is the one :func:`~llmref.quant._native.selected_isa` picks.
 
-The C kernel multiplies up to four rows of activations per pass over a weight tile. From
-:data:`GEMM_MIN_TOKENS` rows of activations on (per ISA path), the kernel instead
-dequantizes tiles of weight rows (about :data:`TILE_BYTES` of float32 each) into a reused
-buffer and PyTorch's float32 GEMM multiplies them: bit-for-bit the reference's weights
-either way, only the summation order differs. On the AVX-512 path the C kernel stays
-faster than MKL's float32 GEMM up to at least 512 tokens on the machine this was tuned on
-(an AMD EPYC, where MKL takes its AVX2 code path); on the AVX2 path PyTorch's GEMM wins
-from 16 tokens on.
+The C file has two multiplications. For a few rows of activations (decoding), a kernel
+streams the packed weights once per four rows of activations and dequantizes them in
+registers. From :data:`GEMM_MIN_TOKENS` rows on (per ISA path and bit width), a GEMM
+dequantizes each weight once per call into cache-sized transposed panels and a
+register-blocked micro-kernel multiplies them with every activation row. Both use
+bit-for-bit the reference's weights; only the summation order differs. The thresholds
+are the measured crossovers on the machine this was tuned on (an AMD EPYC with AVX-512;
+``docs/theory/quant/weight-only.md`` has the numbers).
 """
 
 from __future__ import annotations
@@ -31,9 +31,13 @@ from .tensor import QuantizedTensor
 
 SOURCE = Path(__file__).with_name("wonly.c")
 BLOCK = 32  # inputs per packed block
-GEMM_MIN_TOKENS: dict[str, int] = {"avx512": 1024, "avx2": 16}
-"""Rows of activations from which :func:`linear` dequantizes tiles into PyTorch's GEMM."""
-TILE_BYTES = 4 << 20
+GEMM_MIN_TOKENS: dict[tuple[str, int], int] = {
+    ("avx512", 4): 64,
+    ("avx512", 8): 32,
+    ("avx2", 4): 16,
+    ("avx2", 8): 16,
+}
+"""Rows of activations from which :func:`linear` takes the GEMM, per (ISA path, bits)."""
 
 
 class WQ(ctypes.Structure):
@@ -67,6 +71,8 @@ def _declare(lib: ctypes.CDLL, isa: str) -> str | None:
         ctypes.c_void_p,
         ctypes.c_int,
     ]
+    lib.llmref_wonly_gemm.restype = ctypes.c_int
+    lib.llmref_wonly_gemm.argtypes = lib.llmref_wonly_linear.argtypes
     lib.llmref_wonly_dequantize.restype = ctypes.c_int
     lib.llmref_wonly_dequantize.argtypes = [
         ptr,
@@ -233,9 +239,8 @@ def prepare(qt: QuantizedTensor) -> dict[str, Any]:
         "N": N,
         "K": K,
         "Kp": Kp,
-        "buffer": [],
         "lib": library(),  # the ISA path selected now stays the layer's
-        "gemm_min": GEMM_MIN_TOKENS.get(library.isa() or "", 16),
+        "gemm_min": GEMM_MIN_TOKENS.get((library.isa() or "", bits), 16),
     }
 
 
@@ -272,31 +277,14 @@ def linear(x: torch.Tensor, st: dict[str, Any]) -> torch.Tensor:
     float32; the result is float32)."""
     x = x.to(torch.float32).contiguous()
     M = x.shape[0]
-    N, K = st["N"], st["K"]
-    if M >= st["gemm_min"]:
-        return _tiled_gemm(x, st)
-    y = torch.empty(M, N, dtype=torch.float32)
-    status = _lib_for(st).llmref_wonly_linear(
+    lib = _lib_for(st)
+    gemm = M >= st["gemm_min"]
+    y = torch.empty(M, st["N"], dtype=torch.float32)
+    call = lib.llmref_wonly_gemm if gemm else lib.llmref_wonly_linear
+    status = call(
         x.data_ptr(), M, ctypes.byref(st["wq"]), st["bits"], y.data_ptr(), torch.get_num_threads()
     )
     if status:
-        raise RuntimeError(f"llmref_wonly_linear failed with status {status} (K={K})")
+        name = "llmref_wonly_gemm" if gemm else "llmref_wonly_linear"
+        raise RuntimeError(f"{name} failed with status {status} (K={st['K']})")
     return y
-
-
-def _tiled_gemm(x: torch.Tensor, st: dict[str, Any]) -> torch.Tensor:
-    """Dequantize about ``TILE_BYTES`` of weight rows at a time into one reused buffer and
-    multiply them with PyTorch's float32 GEMM: ``y^T[n0:n1] = W[n0:n1] x^T``."""
-    N, K, Kp = st["N"], st["K"], st["Kp"]
-    rows = max(16, min(N, TILE_BYTES // (4 * Kp)))
-    if not st["buffer"]:
-        st["buffer"].append(torch.empty(rows, Kp, dtype=torch.float32))
-    buf = st["buffer"][0]
-    yt = torch.empty(N, x.shape[0], dtype=torch.float32)
-    xt = x.t()
-    for n0 in range(0, N, rows):
-        n1 = min(n0 + rows, N)
-        tile = buf[: n1 - n0]
-        _dequantize_into(st, n0, n1, tile)
-        torch.mm(tile[:, :K], xt, out=yt[n0:n1])
-    return yt.t().contiguous()

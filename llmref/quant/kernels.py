@@ -14,8 +14,8 @@ kernels and PyTorch's packed low-bit CPU kernels:
     weight is dequantized in registers with the reference's own operations
     (bit-for-bit :func:`~llmref.quant.dequantize`) and the products are
     summed in float32, so only the summation order differs from the
-    reference. From 16 rows of activations on, tiles of dequantized rows go
-    through PyTorch's float32 GEMM instead.
+    reference. For many rows of activations a blocked GEMM in the same C
+    file dequantizes each weight once per call instead of once per four rows.
 ``int8_w8a32``
     The same for symmetric int8 weights (per channel or groups of a
     multiple of 32) and ggml ``q8_0``.

@@ -83,9 +83,9 @@ static const float *as_float(const void *p, int half, int64_t i0, int64_t G, flo
     return buf;
 }
 
-/* The params of row n; buf holds 3 * G floats. */
-static rowp_t row_params(const wq_t *w, int64_t n, float *buf) {
-    const int64_t G = w->G, i0 = n * G;
+/* The params of row n for groups [g0, g1), indexed from g0; buf holds 3 * (g1 - g0) floats. */
+static rowp_t row_params(const wq_t *w, int64_t n, int64_t g0, int64_t g1, float *buf) {
+    const int64_t G = g1 - g0, i0 = n * w->G + g0;
     rowp_t p;
     p.s = as_float(w->scale, w->half, i0, G, buf);
     p.o = w->offset ? as_float(w->offset, w->half, i0, G, buf + G) : NULL;
@@ -130,6 +130,8 @@ INLINE void block512(const uint8_t *blk, __m512 gp, const int BITS, __m512 *w) {
 #define VSTORE(p, v) _mm512_storeu_ps(p, v)
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define VSUM(v) _mm512_reduce_add_ps(v)
+#define VBCAST(p) _mm512_set1_ps(*(p))
+#define GEMM_MR 12 /* activation rows per micro-tile: 2 * 12 accumulators of 32 */
 #define VADD(a, b) _mm512_add_ps(a, b)
 #define GROUP(w, p, gi, MODE, BITS) group512(w, p, gi, MODE, BITS)
 #define BLOCK(blk, gp, MODE, BITS, v) block512(blk, gp, BITS, v)
@@ -203,6 +205,8 @@ INLINE void block256(const uint8_t *blk, grp_t g, const int MODE, const int BITS
 #define VSTORE(p, v) _mm256_storeu_ps(p, v)
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define VSUM(v) hsum(v)
+#define VBCAST(p) _mm256_broadcast_ss(p)
+#define GEMM_MR 6 /* activation rows per micro-tile: 2 * 6 accumulators of 16 */
 #define VADD(a, b) _mm256_add_ps(a, b)
 #define GROUP(w, p, gi, MODE, BITS) group256(w, p, gi, MODE, BITS)
 #define BLOCK(blk, gp, MODE, BITS, v) block256(blk, gp, MODE, BITS, v)
@@ -259,16 +263,20 @@ INLINE void tile(const wq_t *w, int64_t n, const int R, const rowp_t *p, const i
         for (int m = 0; m < MB; ++m) y[m * ldy + n + r] = VSUM(VADD(acc[r][m][0], acc[r][m][1]));
 }
 
-/* Dequantize row n (params p) to out[0..Kp). */
-INLINE void deq_row(const wq_t *w, int64_t n, const rowp_t *p, const int MODE, const int BITS,
-                    float *out) {
+/* Dequantize blocks [kb0, kb1) of row n to out[0 .. 32 (kb1 - kb0)); p holds the row's params
+ * from group kb0 / bpg on. */
+INLINE void deq_blocks(const wq_t *w, int64_t n, const rowp_t *p, const int MODE, const int BITS,
+                       int64_t kb0, int64_t kb1, float *out) {
     const uint8_t *row = row_start(w, n, BITS);
-    for (int64_t gi = 0; gi < w->G; ++gi) {
-        gp_t gp = GROUP(w, p, gi, MODE, BITS);
-        for (int64_t kb = gi * w->bpg; kb < (gi + 1) * w->bpg; ++kb) {
+    const int64_t g0 = kb0 / w->bpg;
+    for (int64_t gi = g0; gi * w->bpg < kb1; ++gi) {
+        gp_t gp = GROUP(w, p, gi - g0, MODE, BITS);
+        const int64_t b0 = gi * w->bpg > kb0 ? gi * w->bpg : kb0;
+        const int64_t b1 = (gi + 1) * w->bpg < kb1 ? (gi + 1) * w->bpg : kb1;
+        for (int64_t kb = b0; kb < b1; ++kb) {
             VEC v[NV];
             BLOCK(row + kb * QUAD * BLOCK_BYTES(BITS), gp, MODE, BITS, v);
-            for (int q = 0; q < NV; ++q) VSTORE(out + kb * 32 + q * VLEN, v[q]);
+            for (int q = 0; q < NV; ++q) VSTORE(out + (kb - kb0) * 32 + q * VLEN, v[q]);
         }
     }
 }
@@ -286,7 +294,8 @@ INLINE void run_task(const wq_t *w, const int BITS, const int MODE, int64_t n0, 
                      const float *x, int64_t ldx, int64_t M, float *y, float *buf) {
     const int64_t N = w->N;
     rowp_t p[ROWS_PER_TASK];
-    for (int64_t n = n0; n < n1; ++n) p[n - n0] = row_params(w, n, buf + (n - n0) * 3 * w->G);
+    for (int64_t n = n0; n < n1; ++n)
+        p[n - n0] = row_params(w, n, 0, w->G, buf + (n - n0) * 3 * w->G);
 #define TILE(n, R, m, MB)                                                                         \
     do {                                                                                          \
         tile(w, n, R, p + ((n) - n0), MODE, BITS, x + (m) * ldx, ldx, MB, y + (m) * N, N);       \
@@ -376,18 +385,182 @@ int llmref_wonly_dequantize(const wq_t *w, int bits, int64_t n0, int64_t n1, flo
 #pragma omp for schedule(static)
         for (int64_t n = n0; n < n1; ++n) {
             if (!buf) continue;
-            rowp_t p = row_params(w, n, buf);
+            rowp_t p = row_params(w, n, 0, w->G, buf);
             float *o = out + (n - n0) * w->Kp;
+            const int64_t KB = w->Kp / 32;
             if (bits == 8)
-                deq_row(w, n, &p, SYM, 8, o);
+                deq_blocks(w, n, &p, SYM, 8, 0, KB, o);
             else if (mode == SYM)
-                deq_row(w, n, &p, SYM, 4, o);
+                deq_blocks(w, n, &p, SYM, 4, 0, KB, o);
             else if (mode == ZERO)
-                deq_row(w, n, &p, ZERO, 4, o);
+                deq_blocks(w, n, &p, ZERO, 4, 0, KB, o);
             else
-                deq_row(w, n, &p, OFFSET, 4, o);
+                deq_blocks(w, n, &p, OFFSET, 4, 0, KB, o);
         }
         free(buf);
+    }
+    return failed ? 2 : 0;
+}
+
+/* ------------------------------------------------------------------ GEMM (many tokens) */
+/* For many activation rows the kernel above re-dequantizes each weight once per 4 rows. This
+ * GEMM dequantizes each weight once per call instead: for a panel of GEMM_NC weight rows and
+ * GEMM_KC inputs it writes the dequantized values -- the same registers' values, so the same
+ * floats -- transposed into panels of GEMM_NR rows (pb[k * NR + j]), and a register-blocked
+ * micro-kernel multiplies GEMM_MR activation rows by one panel, accumulating into y in float32
+ * (outer products: broadcast x[m, k] times the NR weights of input k). */
+#define GEMM_NR (2 * VLEN)
+#define GEMM_KC 256 /* a multiple of 32: chunks start on block boundaries */
+#define GEMM_NC 128 /* a multiple of GEMM_NR */
+
+/* c (MR x NR, leading dim ldc) += x (MR rows, leading dim ldx, kc inputs) pb (kc x NR). */
+INLINE void micro(const float *pb, int64_t kc, const float *x, int64_t ldx, const int MR,
+                  float *c, int64_t ldc) {
+    VEC acc[GEMM_MR][2];
+    for (int i = 0; i < MR; ++i) {
+        acc[i][0] = VLOAD(c + i * ldc);
+        acc[i][1] = VLOAD(c + i * ldc + VLEN);
+    }
+    for (int64_t k = 0; k < kc; ++k) {
+        const VEC b0 = VLOAD(pb + k * GEMM_NR), b1 = VLOAD(pb + k * GEMM_NR + VLEN);
+        for (int i = 0; i < MR; ++i) {
+            const VEC a = VBCAST(x + i * ldx + k);
+            acc[i][0] = VFMA(a, b0, acc[i][0]);
+            acc[i][1] = VFMA(a, b1, acc[i][1]);
+        }
+    }
+    for (int i = 0; i < MR; ++i) {
+        VSTORE(c + i * ldc, acc[i][0]);
+        VSTORE(c + i * ldc + VLEN, acc[i][1]);
+    }
+}
+
+/* micro() with the row count a compile-time constant in each case. */
+static void micro_rows(const float *pb, int64_t kc, const float *x, int64_t ldx, int mr,
+                       float *c, int64_t ldc) {
+    switch (mr) {
+#define CASE(R)                                                                                   \
+    case R:                                                                                       \
+        micro(pb, kc, x, ldx, R, c, ldc);                                                         \
+        break;
+        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
+#if GEMM_MR > 6
+        CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12)
+#endif
+#undef CASE
+    }
+}
+
+/* dst[c * ldd + r] = src[r * lds + c] for an 8 x 8 block. */
+INLINE void transpose8(const float *src, int64_t lds, float *dst, int64_t ldd) {
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4)
+        for (int h = 0; h < 2; ++h) {
+            r[i + h] = _mm256_shuffle_ps(t[i + h], t[i + h + 2], 0x44);
+            r[i + h + 2] = _mm256_shuffle_ps(t[i + h], t[i + h + 2], 0xEE);
+        }
+    /* r[0] = rows 0-3 of columns 0,4 (128-bit halves), r[2]: columns 1,5, r[1]: 2,6, r[3]: 3,7;
+     * r[4..7] the same for rows 4-7. */
+    const int col[4] = {0, 2, 1, 3};
+    for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(dst + col[i] * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (col[i] + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+    }
+}
+
+/* pb (kcp x NR) = rows [n, n + NR) of the weight, inputs [k0, k0 + kcp), dequantized and
+ * transposed; rows past N are zeros. tmp: NR * GEMM_KC floats; pbuf: 3 * G floats. */
+INLINE void pack(const wq_t *w, const int BITS, const int MODE, int64_t n, int64_t k0,
+                 int64_t kcp, float *tmp, float *pbuf, float *pb) {
+    const int64_t kb0 = k0 / 32, kb1 = (k0 + kcp) / 32;
+    const int64_t g0 = kb0 / w->bpg, g1 = (kb1 - 1) / w->bpg + 1;
+    for (int j = 0; j < GEMM_NR; ++j) {
+        float *row = tmp + j * GEMM_KC;
+        if (n + j < w->N) {
+            rowp_t p = row_params(w, n + j, g0, g1, pbuf);
+            deq_blocks(w, n + j, &p, MODE, BITS, kb0, kb1, row);
+        } else {
+            memset(row, 0, sizeof(float) * kcp);
+        }
+    }
+    for (int j = 0; j < GEMM_NR; j += 8)
+        for (int64_t k = 0; k < kcp; k += 8)
+            transpose8(tmp + j * GEMM_KC + k, GEMM_KC, pb + k * GEMM_NR + j, GEMM_NR);
+}
+
+/* Rows [n0, n0 + nc) of y (M, N) = x (M, K) w^T, one panel of at most GEMM_NC weight rows. */
+INLINE void gemm_panel(const wq_t *w, const int BITS, const int MODE, const float *x, int64_t M,
+                       int64_t n0, int64_t nc, float *y, float *pb, float *tmp, float *pbuf) {
+    const int64_t N = w->N, K = w->K;
+    const int64_t panels = (nc + GEMM_NR - 1) / GEMM_NR;
+    float edge[GEMM_MR * GEMM_NR]; /* the micro-tile of a panel cut by N */
+    for (int64_t m = 0; m < M; ++m) memset(y + m * N + n0, 0, sizeof(float) * nc);
+    for (int64_t k0 = 0; k0 < K; k0 += GEMM_KC) {
+        const int64_t kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
+        const int64_t kcp = (kc + 31) / 32 * 32;
+        for (int64_t s = 0; s < panels; ++s)
+            pack(w, BITS, MODE, n0 + s * GEMM_NR, k0, kcp, tmp, pbuf, pb + s * GEMM_KC * GEMM_NR);
+        for (int64_t m = 0; m < M; m += GEMM_MR) {
+            const int mr = M - m < GEMM_MR ? (int)(M - m) : GEMM_MR;
+            const float *xm = x + m * K + k0;
+            for (int64_t s = 0; s < panels; ++s) {
+                const float *ps = pb + s * GEMM_KC * GEMM_NR;
+                float *ym = y + m * N + n0 + s * GEMM_NR;
+                const int64_t cols = nc - s * GEMM_NR < GEMM_NR ? nc - s * GEMM_NR : GEMM_NR;
+                if (cols == GEMM_NR) {
+                    micro_rows(ps, kc, xm, K, mr, ym, N);
+                    continue;
+                }
+                for (int i = 0; i < mr; ++i) {
+                    memset(edge + i * GEMM_NR, 0, sizeof(float) * GEMM_NR);
+                    memcpy(edge + i * GEMM_NR, ym + i * N, sizeof(float) * cols);
+                }
+                micro_rows(ps, kc, xm, K, mr, edge, GEMM_NR);
+                for (int i = 0; i < mr; ++i)
+                    memcpy(ym + i * N, edge + i * GEMM_NR, sizeof(float) * cols);
+            }
+        }
+    }
+}
+
+/* y (M, N) = x (M, K) w^T like llmref_wonly_linear, dequantizing each weight once. */
+int llmref_wonly_gemm(const float *x, int64_t M, const wq_t *w, int bits, float *y,
+                      int nthreads) {
+    if (!valid(w, M) || (bits != 4 && bits != 8) || (bits == 8 && mode_of(w) != SYM)) return 1;
+    const int64_t N = w->N, tasks = (N + GEMM_NC - 1) / GEMM_NC;
+    const int mode = mode_of(w);
+    const int64_t G = w->G < GEMM_KC / 32 + 1 ? w->G : GEMM_KC / 32 + 1;
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1 && tasks > 1)
+    {
+        float *pb = aligned_alloc(64, sizeof(float) * GEMM_KC * GEMM_NC);
+        float *tmp = aligned_alloc(64, sizeof(float) * GEMM_KC * GEMM_NR);
+        float *pbuf = malloc(sizeof(float) * 3 * G);
+        if (!pb || !tmp || !pbuf) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tasks; ++t) {
+            if (failed) continue;
+            const int64_t n0 = t * GEMM_NC, nc = N - n0 < GEMM_NC ? N - n0 : GEMM_NC;
+            if (bits == 8)
+                gemm_panel(w, 8, SYM, x, M, n0, nc, y, pb, tmp, pbuf);
+            else if (mode == SYM)
+                gemm_panel(w, 4, SYM, x, M, n0, nc, y, pb, tmp, pbuf);
+            else if (mode == ZERO)
+                gemm_panel(w, 4, ZERO, x, M, n0, nc, y, pb, tmp, pbuf);
+            else
+                gemm_panel(w, 4, OFFSET, x, M, n0, nc, y, pb, tmp, pbuf);
+        }
+        free(pb);
+        free(tmp);
+        free(pbuf);
     }
     return failed ? 2 : 0;
 }

@@ -50,9 +50,13 @@ FORMATS = [
 IDS = [f"{f}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for f, o, _ in FORMATS]
 
 # (out_features, in_features): 40 and 17 leave partial row tiles (not multiples of 16 or 4);
-# 96 = 3 blocks of 32 (not a multiple of 64 or 128); 192 = 1.5 groups of 128 of nothing
-SHAPES = [(40, 256), (17, 96), (1, 384), (64, 192)]
-TOKENS = [1, 2, 3, 5, 16, 37]  # the C kernel takes activation rows in blocks of 4, 2 and 1
+# 96 = 3 blocks of 32 (not a multiple of 64 or 128); 192 = 1.5 groups of 128 of nothing;
+# 136 x 640: two GEMM panels of rows (128 + 8, the second cut inside a 32-row micro-panel)
+# and three input chunks (256 + 256 + 128)
+SHAPES = [(40, 256), (17, 96), (1, 384), (64, 192), (136, 640)]
+# the C kernel takes activation rows in blocks of 4, 2 and 1, the GEMM in blocks of 12 (6 on
+# AVX2): 37 = 3 * 12 + 1
+TOKENS = [1, 2, 3, 5, 16, 37]
 
 
 def _fits(K, fmt, options):
@@ -85,23 +89,27 @@ def _check_layer(qt, kernel_name, isa, tokens, seed=1):
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("fmt,options,kernel", FORMATS, ids=IDS)
-@pytest.mark.parametrize("path", ["direct", "tiled"])
+@pytest.mark.parametrize("path", ["direct", "gemm"])
 def test_equals_the_reference_kernel(monkeypatch, isa, fmt, options, kernel, path):
-    """Both multiplication paths (the C kernel; dequantized tiles into PyTorch's GEMM)."""
+    """Both multiplication paths (the streaming kernel; the GEMM on dequantized panels)."""
     monkeypatch.setenv("LLMREF_CPU_ISA", isa)
     threshold = 10**9 if path == "direct" else 1
-    monkeypatch.setattr(_wonly, "GEMM_MIN_TOKENS", {"avx512": threshold, "avx2": threshold})
+    monkeypatch.setattr(_wonly, "GEMM_MIN_TOKENS", dict.fromkeys(_wonly.GEMM_MIN_TOKENS, threshold))
     for N, K in SHAPES:
         if _fits(K, fmt, options):
             _check_layer(_weight(N, K, fmt, options), kernel, isa, TOKENS)
 
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)
-@pytest.mark.parametrize("fmt,options", [("int4", {}), ("int8", {})])
-@pytest.mark.parametrize("K", [100, 33, 7])
-def test_rows_not_a_multiple_of_32_are_padded(monkeypatch, isa, fmt, options, K):
-    """Per-channel weights of any in_features: codes and activations padded with zeros."""
+@pytest.mark.parametrize("fmt,options", [("int4", {"group_size": None}), ("int8", {})])
+@pytest.mark.parametrize("K", [100, 33, 7, 300])
+@pytest.mark.parametrize("path", ["direct", "gemm"])
+def test_rows_not_a_multiple_of_32_are_padded(monkeypatch, isa, fmt, options, K, path):
+    """Per-channel weights of any in_features: codes (and, in the streaming kernel,
+    activations) padded with zeros; the GEMM stops at in_features."""
     monkeypatch.setenv("LLMREF_CPU_ISA", isa)
+    threshold = 10**9 if path == "direct" else 1
+    monkeypatch.setattr(_wonly, "GEMM_MIN_TOKENS", dict.fromkeys(_wonly.GEMM_MIN_TOKENS, threshold))
     qt = _weight(24, K, fmt, options)
     kernel = "int4_w4a32" if fmt == "int4" else "int8_w8a32"
     _check_layer(qt, kernel, isa, (1, 4, 7, 20))
