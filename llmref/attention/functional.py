@@ -478,8 +478,9 @@ def resolve_backend(
     ``"fast"`` the first that supports the features, rounding allowed. The
     choice depends on declared fields and dtypes only (nothing is timed), so it
     is the same on every machine. Without ``dtype``/``bias_dtype`` (a module
-    choosing once, at construction) the bias is taken to be in the inputs'
-    dtype. An explicit name is refused if it lacks a feature or would round
+    checking its options at construction) the bias is taken to be in the
+    inputs' dtype; :class:`~llmref.attention.MultiHeadAttention` then resolves
+    each call through :func:`attention`, with the dtypes. An explicit name is refused if it lacks a feature or would round
     the bias. MultiHeadLatentAttention's absorbed path (query/key width !=
     value width) makes its own choice on top of this (see its
     ``absorbed_backend``).

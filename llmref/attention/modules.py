@@ -11,7 +11,7 @@ from .._checks import check_heads, check_int, check_model_input, check_positive_
 from ..cache import KVCache, spec_of
 from ..position import apply_rope
 from ..quant import float_weight
-from .functional import ATTENTION, resolve_backend
+from .functional import attention, resolve_backend
 from .masking import causal_rules
 
 __all__ = ["MultiHeadAttention"]
@@ -71,8 +71,12 @@ class MultiHeadAttention(nn.Module):
         gathered by the cache's ``key_positions``, so caches that return keys out
         of time order (the sliding-window ring buffer) get the right bias.
     backend : str, default "auto"
-        A name in :data:`~llmref.attention.ATTENTION`, or ``"auto"``: SDPA
-        when it supports the options used, else the chunked kernel.
+        A name in :data:`~llmref.attention.ATTENTION`, or ``"auto"`` (or
+        ``"fast"``), resolved at each call by :func:`~llmref.attention.attention`,
+        which knows the inputs' and the bias's dtypes: SDPA when it supports
+        the options used and keeps the bias's precision, else the chunked
+        kernel. Checked here against the options (a backend lacking one is
+        refused at construction).
     device, dtype : optional
         Where and in which dtype to create the parameters.
 
@@ -87,6 +91,13 @@ class MultiHeadAttention(nn.Module):
         The QK-norms (``qk_norm=True``).
     sink_logits : torch.nn.Parameter or None
         Per-head sink logits, shape ``(H,)`` (``sinks=True``).
+    requested_backend : str
+        ``backend`` as given (``"auto"`` stays ``"auto"``); what each call hands
+        :func:`~llmref.attention.attention`.
+    backend : str
+        The backend a call runs when its bias (if any) is in the inputs' dtype:
+        ``requested_backend`` resolved without the call's dtypes. Assigning a
+        name sets ``requested_backend`` (checked against the options).
 
     Raises
     ------
@@ -164,7 +175,8 @@ class MultiHeadAttention(nn.Module):
             )
             if used
         }
-        self.backend = resolve_backend(backend, features)
+        self._features = frozenset(features)
+        self.backend = backend  # checked against the options; resolved per call
         self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
         self.head_dim = head_dim
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
@@ -258,16 +270,28 @@ class MultiHeadAttention(nn.Module):
             extra["sinks"] = self.sink_logits
         if self.position_bias is not None:
             extra["bias"] = self._position_bias(T, k.shape[2], offset, cache)
-        out = ATTENTION[self.backend].fn(
+        out = attention(  # "auto" resolved here, knowing q's and the bias's dtypes
             q,
             k,
             v,
             mask=None if mask is None else mask.to(q.device),
             is_causal=is_causal,
             scale=self.scale,
+            backend=self.requested_backend,
             **extra,
         )
         return self.out_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    @property
+    def backend(self) -> str:
+        """The backend a call runs when its bias is in the inputs' dtype (see the class
+        docstring); each call resolves :attr:`requested_backend` with its own dtypes."""
+        return resolve_backend(self.requested_backend, self._features)
+
+    @backend.setter
+    def backend(self, backend: str) -> None:
+        resolve_backend(backend, self._features)  # an unknown name or a missing feature: now
+        self.requested_backend = backend
 
     def _project(
         self, x: torch.Tensor, context: torch.Tensor | None
@@ -395,6 +419,6 @@ class MultiHeadAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
-            f"head_dim={self.head_dim}, backend={self.backend!r}, softcap={self.softcap}, "
-            f"window={self.window}"
+            f"head_dim={self.head_dim}, backend={self.requested_backend!r}, "
+            f"softcap={self.softcap}, window={self.window}"
         )
