@@ -480,10 +480,10 @@ def resolve_backend(
     is the same on every machine. Without ``dtype``/``bias_dtype`` (a module
     checking its options at construction) the bias is taken to be in the
     inputs' dtype; :class:`~llmref.attention.MultiHeadAttention` then resolves
-    each call through :func:`attention`, with the dtypes. An explicit name is refused if it lacks a feature or would round
-    the bias. MultiHeadLatentAttention's absorbed path (query/key width !=
-    value width) makes its own choice on top of this (see its
-    ``absorbed_backend``).
+    each call through :func:`attention`, with the dtypes. An explicit name is
+    refused if it lacks a feature or would round the bias.
+    MultiHeadLatentAttention's absorbed path (query/key width != value width)
+    makes its own choice on top of this (see its ``absorbed_backend``).
     """
     needed = frozenset(features)
 
