@@ -218,7 +218,8 @@ sphinx_gallery_conf = {
     "image_scrapers": ("llmref_gallery.matplotlib_scraper",),
     # A cell ending in ax.legend() would print "<matplotlib.legend.Legend object at 0x..>".
     "ignore_repr_types": r"matplotlib[.]",
-    "reset_modules": ("matplotlib",),
+    # Each example starts with the build's thread count (some set 1 for tiny models).
+    "reset_modules": ("matplotlib", "llmref_gallery.reset_torch_threads"),
     "remove_config_comments": True,
     "min_reported_time": 1,
     "show_memory": False,

@@ -14,6 +14,13 @@ Stray object reprs
     ``<matplotlib.legend.Legend object at 0x...>`` into the page.  Any
     ``<... object at 0x...>`` in a generated example page is a warning.
 
+``reset_torch_threads``
+    A ``reset_modules`` entry: every example starts with the thread count the
+    build started with.  Examples run one after another in one process, and
+    some lower the count (tiny models run fastest on one thread); without the
+    reset every later example, the timed ones included, would inherit it.  Use
+    it as ``"reset_modules": (..., "llmref_gallery.reset_torch_threads")``.
+
 What "something drawn" means
     An axes counts as drawn when it holds at least one *visible* artist among
     its lines, patches, collections, images, texts, tables and other artists
@@ -36,6 +43,20 @@ from sphinx.application import Sphinx
 from sphinx.util import logging
 
 logger = logging.getLogger(__name__)
+
+_TORCH_THREADS: int | None = None
+
+
+def reset_torch_threads(gallery_conf: Any, fname: str, when: str = "before") -> None:
+    """Restore PyTorch's intra-op thread count to the one of the first call."""
+    global _TORCH_THREADS
+    import torch
+
+    if _TORCH_THREADS is None:
+        _TORCH_THREADS = torch.get_num_threads()
+    elif torch.get_num_threads() != _TORCH_THREADS:
+        torch.set_num_threads(_TORCH_THREADS)
+
 
 _OBJECT_REPR = re.compile(r"<[A-Za-z_][\w.]* object at 0x[0-9a-fA-F]+>")
 
