@@ -32,8 +32,10 @@ forward pass, and the draft's cost ratio ``c`` (its plain greedy generation time
 the target's, measured once per model and draft). Every speculative case checks that its tokens
 equal the baseline's (greedy speculative decoding is exact) and logs its speed-up
 and the one the expected-speed-up formula :math:`(1 - a^{k+1}) / ((1 - a)(kc + 1))`
-predicts from its measured ``a`` and ``c``. Rounds: one per case (SmolLM2 calls take
-tens of seconds on 2 cores) after an untimed warm-up.
+predicts from its measured ``a`` and ``c``. Rounds (:data:`ROUNDS`): three per case in
+the ``default`` and ``full`` sweeps, the median reported (a SmolLM2 generation takes a
+few seconds, and single runs varied by a quarter), one in ``quick``; each after an
+untimed warm-up. ``c`` is likewise the ratio of medians over as many alternating runs.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +59,8 @@ from llmref.bench.layout import Axis, Extra, Layout, Metric
 PROMPT, NEW = 32, 64
 NEW_TOKENS = {"quick": 16, "default": NEW, "full": NEW}
 """New tokens per generation, per sweep."""
+ROUNDS = {"quick": 1, "default": 3, "full": 3}
+"""Timed generations per case, per sweep (the median is reported)."""
 BASELINE = "greedy"
 DRAFTS: dict[str, str] = {
     "gguf": "the GGUF file's own formats (q4_1 blocks, q8_0 embedding and output): lossless",
@@ -174,15 +179,17 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 @functools.lru_cache(maxsize=4)
-def _draft_cost(name: str, draft_name: str, device: str, new: int) -> float:
-    """``c``: the draft's plain greedy generation time over the target's."""
+def _draft_cost(name: str, draft_name: str, device: str, new: int, rounds: int) -> float:
+    """``c``: the draft's plain greedy generation time over the target's (medians)."""
     from llmref.models import generate
 
     target, draft = _target(name, device), _draft(name, draft_name, device)
     ids = _prompt(target, device)
-    _, t_target = _timed(lambda: generate(target, ids, new))
-    _, t_draft = _timed(lambda: generate(draft, ids, new))
-    return t_draft / t_target
+    times: dict[str, list[float]] = {"target": [], "draft": []}
+    for _ in range(rounds):
+        for key, model in (("target", target), ("draft", draft)):
+            times[key].append(_timed(lambda m=model: generate(m, ids, new))[1])
+    return statistics.median(times["draft"]) / statistics.median(times["target"])
 
 
 _baseline: dict[str, tuple[torch.Tensor, float]] = {}
@@ -205,7 +212,8 @@ def test_speculative(
     target = _target(case.model, device)
     draft = _draft(case.model, case.draft, device) if case.k else None
     ids = _prompt(target, bench_device)
-    new = NEW_TOKENS[sweep_name(pytestconfig.getoption("sweep"))]
+    sweep = sweep_name(pytestconfig.getoption("sweep"))
+    new, rounds = NEW_TOKENS[sweep], ROUNDS[sweep]
     benchmark.group = case.group
     benchmark.extra_info.update(
         implementation=case.implementation,
@@ -233,8 +241,11 @@ def test_speculative(
         return
     run()  # warm-up (lazy initialisation, allocator)
     results: list[tuple[Any, float]] = []
-    benchmark.pedantic(lambda: results.append(_timed(run)), rounds=1, warmup_rounds=0, iterations=1)
-    (out, stats), seconds = results[-1]
+    benchmark.pedantic(
+        lambda: results.append(_timed(run)), rounds=rounds, warmup_rounds=0, iterations=1
+    )
+    (out, stats), _ = results[-1]
+    seconds = statistics.median(t for _, t in results)
     rate = new / seconds
     benchmark.extra_info["tokens_per_s"] = rate
     message = f"{rate:.2f} tokens/s"
@@ -243,7 +254,7 @@ def test_speculative(
         benchmark.extra_info.update(acceptance_rate=None, tokens_per_target_call=1.0)
         bench_log(message)
         return
-    c = _draft_cost(case.model, case.draft, device, new)
+    c = _draft_cost(case.model, case.draft, device, new, rounds)
     a, k = stats.acceptance_rate, case.k
     predicted = (k + 1 if a >= 1 else (1 - a ** (k + 1)) / (1 - a)) / (k * c + 1)
     benchmark.extra_info.update(
