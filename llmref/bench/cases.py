@@ -177,7 +177,7 @@ SWEEPS: Mapping[str, Sweep] = {
         "default",
         (128, 256, 512, 1024, 2048, 4096),
         MAX_SEQ_LEN["default"],
-        "about 5 minutes on 2 idle CPU cores",
+        "about 7 minutes on 2 idle CPU cores",
         max_time=0.5,
     ),
     "full": Sweep(
